@@ -1,0 +1,2 @@
+//! The `fastcr` command line.
+fn main() {}

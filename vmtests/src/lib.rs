@@ -1,0 +1,1 @@
+//! Harness for the privileged end-to-end tests (root, BPF, userfaultfd).

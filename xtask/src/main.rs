@@ -1,0 +1,2 @@
+//! `cargo xtask`: setup, build, run, test, bench.
+fn main() {}
