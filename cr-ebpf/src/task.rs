@@ -84,11 +84,17 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
         // it forks before userspace has read this event.
         if TRACKED.insert(child, parent_tgid, 0).is_err() {
             bump(STAT_TRACKED_FULL);
-            warn!(ctx, "TRACKED full: child {} of {} not tracked", child, parent_tgid);
+            warn!(
+                ctx,
+                "TRACKED full: child {} of {} not tracked", child, parent_tgid
+            );
         }
         (TaskEventKind::Fork, child)
     };
-    debug!(ctx, "newtask {} tgid {} parent {}", child, child_tgid, parent_tgid);
+    debug!(
+        ctx,
+        "newtask {} tgid {} parent {}", child, child_tgid, parent_tgid
+    );
     emit(TaskEvent {
         kind: kind as u32,
         pid: child,

@@ -7,3 +7,5 @@
 
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod bpf;
+pub mod kerndat;

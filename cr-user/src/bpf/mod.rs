@@ -1,0 +1,444 @@
+//! BPF task tracking: which processes belong to the tree being checkpointed, kept current by the
+//! kernel as the tree forks, spawns threads, execs and exits.
+//!
+//! The programs live in `cr-ebpf` (module `task`); this module loads the object embedded at
+//! build time, attaches it, and exposes [`TaskTracker`]. A process forked by a tracked process is
+//! inserted into the tracked set *inside BPF*, before the child first runs, so nothing the tree
+//! does between two [`TaskTracker::drain`] calls escapes it. What BPF cannot know is the state
+//! before [`TaskTracker::attach`]: the caller seeds the set with the processes that already exist
+//! (a `/proc` walk) through [`TaskTracker::track`].
+//!
+//! No `unsafe` here: aya's loader, maps and `include_bytes_aligned!` are safe, and mounting
+//! tracefs goes through `sys::probe`.
+
+mod logging;
+
+use std::{collections::BTreeSet, io, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use aya_log::EbpfLogger;
+use cr_common::task::{
+    STAT_EVENTS_LOST, STAT_TRACKED_FULL, TASK_EVENTS_MAP, TASK_STATS_MAP, TRACKED_MAP, tp,
+};
+pub use cr_common::task::{TaskEvent, TaskEventKind};
+
+use crate::sys::{SyscallError, probe};
+
+/// The object built from `cr-ebpf` by build.rs; empty when built with `AYA_BUILD_SKIP=1`.
+static BPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cr-ebpf"));
+
+/// Name of aya-log-ebpf's global log-level symbol in the object.
+const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
+/// One tracepoint program: the function name in `cr-ebpf` and where it attaches.
+struct Hook {
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+    /// Fields the program reads at fixed offsets: (field name, offset in cr-common).
+    fields: &'static [(&'static str, usize)],
+}
+
+const HOOKS: [Hook; 3] = [
+    Hook {
+        program: "task_newtask",
+        category: "task",
+        tracepoint: "task_newtask",
+        fields: &[
+            ("pid", tp::NEWTASK_PID),
+            ("clone_flags", tp::NEWTASK_CLONE_FLAGS),
+        ],
+    },
+    Hook {
+        program: "sched_process_exit",
+        category: "sched",
+        tracepoint: "sched_process_exit",
+        fields: &[("pid", tp::EXIT_PID), ("group_dead", tp::EXIT_GROUP_DEAD)],
+    },
+    Hook {
+        program: "sched_process_exec",
+        category: "sched",
+        tracepoint: "sched_process_exec",
+        fields: &[("pid", tp::EXEC_PID), ("old_pid", tp::EXEC_OLD_PID)],
+    },
+];
+
+/// Errors of BPF task tracking.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// The binary carries no BPF object.
+    #[error("fastcr was built without BPF (AYA_BUILD_SKIP)")]
+    NotBuilt,
+    /// tracefs is not mounted and mounting it failed; tracepoints cannot be attached without it.
+    #[error("cannot mount tracefs at {path}")]
+    Tracefs {
+        /// Where the mount was attempted.
+        path: PathBuf,
+        /// The failed mount.
+        #[source]
+        source: SyscallError,
+    },
+    /// A tracepoint's format file could not be read.
+    #[error("cannot read the format of tracepoint {category}:{tracepoint} at {path}")]
+    TracepointFormatRead {
+        /// Tracepoint category, e.g. `sched`.
+        category: &'static str,
+        /// Tracepoint name.
+        tracepoint: &'static str,
+        /// The format file.
+        path: PathBuf,
+        /// The read error.
+        #[source]
+        source: io::Error,
+    },
+    /// The running kernel lays out a tracepoint differently from what the BPF programs read.
+    #[error(
+        "tracepoint {category}:{tracepoint} field {field} is at offset {found:?}, the BPF program reads offset {expected}"
+    )]
+    TracepointLayout {
+        /// Tracepoint category.
+        category: &'static str,
+        /// Tracepoint name.
+        tracepoint: &'static str,
+        /// Field name.
+        field: &'static str,
+        /// Offset compiled into the program.
+        expected: usize,
+        /// Offset in the kernel's format file, `None` if the field is absent.
+        found: Option<usize>,
+    },
+    /// The object could not be parsed or its maps could not be created.
+    #[error("cannot load the BPF object")]
+    Load {
+        /// aya's error (boxed: it is several hundred bytes).
+        #[source]
+        source: Box<EbpfError>,
+    },
+    /// The object lacks a program this module expects (object and loader out of step).
+    #[error("BPF program {program} missing from the object")]
+    MissingProgram {
+        /// Program name.
+        program: &'static str,
+    },
+    /// The object lacks a map this module expects.
+    #[error("BPF map {map} missing from the object")]
+    MissingMap {
+        /// Map name.
+        map: &'static str,
+    },
+    /// The kernel refused a program (verifier) or the attach failed.
+    #[error("cannot load or attach BPF program {program} to {category}:{tracepoint}")]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Tracepoint category.
+        category: &'static str,
+        /// Tracepoint name.
+        tracepoint: &'static str,
+        /// aya's error (boxed: it is large).
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A map has an unexpected type or could not be read or written.
+    #[error("BPF map {map} operation failed")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: MapError,
+    },
+    /// Adding a process to the tracked set failed.
+    #[error("cannot track tgid {tgid}")]
+    Track {
+        /// The process.
+        tgid: u32,
+        /// aya's error.
+        #[source]
+        source: MapError,
+    },
+    /// The aya-log reader could not be set up.
+    #[error("cannot set up the BPF log reader")]
+    Logger {
+        /// aya-log's error.
+        #[source]
+        source: aya_log::Error,
+    },
+}
+
+/// Follows a process tree: loaded and attached BPF programs plus the maps they share with
+/// userspace. Dropping it detaches the programs and frees the maps.
+pub struct TaskTracker {
+    tracked: HashMap<MapData, u32, u32>,
+    events: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Kept for the tracker's whole life: dropping it closes the log ring buffer, after which
+    /// loading another object fails (DESIGN §4).
+    logger: EbpfLogger<logging::TracingLog>,
+    /// Owns the programs and their links; declared last so it is dropped after the maps.
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for TaskTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskTracker").finish_non_exhaustive()
+    }
+}
+
+impl TaskTracker {
+    /// Loads the BPF object, attaches the three task tracepoints and starts tracking
+    /// `root_tgid`. Mounts tracefs at `/sys/kernel/tracing` if nothing is mounted there.
+    ///
+    /// Only processes created *after* this call are added automatically; existing descendants
+    /// of `root_tgid` must be added with [`Self::track`].
+    ///
+    /// # Errors
+    /// [`BpfError::NotBuilt`] for a binary built with `AYA_BUILD_SKIP=1`; otherwise whichever step
+    /// of mounting, checking, loading or attaching failed.
+    pub fn attach(root_tgid: u32) -> Result<Self, BpfError> {
+        if BPF_OBJECT.is_empty() {
+            return Err(BpfError::NotBuilt);
+        }
+        let tracefs = probe::ensure_tracefs().map_err(|source| BpfError::Tracefs {
+            path: PathBuf::from(probe::TRACEFS),
+            source,
+        })?;
+        for hook in &HOOKS {
+            check_layout(&tracefs, hook)?;
+        }
+
+        let level = logging::bpf_log_level();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(AYA_LOG_LEVEL, &level, false)
+            .load(BPF_OBJECT)
+            .map_err(|source| BpfError::Load {
+                source: Box::new(source),
+            })?;
+        // Set up the log reader before attaching so records from the first events are kept.
+        let logger = EbpfLogger::init_with_logger(&mut ebpf, logging::TracingLog)
+            .map_err(|source| BpfError::Logger { source })?;
+
+        let mut tracked: HashMap<MapData, u32, u32> = take_map(&mut ebpf, TRACKED_MAP)?;
+        // Insert the root before attaching: a fork racing with the attach is then either seen
+        // by the program or already in the caller's /proc walk.
+        tracked
+            .insert(root_tgid, 0, 0)
+            .map_err(|source| BpfError::Track {
+                tgid: root_tgid,
+                source,
+            })?;
+        let events: RingBuf<MapData> = take_map(&mut ebpf, TASK_EVENTS_MAP)?;
+        let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, TASK_STATS_MAP)?;
+
+        for hook in &HOOKS {
+            attach_hook(&mut ebpf, hook)?;
+        }
+        tracing::debug!(root_tgid, "BPF task tracking attached");
+        Ok(Self {
+            tracked,
+            events,
+            stats,
+            logger,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Adds `tgid` to the tracked set (a process that existed before [`Self::attach`]). From now
+    /// on its forks are tracked too. Tracking an already tracked process is a no-op.
+    ///
+    /// # Errors
+    /// [`BpfError::Track`] if the map is full or the update fails.
+    pub fn track(&mut self, tgid: u32) -> Result<(), BpfError> {
+        match self.tracked.get(&tgid, 0) {
+            Ok(_) => return Ok(()),
+            Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(BpfError::Track { tgid, source }),
+        }
+        self.tracked
+            .insert(tgid, 0, 0)
+            .map_err(|source| BpfError::Track { tgid, source })
+    }
+
+    /// Stops tracking `tgid` (its future forks are no longer followed). Unknown tgids are
+    /// ignored.
+    ///
+    /// # Errors
+    /// [`BpfError::Map`] if the map update fails for another reason than a missing key.
+    pub fn untrack(&mut self, tgid: u32) -> Result<(), BpfError> {
+        match self.tracked.remove(&tgid) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(BpfError::Map {
+                map: TRACKED_MAP,
+                source,
+            }),
+        }
+    }
+
+    /// Returns every event queued since the last call, oldest first, without blocking; also
+    /// forwards the BPF programs' log records to `tracing`.
+    ///
+    /// Events are lost only if the ring buffer (16384 events) fills up between two calls; see
+    /// [`Self::lost_events`].
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for readers that can fail (e.g. an epoll wait).
+    pub fn drain(&mut self) -> Result<Vec<TaskEvent>, BpfError> {
+        self.logger.flush();
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            match TaskEvent::from_bytes(&item) {
+                Some(event) => out.push(event),
+                // Only a mismatched object/loader pair can produce this; keep draining so the
+                // ring buffer does not stall.
+                None => tracing::warn!(len = item.len(), "short task event record ignored"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tgids currently in the tracked set, as BPF sees them.
+    ///
+    /// # Errors
+    /// [`BpfError::Map`] if iterating the map fails.
+    pub fn tracked_tgids(&self) -> Result<BTreeSet<u32>, BpfError> {
+        self.tracked
+            .keys()
+            .collect::<Result<BTreeSet<u32>, MapError>>()
+            .map_err(|source| BpfError::Map {
+                map: TRACKED_MAP,
+                source,
+            })
+    }
+
+    /// Events dropped because userspace did not drain the ring buffer in time, plus new
+    /// processes that could not be tracked because the tracked set was full, summed over CPUs.
+    /// A non-zero value means the BPF view is incomplete and a `/proc` walk is needed.
+    ///
+    /// # Errors
+    /// [`BpfError::Map`] if reading the counters fails.
+    pub fn lost_events(&self) -> Result<u64, BpfError> {
+        let mut total = 0u64;
+        for index in [STAT_EVENTS_LOST, STAT_TRACKED_FULL] {
+            let per_cpu = self.stats.get(&index, 0).map_err(|source| BpfError::Map {
+                map: TASK_STATS_MAP,
+                source,
+            })?;
+            total = per_cpu.iter().fold(total, |acc, v| acc.saturating_add(*v));
+        }
+        Ok(total)
+    }
+}
+
+/// Takes ownership of a map from the loaded object, typed.
+fn take_map<M>(ebpf: &mut Ebpf, map: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let raw = ebpf.take_map(map).ok_or(BpfError::MissingMap { map })?;
+    M::try_from(raw).map_err(|source| BpfError::Map { map, source })
+}
+
+fn attach_hook(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), BpfError> {
+    let attach_err = |source| BpfError::Attach {
+        program: hook.program,
+        category: hook.category,
+        tracepoint: hook.tracepoint,
+        source: Box::new(source),
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(hook.program)
+        .ok_or(BpfError::MissingProgram {
+            program: hook.program,
+        })?
+        .try_into()
+        .map_err(attach_err)?;
+    program.load().map_err(attach_err)?;
+    // The link is owned by the program inside `Ebpf` and detached when it drops.
+    program
+        .attach(hook.category, hook.tracepoint)
+        .map_err(attach_err)?;
+    Ok(())
+}
+
+/// Checks that the kernel's tracepoint record puts each field the program reads where the
+/// program expects it.
+fn check_layout(tracefs: &std::path::Path, hook: &Hook) -> Result<(), BpfError> {
+    let path = tracefs
+        .join("events")
+        .join(hook.category)
+        .join(hook.tracepoint)
+        .join("format");
+    let format =
+        std::fs::read_to_string(&path).map_err(|source| BpfError::TracepointFormatRead {
+            category: hook.category,
+            tracepoint: hook.tracepoint,
+            path: path.clone(),
+            source,
+        })?;
+    for &(field, expected) in hook.fields {
+        let found = field_offset(&format, field);
+        if found != Some(expected) {
+            return Err(BpfError::TracepointLayout {
+                category: hook.category,
+                tracepoint: hook.tracepoint,
+                field,
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Finds `offset:N;` of `field` in a tracefs format file, whose lines look like
+/// `\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;`.
+fn field_offset(format: &str, field: &str) -> Option<usize> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let decl = parts.next()?.strip_prefix("field:")?;
+        // The name is the last word of the declaration, minus any array suffix.
+        let name = decl.rsplit(' ').next()?.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        parts.find_map(|p| p.strip_prefix("offset:")?.parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXIT_FORMAT: &str = "name: sched_process_exit
+ID: 369
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:int prio;\toffset:28;\tsize:4;\tsigned:1;
+\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;
+";
+
+    #[test]
+    fn field_offset_parses_tracefs_format() {
+        assert_eq!(field_offset(EXIT_FORMAT, "pid"), Some(24));
+        assert_eq!(field_offset(EXIT_FORMAT, "group_dead"), Some(32));
+        assert_eq!(field_offset(EXIT_FORMAT, "comm"), Some(8));
+        assert_eq!(field_offset(EXIT_FORMAT, "common_pid"), Some(4));
+        assert_eq!(field_offset(EXIT_FORMAT, "old_pid"), None);
+    }
+
+    #[test]
+    fn exit_hook_matches_the_sample_format() {
+        let hook = &HOOKS[1];
+        for &(field, expected) in hook.fields {
+            assert_eq!(field_offset(EXIT_FORMAT, field), Some(expected), "{field}");
+        }
+    }
+}
