@@ -1,0 +1,55 @@
+//! Restore time of `fastcr restore -d`: `forking_time_us + restore_time_us` as reported by the
+//! restore, for 64 / 256 / 1024 MiB of pattern-filled anonymous memory.
+//!
+//! The workload is dumped once; each sample restores that image, waits until the restored
+//! process runs, then kills and reaps it. A last restore is stopped cleanly so the workload
+//! verifies its memory. Needs root and a release fastcr; otherwise prints `skipping: <reason>`
+//! and measures nothing.
+
+use std::time::Duration;
+
+use benches::{RestoreTime, SIZES_MIB, prerequisites};
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+
+fn restore_time(c: &mut Criterion) {
+    let bin = match prerequisites() {
+        Ok(bin) => bin,
+        Err(reason) => {
+            println!("skipping: {reason}");
+            return;
+        }
+    };
+    let mut group = c.benchmark_group("restore_time");
+    // One restore per sample (see freeze.rs for why the target times are tiny).
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
+    for &size in SIZES_MIB {
+        let mut scenario = RestoreTime::prepare(&bin, size)
+            .unwrap_or_else(|e| panic!("restore_time {size} MiB: dump: {e:#}"));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{size}MiB")),
+            &size,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            scenario
+                                .measure_once()
+                                .unwrap_or_else(|e| panic!("restore_time {size} MiB: {e:#}"))
+                        })
+                        .sum()
+                });
+            },
+        );
+        scenario
+            .finish()
+            .unwrap_or_else(|e| panic!("restore_time {size} MiB: final restore: {e:#}"));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, restore_time);
+criterion_main!(benches);
