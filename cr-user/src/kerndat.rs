@@ -410,9 +410,9 @@ fn probe_uffd() -> Vec<Feature> {
                 if extra.is_empty() {
                     ""
                 } else {
-                    ", missing-mode on "
+                    ", MISSING mode also on "
                 },
-                extra.join("+")
+                extra.join(", ")
             )),
         )
     };
