@@ -29,6 +29,8 @@ use anyhow::{Context, Result, bail};
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 const COUNTER_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// For a process that something else already killed.
+const REAP_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
 const POLL: Duration = Duration::from_millis(10);
 
@@ -160,6 +162,27 @@ pub fn spawn_registered(cmd: &mut Command) -> Child {
 
 fn pid_of(child: &Child) -> i32 {
     i32::try_from(child.id()).expect("pids fit in i32")
+}
+
+/// A helper process (e.g. `strace`) that is SIGKILLed and reaped on drop if still around, so a
+/// failing test does not leak it.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// The helper's PID.
+    pub fn pid(&self) -> i32 {
+        pid_of(&self.0)
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Our children that we did not spawn ourselves, as `(pid, comm, state)`.
@@ -363,8 +386,8 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts `name` with a fresh STATEDIR (stdin /dev/null, stdout and stderr appended to
-    /// STATEDIR/log) and waits until it reports `ready`.
+    /// Starts `name` with a fresh STATEDIR (stdin /dev/null, stdout and stderr both on the
+    /// regular file STATEDIR/log) and waits until it reports `ready`.
     pub fn spawn(name: &str, args: &[&str]) -> Workload {
         let bin = build_workloads().join(name);
         let dir = Scratch::new(name);
@@ -531,7 +554,7 @@ impl Workload {
     /// `--leave-running`) and returns its wait status.
     pub fn reap(&mut self) -> ExitStatus {
         assert!(self.alive, "{} is not ours to reap", self.name);
-        let status = waitpid_timeout(self.pid, EXIT_TIMEOUT)
+        let status = waitpid_timeout(self.pid, REAP_TIMEOUT)
             .unwrap_or_else(|e| panic!("{}: {e:#}", self.name));
         self.alive = false;
         ExitStatus::from_raw(status)

@@ -12,8 +12,9 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use vmtests::{
-    ProcStat, Scratch, Workload, assert_no_stray_children, assert_one_line_error, assert_success,
-    fastcr, fastcr_bin, pid_exists, require_root, run, spawn_registered, status_field, unused_pid,
+    KillOnDrop, ProcStat, Scratch, Workload, assert_no_stray_children, assert_one_line_error,
+    assert_success, fastcr, fastcr_bin, pid_exists, require_root, run, spawn_registered,
+    status_field, unused_pid,
 };
 
 /// A small workload with files, fds and a few mappings: its images have every metadata kind the
@@ -81,15 +82,15 @@ fn dump_kernel_thread() {
 fn dump_pid_already_traced() {
     require_root();
     let wl = Workload::spawn(WORKLOAD, &[]);
-    let mut strace = spawn_registered(
+    let mut strace = KillOnDrop(spawn_registered(
         Command::new("strace")
             .args(["-qq", "-e", "trace=none", "-o", "/dev/null", "-p"])
             .arg(wl.pid_arg())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null()),
-    );
-    let strace_pid = strace.id().to_string();
+    ));
+    let strace_pid = strace.pid().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     while status_field(wl.pid(), "TracerPid").as_deref() != Some(strace_pid.as_str()) {
         assert!(
@@ -109,8 +110,8 @@ fn dump_pid_already_traced() {
     );
     // strace detaches on SIGINT; then the workload must run freely again.
     // SAFETY: strace is our unreaped child.
-    unsafe { libc::kill(i32::try_from(strace.id()).expect("pid"), libc::SIGINT) };
-    let status = strace.wait().expect("wait for strace");
+    unsafe { libc::kill(strace.pid(), libc::SIGINT) };
+    let status = strace.0.wait().expect("wait for strace");
     assert!(
         status.success() || status.signal() == Some(libc::SIGINT),
         "strace {status}"
