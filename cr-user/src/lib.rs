@@ -5,7 +5,18 @@
 //! and the restore half of one resource; `dump.rs` and `restore.rs` only sequence them.
 #![deny(unsafe_code)]
 
+pub mod bpf;
+pub mod core;
+pub mod dump;
+pub mod files;
+pub mod freeze;
+pub mod image;
+pub mod inject;
+pub mod kerndat;
+pub mod mm;
+pub mod proc;
+pub mod restore;
+pub mod show;
+pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod bpf;
-pub mod kerndat;

@@ -1,2 +1,195 @@
-//! The `fastcr` command line.
-fn main() {}
+//! The `fastcr` command line. Thin: parses flags, calls the library, prints the error chain once
+//! on one line and exits non-zero on failure.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use cr_user::dump::{DumpOptions, dump};
+use cr_user::restore::{RestoreOptions, restore};
+use cr_user::sys::process;
+
+/// Checkpoint/restore of Linux processes.
+#[derive(Parser)]
+#[command(name = "fastcr", version, about)]
+struct Cli {
+    /// Log verbosity (repeat for more): warn, info, debug, trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report the kernel features fastcr uses; exit 1 if one required is missing.
+    Check {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checkpoint a process to an image directory (it is killed afterwards unless
+    /// --leave-running).
+    Dump {
+        /// Pid of the process to checkpoint.
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        /// Image directory (created if missing).
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Leave the process running after the dump.
+        #[arg(short = 'R', long)]
+        leave_running: bool,
+        /// Allow standard streams that are terminals or pipes; restore hands them its own.
+        #[arg(long)]
+        shell_job: bool,
+        /// Print a stats table.
+        #[arg(long)]
+        stats: bool,
+        /// Print stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a process from an image directory. Without -d, waits for it and exits with its
+    /// status.
+    Restore {
+        /// Image directory.
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Return as soon as the process runs (it is reparented to the nearest subreaper).
+        #[arg(short = 'd', long = "restore-detached", alias = "detach")]
+        detach: bool,
+        /// Hand the image's terminal/pipe standard streams this process's own.
+        #[arg(long)]
+        shell_job: bool,
+        /// Print a stats table.
+        #[arg(long)]
+        stats: bool,
+        /// Print stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode an image directory.
+    Show {
+        /// Image directory.
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FASTCR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print_stats<T: serde::Serialize>(
+    table: impl FnOnce() -> String,
+    value: &T,
+    stats: bool,
+    json: bool,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(value)?)?;
+    } else if stats {
+        write!(out, "{}", table())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { json } => {
+            let ok = cr_user::kerndat::run_check(json, &mut std::io::stdout())?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Dump {
+            pid,
+            dir,
+            leave_running,
+            shell_job,
+            stats,
+            json,
+        } => {
+            let opts = DumpOptions {
+                pid,
+                dir: dir.clone(),
+                leave_running,
+                shell_job,
+            };
+            let s = dump(&opts)
+                .with_context(|| format!("dump of process {pid} into {} failed", dir.display()))?;
+            print_stats(|| s.table(), &s, stats, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            dir,
+            detach,
+            shell_job,
+            stats,
+            json,
+        } => {
+            let opts = RestoreOptions {
+                dir: dir.clone(),
+                shell_job,
+            };
+            let s =
+                restore(&opts).with_context(|| format!("restore from {} failed", dir.display()))?;
+            print_stats(|| s.table(), &s, stats, json)?;
+            if detach {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let code =
+                match process::wait_exit(s.pid).context("waiting for the restored process")? {
+                    process::ExitStatus::Exited(c) => c,
+                    process::ExitStatus::Killed(sig) => 128 + sig,
+                };
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Show { dir, json } => {
+            let mut out = std::io::stdout().lock();
+            if json {
+                let v = cr_user::show::to_json(&dir)
+                    .with_context(|| format!("cannot read image {}", dir.display()))?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let s = cr_user::show::summary(&dir)
+                    .with_context(|| format!("cannot read image {}", dir.display()))?;
+                write!(out, "{s}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let line = format!("{err:#}").replace('\n', " ");
+            eprintln!("Error: {line}");
+            ExitCode::from(1)
+        }
+    }
+}

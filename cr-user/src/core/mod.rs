@@ -1,0 +1,325 @@
+//! CPU and signal state of one task: both the dump half and the restore half.
+//!
+//! Registers and xstate go through ptrace directly; signal dispositions, the alternate stack and
+//! the tid address have no ptrace interface, so they are read and written by syscalls injected
+//! into the task.
+
+use crate::freeze::Frozen;
+use crate::image::core::{AltStack, CoreImage, Creds, Regs, Rseq, SigAction};
+use crate::inject::{InjectError, Injector, to_bytes, words};
+use crate::proc::stat::Stat;
+use crate::proc::status::Status;
+use crate::sys::SyscallError;
+use crate::sys::process;
+use crate::sys::ptrace::{self, UserRegs};
+
+/// Why CPU or signal state could not be saved or put back.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A ptrace request failed.
+    #[error("{step} of task {tid} failed")]
+    Ptrace {
+        /// The task.
+        tid: i32,
+        /// What was done.
+        step: &'static str,
+        /// The call.
+        #[source]
+        source: SyscallError,
+    },
+    /// An injected syscall failed.
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+}
+
+const SS_DISABLE: i32 = 2;
+const PR_GET_TID_ADDRESS: u64 = 40;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+/// Scratch layout used here (offsets into the injector's scratch area).
+const SCRATCH_SIGACTION: u64 = 0;
+const SCRATCH_ALTSTACK: u64 = 64;
+const SCRATCH_TIDADDR: u64 = 128;
+const SCRATCH_GROUPS: u64 = 256;
+
+macro_rules! regs_fields {
+    ($m:ident) => {
+        $m!(
+            r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip,
+            cs, eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs
+        )
+    };
+}
+
+/// Converts kernel registers to the image form.
+pub fn regs_to_image(r: &UserRegs) -> Regs {
+    macro_rules! conv { ($($f:ident),*) => { Regs { $($f: r.$f),* } } }
+    regs_fields!(conv)
+}
+
+/// Converts image registers to the kernel form.
+pub fn regs_from_image(r: &Regs) -> UserRegs {
+    macro_rules! conv { ($($f:ident),*) => { UserRegs { $($f: r.$f),* } } }
+    regs_fields!(conv)
+}
+
+fn sig_bit(set: u64, sig: u32) -> bool {
+    set & (1u64 << (sig - 1)) != 0
+}
+
+/// Saves the task's CPU and signal state. Signals must be blocked and scratch memory set.
+pub fn dump(
+    frozen: &Frozen,
+    inj: &Injector,
+    status: &Status,
+    stat: &Stat,
+    comm: String,
+) -> Result<CoreImage, CoreError> {
+    let tid = frozen.pid();
+    let perr = |step| move |source| CoreError::Ptrace { tid, step, source };
+    let xstate = ptrace::get_xstate(tid).map_err(perr("read xstate"))?;
+    let mut sigactions = Vec::new();
+    // Only signals with a handler or ignored can differ from the default; asking about those
+    // alone keeps the freeze short.
+    for sig in 1..=64u32 {
+        if !sig_bit(status.sig_cgt | status.sig_ign, sig) {
+            continue;
+        }
+        let out = inj.scratch_addr(SCRATCH_SIGACTION);
+        inj.call(
+            || format!("rt_sigaction({sig}) query"),
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [u64::from(sig), 0, out, 8, 0, 0],
+        )?;
+        let [handler, flags, restorer, mask] = words::<4>(&inj.get(SCRATCH_SIGACTION, 32)?);
+        sigactions.push(SigAction {
+            sig,
+            handler,
+            flags,
+            restorer,
+            mask,
+        });
+    }
+    let ss = inj.scratch_addr(SCRATCH_ALTSTACK);
+    inj.call(
+        || "sigaltstack query".into(),
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, ss, 0, 0, 0, 0],
+    )?;
+    let [sp, flags, size] = words::<3>(&inj.get(SCRATCH_ALTSTACK, 24)?);
+    let flags = flags as i32;
+    let altstack = (flags & SS_DISABLE == 0).then_some(AltStack { sp, flags, size });
+    let rseq = ptrace::get_rseq(tid).map_err(perr("read rseq configuration"))?;
+    let rseq = (rseq.addr != 0).then_some(Rseq {
+        addr: rseq.addr,
+        len: rseq.len,
+        sig: rseq.sig,
+    });
+    let robust_list = process::get_robust_list(tid).map_err(perr("read robust list"))?;
+    let tidp = inj.scratch_addr(SCRATCH_TIDADDR);
+    inj.call(
+        || "prctl(PR_GET_TID_ADDRESS)".into(),
+        "prctl",
+        libc::SYS_prctl,
+        [PR_GET_TID_ADDRESS, tidp, 0, 0, 0, 0],
+    )?;
+    let [clear_child_tid] = words::<1>(&inj.get(SCRATCH_TIDADDR, 8)?);
+    Ok(CoreImage {
+        tid,
+        comm,
+        regs: regs_to_image(frozen.regs()),
+        xstate,
+        sigmask: frozen.sigmask(),
+        sigactions,
+        altstack,
+        rseq,
+        robust_list,
+        clear_child_tid,
+        creds: Creds {
+            uid: status.uid,
+            gid: status.gid,
+            groups: status.groups.clone(),
+        },
+        session_leader: stat.sid == tid,
+        pgrp_leader: stat.pgid == tid,
+    })
+}
+
+/// Drops the rseq registration the restorer's copy of fastcr inherited (the kernel would keep
+/// writing into memory that is about to be replaced).
+pub fn unregister_inherited_rseq(inj: &Injector) -> Result<(), CoreError> {
+    let tid = inj.pid();
+    let cfg = ptrace::get_rseq(tid).map_err(|source| CoreError::Ptrace {
+        tid,
+        step: "read rseq configuration",
+        source,
+    })?;
+    if cfg.addr != 0 {
+        inj.call(
+            || "rseq unregister".into(),
+            "rseq",
+            libc::SYS_rseq,
+            [
+                cfg.addr,
+                u64::from(cfg.len),
+                RSEQ_FLAG_UNREGISTER,
+                u64::from(cfg.sig),
+                0,
+                0,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Puts back every signal disposition (default for the ones the image does not list) and the
+/// alternate signal stack.
+pub fn restore_signals(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
+    for sig in 1..=64u32 {
+        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
+            continue;
+        }
+        let act = core
+            .sigactions
+            .iter()
+            .find(|a| a.sig == sig)
+            .map_or([0u64; 4], |a| [a.handler, a.flags, a.restorer, a.mask]);
+        let addr = inj.put(SCRATCH_SIGACTION, &to_bytes(&act))?;
+        inj.call(
+            || format!("rt_sigaction({sig})"),
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [u64::from(sig), addr, 0, 8, 0, 0],
+        )?;
+    }
+    let ss = match core.altstack {
+        Some(a) => [a.sp, a.flags as u32 as u64, a.size],
+        None => [0, SS_DISABLE as u64, 0],
+    };
+    let addr = inj.put(SCRATCH_ALTSTACK, &to_bytes(&ss))?;
+    inj.call(
+        || "sigaltstack".into(),
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [addr, 0, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+/// Puts back the robust list, the tid address and the rseq registration.
+pub fn restore_task_links(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
+    let (head, len) = core.robust_list;
+    if head != 0 {
+        inj.call(
+            || "set_robust_list".into(),
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [head, len, 0, 0, 0, 0],
+        )?;
+    }
+    inj.call(
+        || "set_tid_address".into(),
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [core.clear_child_tid, 0, 0, 0, 0, 0],
+    )?;
+    if let Some(r) = core.rseq {
+        inj.call(
+            || "rseq register".into(),
+            "rseq",
+            libc::SYS_rseq,
+            [r.addr, u64::from(r.len), 0, u64::from(r.sig), 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// Sets the name, session and process group.
+pub fn restore_identity(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
+    let mut comm = core.comm.as_bytes().to_vec();
+    comm.truncate(15);
+    comm.push(0);
+    let addr = inj.put(SCRATCH_GROUPS, &comm)?;
+    inj.call(
+        || "prctl(PR_SET_NAME)".into(),
+        "prctl",
+        libc::SYS_prctl,
+        [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0],
+    )?;
+    if core.session_leader {
+        inj.call(|| "setsid".into(), "setsid", libc::SYS_setsid, [0; 6])?;
+    } else if core.pgrp_leader {
+        inj.call(|| "setpgid".into(), "setpgid", libc::SYS_setpgid, [0; 6])?;
+    }
+    Ok(())
+}
+
+/// Drops to the dumped credentials (last, since earlier steps need root).
+pub fn restore_creds(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
+    let c = &core.creds;
+    if c.uid == [0; 4] && c.gid == [0; 4] && c.groups.is_empty() {
+        return Ok(());
+    }
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    let addr = inj.put(SCRATCH_GROUPS, &groups)?;
+    inj.call(
+        || "setgroups".into(),
+        "setgroups",
+        libc::SYS_setgroups,
+        [c.groups.len() as u64, addr, 0, 0, 0, 0],
+    )?;
+    let [rg, eg, sg, fg] = c.gid.map(u64::from);
+    inj.call(
+        || "setresgid".into(),
+        "setresgid",
+        libc::SYS_setresgid,
+        [rg, eg, sg, 0, 0, 0],
+    )?;
+    inj.call(
+        || "setfsgid".into(),
+        "setfsgid",
+        libc::SYS_setfsgid,
+        [fg, 0, 0, 0, 0, 0],
+    )?;
+    let [ru, eu, su, fu] = c.uid.map(u64::from);
+    inj.call(
+        || "setresuid".into(),
+        "setresuid",
+        libc::SYS_setresuid,
+        [ru, eu, su, 0, 0, 0],
+    )?;
+    inj.call(
+        || "setfsuid".into(),
+        "setfsuid",
+        libc::SYS_setfsuid,
+        [fu, 0, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+/// Final step: xstate, registers and signal mask, at a syscall-exit stop, ready to detach.
+pub fn restore_cpu(tid: i32, core: &CoreImage) -> Result<(), CoreError> {
+    let perr = |step| move |source| CoreError::Ptrace { tid, step, source };
+    ptrace::set_xstate(tid, &core.xstate).map_err(perr("write xstate"))?;
+    let mut regs = regs_from_image(&core.regs);
+    regs.orig_rax = u64::MAX;
+    ptrace::set_regs(tid, &regs).map_err(perr("write registers"))?;
+    ptrace::set_sigmask(tid, core.sigmask).map_err(perr("write sigmask"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regs_round_trip() {
+        let mut r = crate::freeze::zero_regs();
+        r.rip = 0x401000;
+        r.fs_base = 0x7f00_0000_1000;
+        r.orig_rax = 7;
+        assert_eq!(regs_from_image(&regs_to_image(&r)).rip, 0x401000);
+        let i = regs_to_image(&r);
+        assert_eq!((i.fs_base, i.orig_rax), (0x7f00_0000_1000, 7));
+    }
+}

@@ -1,0 +1,308 @@
+//! The dump orchestrator: check the target, freeze it, save each resource, release it.
+//!
+//! Order matters for the frozen window: everything that can be learned while the task runs is
+//! learned before the freeze; pages are copied into memory while frozen and written after the
+//! task is released (`--leave-running`). Without `--leave-running` the task stays frozen until
+//! the image is safely on disk and is only then killed, so a failed write loses nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::bpf::{BpfError, TaskEventKind, TaskTracker};
+use crate::core::CoreError;
+use crate::files::FilesError;
+use crate::freeze::{FreezeError, Frozen};
+use crate::image::inventory::Inventory;
+use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
+use crate::inject::{InjectError, Injector};
+use crate::mm::MmError;
+use crate::proc::stat::PF_KTHREAD;
+use crate::proc::{self, ProcError};
+use crate::stats::{DumpStats, micros};
+use crate::sys::mem;
+use crate::sys::remote::{Remote, find_syscall_insn};
+
+/// What to dump and how.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// Root pid of the tree.
+    pub pid: i32,
+    /// Image directory (created if missing).
+    pub dir: PathBuf,
+    /// Leave the tasks running after the dump instead of killing them.
+    pub leave_running: bool,
+    /// Standard streams that are terminals or pipes are handed to the restorer.
+    pub shell_job: bool,
+}
+
+/// Why a dump failed. The workload is left running as it was in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// No such process.
+    #[error("no such process {pid}")]
+    NoSuchProcess {
+        /// The pid.
+        pid: i32,
+    },
+    /// Kernel threads have no user state to checkpoint.
+    #[error("process {pid} is a kernel thread")]
+    KernelThread {
+        /// The pid.
+        pid: i32,
+    },
+    /// The pid is a thread, not a process.
+    #[error("{pid} is a thread of process {tgid}; dump the process")]
+    NotAProcess {
+        /// The pid given.
+        pid: i32,
+        /// Its process.
+        tgid: i32,
+    },
+    /// Something about the tree that this version cannot checkpoint.
+    #[error("process {pid}: {what}")]
+    Unsupported {
+        /// The task.
+        pid: i32,
+        /// What.
+        what: String,
+    },
+    /// The process has no vDSO to borrow a syscall instruction from.
+    #[error("process {pid} has no [vdso] mapping")]
+    NoVdso {
+        /// The pid.
+        pid: i32,
+    },
+    /// Freezing or releasing failed.
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    /// `/proc` could not be read.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// Memory could not be saved.
+    #[error(transparent)]
+    Mm(#[from] MmError),
+    /// Files could not be saved.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    /// CPU or signal state could not be saved.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// An injected syscall failed.
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    /// The image could not be written.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// BPF tracking reported a change the dump cannot follow.
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+}
+
+/// Checks the target before anything touches it.
+fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Status), DumpError> {
+    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(DumpError::NoSuchProcess { pid });
+    }
+    if pid == std::process::id() as i32 {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: "fastcr cannot dump itself".into(),
+        });
+    }
+    let gone = |e: ProcError| match e {
+        ProcError::Read { .. } => DumpError::NoSuchProcess { pid },
+        e => DumpError::Proc(e),
+    };
+    let stat = proc::stat::stat(pid).map_err(gone)?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return Err(DumpError::KernelThread { pid });
+    }
+    let status = proc::status::status(pid).map_err(gone)?;
+    if status.tgid != pid {
+        return Err(DumpError::NotAProcess {
+            pid,
+            tgid: status.tgid,
+        });
+    }
+    check_single(pid)?;
+    Ok((stat, status))
+}
+
+/// This version dumps one single-threaded process without children.
+fn check_single(pid: i32) -> Result<(), DumpError> {
+    let threads = proc::threads(pid)?;
+    if threads.len() != 1 {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!(
+                "it has {} threads; multi-threaded processes are not supported yet",
+                threads.len()
+            ),
+        });
+    }
+    let children = proc::children(pid)?;
+    if !children.is_empty() {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!(
+                "it has child processes {children:?}; process trees are not supported yet"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Starts BPF task tracking; the dump goes on from `/proc` alone if BPF is unavailable.
+fn start_tracking(pid: i32) -> Option<TaskTracker> {
+    match TaskTracker::attach(pid as u32) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "BPF task tracking unavailable; using /proc only");
+            None
+        }
+    }
+}
+
+/// Fails if BPF saw the task set change (a fork or new thread) before the freeze completed.
+fn confirm_task_set(pid: i32, tracker: &mut TaskTracker) -> Result<(), DumpError> {
+    for ev in tracker.drain()? {
+        let what = match TaskEventKind::from_u32(ev.kind) {
+            Some(TaskEventKind::Fork) => format!("it forked child {} during the dump", ev.tgid),
+            Some(TaskEventKind::Thread) => format!("it created thread {} during the dump", ev.pid),
+            Some(TaskEventKind::Exec) => "it called execve during the dump".to_string(),
+            _ => continue,
+        };
+        return Err(DumpError::Unsupported { pid, what });
+    }
+    Ok(())
+}
+
+/// Checkpoints `opts.pid` into `opts.dir`.
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    let pid = opts.pid;
+    let (stat, status) = preflight(pid)?;
+    let dir = ImageDir::create(&opts.dir)?;
+    // Prove the dir is writable before the workload is touched.
+    let probe = dir.file(".fastcr-write-test");
+    std::fs::write(&probe, b"").map_err(|source| ImageError::Io {
+        path: probe.clone(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    let mut tracker = start_tracking(pid);
+    let mut stats = DumpStats {
+        task_tracking: if tracker.is_some() { "bpf" } else { "proc" }.into(),
+        ..Default::default()
+    };
+    // Touch the page buffer now so the frozen window does not pay for its page faults.
+    let estimate = (status.rss_anon_kib + status.rss_shmem_kib) as usize * 1024 * 11 / 10;
+    let mut buf = vec![0u8; 0];
+    buf.resize(estimate, 1);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default();
+
+    let t_freeze = Instant::now();
+    let frozen = Frozen::freeze(pid)?;
+    let t_frozen = Instant::now();
+    stats.freezing_time_us = micros(t_frozen - t_freeze);
+    if let Some(t) = tracker.as_mut() {
+        confirm_task_set(pid, t)?;
+    }
+    check_single(pid)?;
+    let smaps = proc::maps::smaps(pid)?;
+    let vmas = crate::mm::dump::layout(pid, &smaps)?;
+    let files = crate::files::dump(pid, status.umask, opts.shell_job)?;
+    frozen.block_signals()?;
+    let vdso = smaps
+        .iter()
+        .find(|e| e.path == "[vdso]")
+        .ok_or(DumpError::NoVdso { pid })?;
+    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+    mem::read_remote(pid, &[(vdso.start, code.len())], &mut code).map_err(|e| MmError::Memory {
+        pid,
+        what: "read vdso",
+        addr: vdso.start,
+        source: e.io_error,
+    })?;
+    let ip = vdso.start + find_syscall_insn(&code).ok_or(DumpError::NoVdso { pid })? as u64;
+    let mut inj = Injector::new(Remote::new(pid, *frozen.regs(), ip));
+    let (brk, core) = with_scratch(&mut inj, |inj| {
+        let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
+        let core = crate::core::dump(&frozen, inj, &status, &stat, comm)?;
+        Ok((brk, core))
+    })?;
+    let auxv = proc::auxv(pid)?;
+    let exe = proc::read_link(pid, "exe")?.to_string_lossy().into_owned();
+    let mm = crate::mm::dump::mm_image(exe, &stat, brk, &auxv, vmas);
+    let t_mem = Instant::now();
+    let mut pages = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
+    stats.memdump_time_us = micros(t_mem.elapsed());
+    stats.pages_scanned = pages.pages_scanned;
+    stats.pages_written = pages.pagemap.total_pages();
+
+    let still_frozen = if opts.leave_running {
+        frozen.thaw()?;
+        stats.frozen_time_us = micros(t_frozen.elapsed());
+        None
+    } else {
+        Some(frozen)
+    };
+    let t_write = Instant::now();
+    crate::mm::dump::seal_checksums(&mut pages.pagemap, &buf);
+    dir.write_raw(&dir.file(&pages_file_name(pid)), &buf)?;
+    dir.write(Kind::Pagemap, pid, &pages.pagemap)?;
+    dir.write(Kind::Mm, pid, &mm)?;
+    dir.write(Kind::Core, pid, &core)?;
+    dir.write(Kind::Files, pid, &files)?;
+    let inventory = Inventory {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        root_pid: pid,
+        pids: vec![pid],
+        shell_job: opts.shell_job,
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        parent: None,
+    };
+    // The inventory goes last: an image dir without it is incomplete and restore refuses it.
+    dir.write(Kind::Inventory, 0, &inventory)?;
+    stats.memwrite_time_us = micros(t_write.elapsed());
+    if let Some(frozen) = still_frozen {
+        frozen.kill()?;
+        stats.frozen_time_us = micros(t_frozen.elapsed());
+    }
+    Ok(stats)
+}
+
+/// Runs `f` with a scratch page mapped in the task, and unmaps it whatever `f` returned.
+fn with_scratch<T>(
+    inj: &mut Injector,
+    f: impl FnOnce(&Injector) -> Result<T, DumpError>,
+) -> Result<T, DumpError> {
+    const LEN: u64 = 4096;
+    let addr = inj.call(
+        || "mmap of a scratch page".into(),
+        "mmap",
+        libc::SYS_mmap,
+        [
+            0,
+            LEN,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    inj.set_scratch(addr, LEN);
+    let out = f(inj);
+    let unmapped = inj.call(
+        || "munmap of the scratch page".into(),
+        "munmap",
+        libc::SYS_munmap,
+        [addr, LEN, 0, 0, 0, 0],
+    );
+    let value = out?;
+    unmapped?;
+    Ok(value)
+}

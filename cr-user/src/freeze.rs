@@ -1,0 +1,269 @@
+//! Stopping a task for the dump, and letting it go again exactly as it was.
+//!
+//! [`Frozen`] seizes the task with ptrace and interrupts it. Dropping it without calling
+//! [`Frozen::kill`] puts back the registers and signal mask and detaches, so every error path of
+//! a dump leaves the workload running as before.
+
+use crate::sys::SyscallError;
+use crate::sys::process;
+use crate::sys::ptrace::{self, Stop, UserRegs};
+
+/// Why a task could not be frozen or released.
+#[derive(Debug, thiserror::Error)]
+pub enum FreezeError {
+    /// The process does not exist (or exited while being frozen).
+    #[error("no such process {pid}")]
+    NoSuchProcess {
+        /// The pid.
+        pid: i32,
+    },
+    /// We may not trace it.
+    #[error("permission denied to trace process {pid}")]
+    PermissionDenied {
+        /// The pid.
+        pid: i32,
+        /// The kernel's answer.
+        #[source]
+        source: SyscallError,
+    },
+    /// Someone else traces it already.
+    #[error("process {pid} is busy: it is already traced")]
+    Busy {
+        /// The pid.
+        pid: i32,
+    },
+    /// It is job-control stopped; stopped tasks are not supported yet.
+    #[error(
+        "process {pid} is stopped by job control (SIGSTOP); stopped tasks are not supported yet"
+    )]
+    Stopped {
+        /// The pid.
+        pid: i32,
+    },
+    /// A ptrace request failed.
+    #[error("ptrace of process {pid} failed during {step}")]
+    Ptrace {
+        /// The pid.
+        pid: i32,
+        /// What was being done.
+        step: &'static str,
+        /// The failed call.
+        #[source]
+        source: SyscallError,
+    },
+}
+
+/// Linux's internal restart codes, seen in `rax` when a task stops inside a syscall.
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// Registers as the task must resume: a syscall interrupted by the stop is set up to run again
+/// (`rax = orig_rax`, `rip -= 2`), or to call `restart_syscall` for restart-block syscalls such
+/// as `nanosleep` (in a freshly restored task that returns `EINTR`, as after any signal).
+pub fn restart_adjusted(regs: &UserRegs) -> UserRegs {
+    let mut r = *regs;
+    if (r.orig_rax as i64) >= 0 {
+        match r.rax as i64 {
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            ERESTART_RESTARTBLOCK => {
+                r.rax = libc::SYS_restart_syscall as u64;
+                r.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// A task held in a ptrace stop.
+pub struct Frozen {
+    pid: i32,
+    regs: UserRegs,
+    sigmask: u64,
+    armed: bool,
+}
+
+impl Frozen {
+    /// Seizes and interrupts `pid`; returns once it is stopped.
+    pub fn freeze(pid: i32) -> Result<Self, FreezeError> {
+        ptrace::seize(pid, ptrace::OPT_TRACESYSGOOD).map_err(|e| match e.errno() {
+            Some(libc::ESRCH) => FreezeError::NoSuchProcess { pid },
+            Some(libc::EPERM)
+                if crate::proc::status::status(pid).is_ok_and(|s| s.tracer_pid != 0) =>
+            {
+                FreezeError::Busy { pid }
+            }
+            Some(libc::EPERM) => FreezeError::PermissionDenied { pid, source: e },
+            _ => FreezeError::Ptrace {
+                pid,
+                step: "seize",
+                source: e,
+            },
+        })?;
+        let mut frozen = Self {
+            pid,
+            regs: zero_regs(),
+            sigmask: 0,
+            armed: false,
+        };
+        let ptrace_err = |step| move |source| FreezeError::Ptrace { pid, step, source };
+        ptrace::interrupt(pid).map_err(ptrace_err("interrupt"))?;
+        // A signal that was already on its way is delivered first (it arrived before the
+        // checkpoint); the interrupt stays queued and comes next.
+        loop {
+            match ptrace::wait_stop(pid).map_err(ptrace_err("wait for stop"))? {
+                Stop::Event { event, sig } if event == ptrace::EVENT_STOP => {
+                    if sig != libc::SIGTRAP {
+                        // A group-stop: leave it stopped as it was.
+                        let _ = ptrace::detach(pid, 0);
+                        return Err(FreezeError::Stopped { pid });
+                    }
+                    break;
+                }
+                Stop::Signal(sig) => {
+                    ptrace::cont(pid, sig).map_err(ptrace_err("deliver pending signal"))?
+                }
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(FreezeError::NoSuchProcess { pid });
+                }
+                Stop::Syscall | Stop::Event { .. } => {
+                    ptrace::cont(pid, 0).map_err(ptrace_err("continue to interrupt"))?;
+                }
+            }
+        }
+        frozen.armed = true;
+        frozen.regs =
+            restart_adjusted(&ptrace::get_regs(pid).map_err(ptrace_err("read registers"))?);
+        frozen.sigmask = ptrace::get_sigmask(pid).map_err(ptrace_err("read sigmask"))?;
+        Ok(frozen)
+    }
+
+    /// The task.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Registers as the task will resume (restart-adjusted).
+    pub fn regs(&self) -> &UserRegs {
+        &self.regs
+    }
+
+    /// The task's own blocked-signal mask.
+    pub fn sigmask(&self) -> u64 {
+        self.sigmask
+    }
+
+    /// Blocks every signal in the task, so none is delivered while syscalls are injected.
+    pub fn block_signals(&self) -> Result<(), FreezeError> {
+        ptrace::set_sigmask(self.pid, !0).map_err(|source| FreezeError::Ptrace {
+            pid: self.pid,
+            step: "block signals",
+            source,
+        })
+    }
+
+    /// Puts registers and sigmask back and detaches: the task runs on as if never stopped.
+    pub fn thaw(mut self) -> Result<(), FreezeError> {
+        self.armed = false;
+        self.release()
+    }
+
+    fn release(&self) -> Result<(), FreezeError> {
+        let pid = self.pid;
+        let err = |step| move |source| FreezeError::Ptrace { pid, step, source };
+        let mut regs = self.regs;
+        regs.orig_rax = u64::MAX;
+        ptrace::set_regs(pid, &regs).map_err(err("restore registers"))?;
+        ptrace::set_sigmask(pid, self.sigmask).map_err(err("restore sigmask"))?;
+        ptrace::detach(pid, 0).map_err(err("detach"))
+    }
+
+    /// Kills the task (the default end of a dump) and waits until it is gone.
+    pub fn kill(mut self) -> Result<(), FreezeError> {
+        self.armed = false;
+        let pid = self.pid;
+        process::kill(pid, libc::SIGKILL).map_err(|source| FreezeError::Ptrace {
+            pid,
+            step: "kill",
+            source,
+        })?;
+        loop {
+            match ptrace::wait_stop(pid) {
+                Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => return Ok(()),
+                Ok(_) => {
+                    let _ = ptrace::cont(pid, 0);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.release() {
+                tracing::error!(pid = self.pid, error = %e, "could not release frozen task");
+            }
+        }
+    }
+}
+
+pub(crate) fn zero_regs() -> UserRegs {
+    UserRegs {
+        r15: 0,
+        r14: 0,
+        r13: 0,
+        r12: 0,
+        rbp: 0,
+        rbx: 0,
+        r11: 0,
+        r10: 0,
+        r9: 0,
+        r8: 0,
+        rax: 0,
+        rcx: 0,
+        rdx: 0,
+        rsi: 0,
+        rdi: 0,
+        orig_rax: 0,
+        rip: 0,
+        cs: 0,
+        eflags: 0,
+        rsp: 0,
+        ss: 0,
+        fs_base: 0,
+        gs_base: 0,
+        ds: 0,
+        es: 0,
+        fs: 0,
+        gs: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_rules() {
+        let mut r = zero_regs();
+        r.orig_rax = 35; // nanosleep
+        r.rip = 0x1002;
+        r.rax = ERESTART_RESTARTBLOCK as u64;
+        let a = restart_adjusted(&r);
+        assert_eq!((a.rax, a.rip), (libc::SYS_restart_syscall as u64, 0x1000));
+        r.rax = ERESTARTSYS as u64;
+        let a = restart_adjusted(&r);
+        assert_eq!((a.rax, a.rip), (35, 0x1000));
+        r.rax = (-4i64) as u64; // EINTR: the syscall really returned
+        assert_eq!(restart_adjusted(&r).rip, 0x1002);
+        r.orig_rax = u64::MAX; // not in a syscall
+        r.rax = ERESTARTSYS as u64;
+        assert_eq!(restart_adjusted(&r).rip, 0x1002);
+    }
+}

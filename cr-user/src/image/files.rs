@@ -1,0 +1,44 @@
+//! `files-<pid>.img`: file descriptors and filesystem context of one process.
+
+use serde::{Deserialize, Serialize};
+
+/// What an fd refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A regular file or a character device reopened by path (`/dev/null`).
+    Path {
+        /// Path at dump time.
+        path: String,
+        /// File size at dump time (regular files), for a sanity check at restore.
+        size: Option<u64>,
+    },
+    /// A standard stream (tty or pipe) that `--shell-job` hands to the restorer's own.
+    Inherited {
+        /// What it was at dump time (for `show`).
+        was: String,
+    },
+}
+
+/// One open file descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fd {
+    /// Its number.
+    pub fd: i32,
+    /// O_* open flags as fdinfo shows them (incl. O_CLOEXEC).
+    pub flags: u32,
+    /// File offset.
+    pub pos: u64,
+    /// What it refers to.
+    pub kind: FdKind,
+}
+
+/// Files and fs context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesImage {
+    /// Working directory.
+    pub cwd: String,
+    /// File mode creation mask.
+    pub umask: u32,
+    /// Open fds, ascending.
+    pub fds: Vec<Fd>,
+}

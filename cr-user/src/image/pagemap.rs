@@ -1,0 +1,89 @@
+//! `pagemap-<pid>.img` indexes `pages-<pid>.img`: runs of dumped pages, in file order.
+//!
+//! The pages file is raw and page-aligned (no header), so restore can map it and copy from it
+//! without decoding. Entry `i` covers `nr_pages` pages starting at file offset
+//! `sum(nr_pages of entries before i) * 4096`; its CRC-32 covers those bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// The pages are present in this image's pages file.
+pub const PE_PRESENT: u32 = 1;
+
+/// One run of consecutive dumped pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagemapEntry {
+    /// Address of the first page.
+    pub vaddr: u64,
+    /// Number of pages.
+    pub nr_pages: u32,
+    /// PE_* flags.
+    pub flags: u32,
+    /// CRC-32 of the run's bytes in the pages file.
+    pub crc32: u32,
+}
+
+/// The index of one process's pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagemapImage {
+    /// Runs, ascending by vaddr, not overlapping.
+    pub entries: Vec<PagemapEntry>,
+}
+
+impl PagemapImage {
+    /// Total pages indexed.
+    pub fn total_pages(&self) -> u64 {
+        self.entries.iter().map(|e| u64::from(e.nr_pages)).sum()
+    }
+
+    /// Checks ordering and that every run lies inside one of `ranges` (VMA bounds).
+    pub fn validate(&self, ranges: &[(u64, u64)]) -> Result<(), String> {
+        let mut last_end = 0u64;
+        for e in &self.entries {
+            let len = u64::from(e.nr_pages) * 4096;
+            let end = e.vaddr.checked_add(len).ok_or("page run overflows")?;
+            if e.vaddr % 4096 != 0 || e.nr_pages == 0 || e.vaddr < last_end {
+                return Err(format!("bad page run at {:#x}", e.vaddr));
+            }
+            if !ranges.iter().any(|&(s, en)| e.vaddr >= s && end <= en) {
+                return Err(format!(
+                    "page run {:#x}-{end:#x} is outside every VMA",
+                    e.vaddr
+                ));
+            }
+            last_end = end;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(vaddr: u64, nr_pages: u32) -> PagemapEntry {
+        PagemapEntry {
+            vaddr,
+            nr_pages,
+            flags: PE_PRESENT,
+            crc32: 0,
+        }
+    }
+
+    #[test]
+    fn validates_order_and_bounds() {
+        let ok = PagemapImage {
+            entries: vec![e(0x1000, 2), e(0x4000, 1)],
+        };
+        assert_eq!(ok.total_pages(), 3);
+        assert!(ok.validate(&[(0x1000, 0x5000)]).is_ok());
+        assert!(ok.validate(&[(0x1000, 0x3000)]).is_err());
+        let overlap = PagemapImage {
+            entries: vec![e(0x1000, 2), e(0x2000, 1)],
+        };
+        assert!(overlap.validate(&[(0, 0x10000)]).is_err());
+        let unaligned = PagemapImage {
+            entries: vec![e(0x1001, 1)],
+        };
+        assert!(unaligned.validate(&[(0, 0x10000)]).is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! The dump half of memory: layout from smaps, pages chosen from `/proc/PID/pagemap`, copied
+//! into a buffer while the task is frozen (written to disk after).
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use super::{MmError, classify};
+use crate::image::mm::{MmFields, MmImage, Vma, VmaKind};
+use crate::image::pagemap::{PE_PRESENT, PagemapEntry, PagemapImage};
+use crate::proc::maps::MapEntry;
+use crate::proc::stat::Stat;
+use crate::sys::PAGE_SIZE;
+use crate::sys::mem;
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+/// Longest run one pagemap entry covers (2 MiB), so a damaged byte is located closely.
+const MAX_RUN_PAGES: u32 = 512;
+/// Pagemap entries read per pread.
+const PAGEMAP_CHUNK: u64 = 64 * 1024;
+
+/// Classifies every VMA; the file of each file-backed one must still be the mapped inode.
+pub fn layout(pid: i32, entries: &[MapEntry]) -> Result<Vec<Vma>, MmError> {
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let size_of_mapped = |path: &str| -> Option<u64> {
+            let m = std::fs::metadata(path).ok()?;
+            (m.ino() == e.inode).then_some(m.len())
+        };
+        if let Some(v) = classify(pid, e, size_of_mapped)? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// The mm image: layout plus the fields `PR_SET_MM_MAP` restores.
+pub fn mm_image(exe: String, stat: &Stat, brk: u64, auxv: &[u8], vmas: Vec<Vma>) -> MmImage {
+    let auxv = auxv
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    MmImage {
+        exe,
+        fields: MmFields {
+            start_code: stat.start_code,
+            end_code: stat.end_code,
+            start_data: stat.start_data,
+            end_data: stat.end_data,
+            start_brk: stat.start_brk,
+            brk,
+            start_stack: stat.start_stack,
+            arg_start: stat.arg_start,
+            arg_end: stat.arg_end,
+            env_start: stat.env_start,
+            env_end: stat.env_end,
+        },
+        auxv,
+        vmas,
+    }
+}
+
+/// Whether a page with pagemap word `pm` in `vma` holds data only this process has.
+fn wanted(vma: &Vma, pm: u64) -> bool {
+    match (&vma.kind, vma.shared) {
+        (VmaKind::Vdso | VmaKind::Vvar { .. }, _) | (VmaKind::File { .. }, true) => false,
+        // Private file pages are in the file until written; a written one is an anonymous COW
+        // copy (present without PM_FILE) or swapped out.
+        (VmaKind::File { .. }, false) => {
+            (pm & PM_PRESENT != 0 && pm & PM_FILE == 0) || pm & PM_SWAP != 0
+        }
+        (VmaKind::Anon, _) => pm & (PM_PRESENT | PM_SWAP) != 0,
+    }
+}
+
+/// Result of copying a process's pages.
+#[derive(Debug, Default)]
+pub struct PageDump {
+    /// Index of the copied pages (checksums filled by [`seal_checksums`]).
+    pub pagemap: PagemapImage,
+    /// Pages examined in pagemap.
+    pub pages_scanned: u64,
+}
+
+/// Copies every page worth saving into `buf` (grown as needed), in pagemap order.
+pub fn dump_pages(pid: i32, vmas: &[Vma], buf: &mut Vec<u8>) -> Result<PageDump, MmError> {
+    let path = format!("/proc/{pid}/pagemap");
+    let pagemap = File::open(&path).map_err(|source| MmError::Memory {
+        pid,
+        what: "open pagemap",
+        addr: 0,
+        source,
+    })?;
+    let mut out = PageDump::default();
+    let mut used = 0usize;
+    let mut words = Vec::new();
+    for vma in vmas {
+        if matches!(vma.kind, VmaKind::Vdso | VmaKind::Vvar { .. })
+            || (vma.shared && vma.kind != VmaKind::Anon)
+        {
+            continue;
+        }
+        let npages = (vma.end - vma.start) / PAGE_SIZE;
+        out.pages_scanned += npages;
+        let first_new = out.pagemap.entries.len();
+        let mut done = 0u64;
+        while done < npages {
+            let n = (npages - done).min(PAGEMAP_CHUNK);
+            words.resize(n as usize * 8, 0u8);
+            let page0 = vma.start / PAGE_SIZE + done;
+            pagemap
+                .read_exact_at(&mut words, page0 * 8)
+                .map_err(|source| MmError::Memory {
+                    pid,
+                    what: "read pagemap",
+                    addr: vma.start + done * PAGE_SIZE,
+                    source,
+                })?;
+            for (i, w) in words.chunks_exact(8).enumerate() {
+                let pm = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+                if !wanted(vma, pm) {
+                    continue;
+                }
+                let addr = (page0 + i as u64) * PAGE_SIZE;
+                push_page(&mut out.pagemap.entries, first_new, addr);
+            }
+            done += n;
+        }
+        let runs = &out.pagemap.entries[first_new..];
+        let bytes: usize = runs
+            .iter()
+            .map(|e| e.nr_pages as usize * PAGE_SIZE as usize)
+            .sum();
+        if buf.len() < used + bytes {
+            buf.resize(used + bytes, 0);
+        }
+        copy_runs(pid, vma, runs, &mut buf[used..used + bytes])?;
+        used += bytes;
+    }
+    buf.truncate(used);
+    Ok(out)
+}
+
+fn push_page(entries: &mut Vec<PagemapEntry>, first_new: usize, addr: u64) {
+    if entries.len() > first_new
+        && let Some(last) = entries.last_mut()
+        && last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == addr
+        && last.nr_pages < MAX_RUN_PAGES
+    {
+        last.nr_pages += 1;
+        return;
+    }
+    entries.push(PagemapEntry {
+        vaddr: addr,
+        nr_pages: 1,
+        flags: PE_PRESENT,
+        crc32: 0,
+    });
+}
+
+/// Copies `runs` of `vma` into `dst`: process_vm_readv where the VMA is readable, otherwise
+/// `/proc/PID/mem`, which may read any page the process could make readable.
+fn copy_runs(pid: i32, vma: &Vma, runs: &[PagemapEntry], dst: &mut [u8]) -> Result<(), MmError> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let ranges: Vec<(u64, usize)> = runs
+        .iter()
+        .map(|e| (e.vaddr, e.nr_pages as usize * PAGE_SIZE as usize))
+        .collect();
+    let fail = |source: std::io::Error| MmError::Memory {
+        pid,
+        what: "read memory",
+        addr: vma.start,
+        source,
+    };
+    if vma.prot & libc::PROT_READ as u32 != 0 {
+        let got = mem::read_remote(pid, &ranges, dst).map_err(|e| fail(e.io_error))?;
+        if got == dst.len() {
+            return Ok(());
+        }
+    }
+    let memf = File::open(format!("/proc/{pid}/mem")).map_err(fail)?;
+    let mut off = 0usize;
+    for (addr, len) in ranges {
+        memf.read_exact_at(&mut dst[off..off + len], addr)
+            .map_err(fail)?;
+        off += len;
+    }
+    Ok(())
+}
+
+/// Fills in each entry's CRC-32 from the copied bytes (after the task is released).
+pub fn seal_checksums(pagemap: &mut PagemapImage, buf: &[u8]) {
+    let mut off = 0usize;
+    for e in &mut pagemap.entries {
+        let len = e.nr_pages as usize * PAGE_SIZE as usize;
+        e.crc32 = crc32fast::hash(&buf[off..off + len]);
+        off += len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vma(kind: VmaKind, shared: bool) -> Vma {
+        Vma {
+            start: 0x1000,
+            end: 0x9000,
+            prot: 3,
+            shared,
+            growsdown: false,
+            kind,
+            name: String::new(),
+            madv: vec![],
+        }
+    }
+
+    #[test]
+    fn page_selection() {
+        let file = VmaKind::File {
+            path: "/x".into(),
+            offset: 0,
+            size: 1,
+        };
+        assert!(wanted(&vma(VmaKind::Anon, false), PM_PRESENT));
+        assert!(wanted(&vma(VmaKind::Anon, false), PM_SWAP));
+        assert!(!wanted(&vma(VmaKind::Anon, false), 0));
+        assert!(wanted(&vma(file.clone(), false), PM_PRESENT));
+        assert!(!wanted(&vma(file.clone(), false), PM_PRESENT | PM_FILE));
+        assert!(!wanted(&vma(file, true), PM_PRESENT));
+        assert!(!wanted(&vma(VmaKind::Vdso, false), PM_PRESENT));
+    }
+
+    #[test]
+    fn runs_coalesce_and_cap() {
+        let mut v = Vec::new();
+        for i in 0..(MAX_RUN_PAGES as u64 + 3) {
+            push_page(&mut v, 0, 0x10000 + i * PAGE_SIZE);
+        }
+        push_page(&mut v, 0, 0x10000 + 1000 * PAGE_SIZE);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].nr_pages, MAX_RUN_PAGES);
+        assert_eq!(v[1].nr_pages, 3);
+        // A run never continues across a VMA boundary.
+        push_page(&mut v, 3, 0x10000 + 1001 * PAGE_SIZE);
+        assert_eq!(v.len(), 4);
+    }
+}

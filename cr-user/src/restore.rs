@@ -1,0 +1,317 @@
+//! The restore orchestrator: read and check the whole image, fork a child with the dumped pid,
+//! rebuild it by injected syscalls (DESIGN §7, "restore by transplant"), and let it run.
+//!
+//! Every check that can fail is done before the fork. After the fork, the child is guarded: if
+//! any step fails it is killed and reaped, so a failed restore leaves no process behind. While it
+//! is being built, `PTRACE_O_EXITKILL` also kills it should fastcr itself die.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::core::CoreError;
+use crate::files::FilesError;
+use crate::image::core::CoreImage;
+use crate::image::files::FilesImage;
+use crate::image::inventory::Inventory;
+use crate::image::mm::{MmImage, VmaKind};
+use crate::image::pagemap::PagemapImage;
+use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
+use crate::inject::{InjectError, Injector};
+use crate::mm::MmError;
+use crate::mm::restore as mmr;
+use crate::proc::{self, ProcError};
+use crate::stats::{RestoreStats, micros};
+use crate::sys::mem::{self, MappedFile};
+use crate::sys::ptrace::{self, Stop};
+use crate::sys::remote::{Remote, find_syscall_insn};
+use crate::sys::{PAGE_SIZE, SyscallError, process};
+
+/// What to restore and how.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Image directory.
+    pub dir: PathBuf,
+    /// Hand the image's terminal/pipe standard streams our own.
+    pub shell_job: bool,
+}
+
+/// Why a restore failed. No restored process is left behind in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The image is unreadable or inconsistent.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The pid the image needs is taken.
+    #[error("pid {pid} is in use; cannot restore the process with its pid")]
+    PidInUse {
+        /// The pid.
+        pid: i32,
+    },
+    /// The image holds more than this version restores.
+    #[error("image holds {count} processes; only single-process images are supported yet")]
+    Unsupported {
+        /// Processes in the image.
+        count: usize,
+    },
+    /// Creating or controlling the child failed.
+    #[error("{step} failed for restored process {pid}")]
+    Child {
+        /// The pid.
+        pid: i32,
+        /// The step.
+        step: &'static str,
+        /// The call.
+        #[source]
+        source: SyscallError,
+    },
+    /// The child stopped or died unexpectedly while being built.
+    #[error("restored process {pid} ended or stopped unexpectedly ({stop:?}) while being built")]
+    ChildLost {
+        /// The pid.
+        pid: i32,
+        /// What waitpid said.
+        stop: Stop,
+    },
+    /// Memory could not be rebuilt.
+    #[error(transparent)]
+    Mm(#[from] MmError),
+    /// Files could not be reopened.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    /// CPU or signal state could not be set.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// An injected syscall failed.
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    /// `/proc` could not be read.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+}
+
+/// Everything read from an image dir, checked for consistency.
+pub struct LoadedImage {
+    /// The inventory.
+    pub inventory: Inventory,
+    /// Root task state.
+    pub core: CoreImage,
+    /// Root address space.
+    pub mm: MmImage,
+    /// Root files.
+    pub files: FilesImage,
+    /// Page index.
+    pub pagemap: PagemapImage,
+    /// Path of the pages file.
+    pub pages_path: PathBuf,
+}
+
+fn inconsistent(dir: &ImageDir, name: &str, detail: String) -> ImageError {
+    ImageError::Inconsistent {
+        path: dir.file(name),
+        detail,
+    }
+}
+
+/// Reads every file of the image and checks them against each other.
+pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
+    let dir = ImageDir::open(path)?;
+    let inventory: Inventory = dir.read(Kind::Inventory, 0)?;
+    if inventory.pids.len() != 1 || inventory.pids[0] != inventory.root_pid {
+        return Err(RestoreError::Unsupported {
+            count: inventory.pids.len(),
+        });
+    }
+    let pid = inventory.root_pid;
+    if pid <= 0 {
+        return Err(inconsistent(&dir, "inventory.img", format!("invalid root pid {pid}")).into());
+    }
+    let core: CoreImage = dir.read(Kind::Core, pid)?;
+    let mm: MmImage = dir.read(Kind::Mm, pid)?;
+    let files: FilesImage = dir.read(Kind::Files, pid)?;
+    let pagemap: PagemapImage = dir.read(Kind::Pagemap, pid)?;
+    if core.tid != pid {
+        return Err(inconsistent(
+            &dir,
+            &Kind::Core.file_name(pid),
+            format!("task {} is not {pid}", core.tid),
+        )
+        .into());
+    }
+    let mut last = 0;
+    for v in &mm.vmas {
+        if v.start >= v.end || v.start < last || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0
+        {
+            return Err(inconsistent(
+                &dir,
+                &Kind::Mm.file_name(pid),
+                format!("bad VMA {:#x}-{:#x}", v.start, v.end),
+            )
+            .into());
+        }
+        last = v.end;
+    }
+    let ranges: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    pagemap
+        .validate(&ranges)
+        .map_err(|d| inconsistent(&dir, &Kind::Pagemap.file_name(pid), d))?;
+    let pages_path = dir.file(&pages_file_name(pid));
+    let len = std::fs::metadata(&pages_path)
+        .map_err(|_| ImageError::Missing {
+            path: pages_path.clone(),
+        })?
+        .len();
+    if len != pagemap.total_pages() * PAGE_SIZE {
+        return Err(inconsistent(
+            &dir,
+            &pages_file_name(pid),
+            format!(
+                "{len} bytes, but the pagemap indexes {} pages",
+                pagemap.total_pages()
+            ),
+        )
+        .into());
+    }
+    Ok(LoadedImage {
+        inventory,
+        core,
+        mm,
+        files,
+        pagemap,
+        pages_path,
+    })
+}
+
+/// Checks before forking that the files the image maps are still there, unchanged in size.
+fn check_mapped_files(mm: &MmImage) -> Result<(), MmError> {
+    let exe_ok = std::fs::metadata(&mm.exe).is_ok_and(|m| m.is_file());
+    if !exe_ok {
+        return Err(MmError::FileChanged {
+            path: mm.exe.clone(),
+            source: None,
+        });
+    }
+    for v in &mm.vmas {
+        if let VmaKind::File { path, size, .. } = &v.kind {
+            match std::fs::metadata(path) {
+                Ok(m) if m.len() == *size => {}
+                Ok(_) => {
+                    return Err(MmError::FileChanged {
+                        path: path.clone(),
+                        source: None,
+                    });
+                }
+                Err(e) => {
+                    return Err(MmError::FileChanged {
+                        path: path.clone(),
+                        source: Some(e),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A child being built: killed and reaped on drop unless released.
+struct Building {
+    pid: i32,
+    armed: bool,
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = process::kill(self.pid, libc::SIGKILL);
+            let _ = process::wait_exit(self.pid);
+        }
+    }
+}
+
+/// Restores the image in `opts.dir`. Returns once the restored process runs.
+pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats, RestoreError> {
+    let t0 = Instant::now();
+    let img = load(&opts.dir)?;
+    let pid = img.inventory.root_pid;
+    crate::files::validate(&img.files, opts.shell_job)?;
+    check_mapped_files(&img.mm)?;
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(RestoreError::PidInUse { pid });
+    }
+    let pages_file = File::open(&img.pages_path).map_err(|source| ImageError::Io {
+        path: img.pages_path.clone(),
+        source,
+    })?;
+    let pages = MappedFile::map(
+        &pages_file,
+        (img.pagemap.total_pages() * PAGE_SIZE) as usize,
+    )
+    .map_err(|e| ImageError::Io {
+        path: img.pages_path.clone(),
+        source: e.io_error,
+    })?;
+
+    let t_fork = Instant::now();
+    let child = process::spawn_traced_with_pid(pid).map_err(|source| match source.errno() {
+        Some(libc::EEXIST) => RestoreError::PidInUse { pid },
+        _ => RestoreError::Child {
+            pid,
+            step: "clone3 with set_tid",
+            source,
+        },
+    })?;
+    let mut guard = Building {
+        pid: child,
+        armed: true,
+    };
+    match ptrace::wait_stop(child).map_err(|source| RestoreError::Child {
+        pid,
+        step: "wait for the new process",
+        source,
+    })? {
+        Stop::Signal(libc::SIGSTOP) => {}
+        stop => return Err(RestoreError::ChildLost { pid, stop }),
+    }
+    let err = |step| move |source| RestoreError::Child { pid, step, source };
+    ptrace::set_options(child, ptrace::OPT_TRACESYSGOOD | ptrace::OPT_EXITKILL)
+        .map_err(err("ptrace options"))?;
+    let forking_time_us = micros(t_fork.elapsed());
+    ptrace::set_sigmask(child, !0).map_err(err("block signals"))?;
+
+    let child_maps = proc::maps::maps(child)?;
+    let regs = ptrace::get_regs(child).map_err(err("read registers"))?;
+    let vdso = child_maps
+        .iter()
+        .find(|e| e.path == "[vdso]")
+        .ok_or(MmError::NoGap)?;
+    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+    mem::read_remote(child, &[(vdso.start, code.len())], &mut code).map_err(err("read vdso"))?;
+    let ip = vdso.start + find_syscall_insn(&code).ok_or(MmError::NoGap)? as u64;
+    let mut inj = Injector::new(Remote::new(child, regs, ip));
+
+    crate::core::unregister_inherited_rseq(&inj)?;
+    let trampoline = mmr::install_trampoline(&mut inj, &child_maps, &img.mm)?;
+    crate::files::close_inherited(&inj, &img.files)?;
+    mmr::clear_address_space(&inj, &child_maps, trampoline)?;
+    mmr::move_specials(&inj, &child_maps, &img.mm, trampoline)?;
+    let has_pages = mmr::vmas_with_pages(&img.mm, &img.pagemap);
+    mmr::map_vmas(&inj, &img.mm, &has_pages)?;
+    let pages_restored = mmr::fill_pages(child, &img.pagemap, pages.as_slice())?;
+    mmr::finish_vmas(&inj, &img.mm, &has_pages)?;
+    mmr::set_mm_fields(&inj, &img.mm)?;
+    crate::files::restore(&inj, &img.files)?;
+    crate::core::restore_identity(&inj, &img.core)?;
+    crate::core::restore_signals(&inj, &img.core)?;
+    crate::core::restore_task_links(&inj, &img.core)?;
+    crate::core::restore_creds(&inj, &img.core)?;
+    mmr::remove_trampoline(&inj, trampoline)?;
+    crate::core::restore_cpu(child, &img.core)?;
+    ptrace::detach(child, 0).map_err(err("detach"))?;
+    guard.armed = false;
+    Ok(RestoreStats {
+        forking_time_us,
+        restore_time_us: micros(t0.elapsed()),
+        pages_restored,
+        pid,
+    })
+}

@@ -1,0 +1,100 @@
+//! `fastcr show`: decode an image dir for people (a summary) or tools (JSON).
+
+use std::fmt::Write;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::image::mm::VmaKind;
+use crate::restore::{LoadedImage, RestoreError, load};
+
+/// Decodes the image dir at `path` as JSON (raw xstate bytes are summarised by length).
+pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
+    let img = load(path)?;
+    let mut core = serde_json::to_value(&img.core).unwrap_or_default();
+    if let Some(obj) = core.as_object_mut() {
+        obj.insert("xstate".into(), json!({ "bytes": img.core.xstate.len() }));
+    }
+    Ok(json!({
+        "inventory": img.inventory,
+        "core": core,
+        "mm": img.mm,
+        "files": img.files,
+        "pagemap": img.pagemap,
+        "pages_file": img.pages_path,
+    }))
+}
+
+/// A human summary of the image dir at `path`.
+pub fn summary(path: &Path) -> Result<String, RestoreError> {
+    Ok(render(&load(path)?))
+}
+
+fn render(img: &LoadedImage) -> String {
+    let mut s = String::new();
+    let inv = &img.inventory;
+    let _ = writeln!(
+        s,
+        "image by fastcr {} of pid {} ({}){}",
+        inv.tool_version,
+        inv.root_pid,
+        img.core.comm,
+        if inv.shell_job { ", shell job" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "exe {}  cwd {}  umask {:03o}",
+        img.mm.exe, img.files.cwd, img.files.umask
+    );
+    let _ = writeln!(
+        s,
+        "rip {:#x}  rsp {:#x}  sigmask {:#x}  {} signal handlers  xstate {} bytes",
+        img.core.regs.rip,
+        img.core.regs.rsp,
+        img.core.sigmask,
+        img.core.sigactions.len(),
+        img.core.xstate.len()
+    );
+    let _ = writeln!(s, "{} VMAs:", img.mm.vmas.len());
+    for v in &img.mm.vmas {
+        let pages: u64 = img
+            .pagemap
+            .entries
+            .iter()
+            .filter(|e| e.vaddr >= v.start && e.vaddr < v.end)
+            .map(|e| u64::from(e.nr_pages))
+            .sum();
+        let kind = match &v.kind {
+            VmaKind::Anon => "anon",
+            VmaKind::File { .. } => "file",
+            VmaKind::Vdso => "vdso",
+            VmaKind::Vvar { .. } => "vvar",
+        };
+        let _ = writeln!(
+            s,
+            "  {:#014x}-{:#014x} prot {} {} {:<4} {:>8} pages dumped  {}",
+            v.start,
+            v.end,
+            v.prot,
+            if v.shared { "shared " } else { "private" },
+            kind,
+            pages,
+            v.name
+        );
+    }
+    let _ = writeln!(s, "{} fds:", img.files.fds.len());
+    for f in &img.files.fds {
+        let _ = writeln!(
+            s,
+            "  {:>3} flags {:#o} pos {} {:?}",
+            f.fd, f.flags, f.pos, f.kind
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{} pages in {} runs",
+        img.pagemap.total_pages(),
+        img.pagemap.entries.len()
+    );
+    s
+}

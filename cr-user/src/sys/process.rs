@@ -1,0 +1,115 @@
+//! Processes: clone3 with a chosen pid, signals, waiting, robust lists, identity.
+
+use super::{SyscallError, check};
+
+/// Creates a child whose pid is `pid` (clone3 `set_tid`) that asks to be traced by us and stops
+/// itself with SIGSTOP. Returns once the child is in that stop; it is then ready for syscall
+/// injection. Fails with `EEXIST` if `pid` is in use.
+pub fn spawn_traced_with_pid(pid: i32) -> Result<i32, SyscallError> {
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid: libc::pid_t = pid;
+    let args = CloneArgs {
+        flags: 0,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: (&raw const tid) as u64,
+        set_tid_size: 1,
+        cgroup: 0,
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of our memory and
+    // runs only the raw, async-signal-safe syscalls below before it is taken over by ptrace; it
+    // never returns into Rust code (it _exits if ever resumed normally).
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
+    if ret == 0 {
+        // SAFETY: raw syscalls only; glibc's cached thread data is stale in this child, so no
+        // libc wrapper that reads it (raise, getpid caches) is used.
+        unsafe {
+            libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
+            let me = libc::syscall(libc::SYS_getpid);
+            libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+            libc::syscall(libc::SYS_exit_group, 127);
+        }
+        unreachable!("exit_group returned");
+    }
+    let child = check(ret, "clone3(set_tid)")? as i32;
+    Ok(child)
+}
+
+/// Sends `sig` to process `pid`.
+pub fn kill(pid: i32, sig: i32) -> Result<(), SyscallError> {
+    // SAFETY: plain integers.
+    let ret = unsafe { libc::kill(pid, sig) };
+    check(ret.into(), "kill").map(drop)
+}
+
+/// Waits for `pid` to end and returns its wait status decoded as (exited code | killed signal).
+pub fn wait_exit(pid: i32) -> Result<ExitStatus, SyscallError> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a live c_int the kernel writes into.
+        let ret = unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL) };
+        if ret == -1 {
+            let err = SyscallError::last("waitpid");
+            if err.errno() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if libc::WIFEXITED(status) {
+            return Ok(ExitStatus::Exited(libc::WEXITSTATUS(status)));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Ok(ExitStatus::Killed(libc::WTERMSIG(status)));
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by a signal.
+    Killed(i32),
+}
+
+/// Reads another task's robust futex list head and length (`get_robust_list`).
+pub fn get_robust_list(tid: i32) -> Result<(u64, u64), SyscallError> {
+    let mut head: u64 = 0;
+    let mut len: libc::size_t = 0;
+    // SAFETY: both out-pointers reference live locals of the sizes the kernel writes.
+    let ret = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &raw mut head, &raw mut len) };
+    check(ret, "get_robust_list")?;
+    Ok((head, len as u64))
+}
+
+/// The effective uid of this process.
+pub fn geteuid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Makes this process a child subreaper, so orphaned descendants are reparented to it.
+pub fn set_child_subreaper() -> Result<(), SyscallError> {
+    // SAFETY: integer arguments only.
+    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    check(ret.into(), "prctl(PR_SET_CHILD_SUBREAPER)").map(drop)
+}

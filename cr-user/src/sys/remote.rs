@@ -1,0 +1,136 @@
+//! Remote syscall injection: make a ptrace-stopped task execute one syscall of our choosing.
+//!
+//! The task's registers are pointed at a `syscall` instruction that exists in its address space
+//! (one found in its vDSO, or fastcr's one-page trampoline during restore), the syscall number and
+//! arguments go in `rax` and `rdi, rsi, rdx, r10, r8, r9`, and `PTRACE_SYSCALL` runs it to its
+//! exit stop, where `rax` holds the result. Signals must be blocked in the task (its sigmask is
+//! set with `PTRACE_SETSIGMASK`) so that none is delivered in between.
+
+use super::SyscallError;
+use super::ptrace::{self, Stop, UserRegs};
+
+/// Why an injected syscall did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    /// A ptrace request failed.
+    #[error("ptrace request failed while injecting syscall {nr}")]
+    Ptrace {
+        /// The injected syscall number.
+        nr: i64,
+        /// The failed request.
+        #[source]
+        source: SyscallError,
+    },
+    /// The task stopped for another reason than the syscall stop we waited for.
+    #[error("task {pid} stopped unexpectedly ({stop:?}) while running injected syscall {nr}")]
+    UnexpectedStop {
+        /// Task id.
+        pid: i32,
+        /// The injected syscall number.
+        nr: i64,
+        /// What waitpid reported.
+        stop: Stop,
+    },
+}
+
+/// A stopped task we inject syscalls into.
+pub struct Remote {
+    pid: i32,
+    base: UserRegs,
+}
+
+impl Remote {
+    /// `base` is the register set each injection starts from; `syscall_ip` the address of a
+    /// `syscall` instruction (bytes `0f 05`) mapped executable in the task.
+    pub fn new(pid: i32, base: UserRegs, syscall_ip: u64) -> Self {
+        let mut base = base;
+        base.rip = syscall_ip;
+        // orig_rax = -1 tells the kernel's signal-return path that no syscall is being restarted.
+        base.orig_rax = u64::MAX;
+        Self { pid, base }
+    }
+
+    /// The traced task.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Moves injection to another `syscall` instruction (e.g. once the trampoline exists).
+    pub fn set_syscall_ip(&mut self, ip: u64) {
+        self.base.rip = ip;
+    }
+
+    /// Runs syscall `nr` with `args` in the task and returns the kernel's raw return value
+    /// (a negative errno on failure).
+    pub fn syscall(&self, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
+        let mut regs = self.base;
+        regs.rax = nr as u64;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        let map = |source| InjectError::Ptrace { nr, source };
+        ptrace::set_regs(self.pid, &regs).map_err(map)?;
+        for _ in 0..2 {
+            ptrace::resume_to_syscall(self.pid, 0).map_err(map)?;
+            match ptrace::wait_stop(self.pid).map_err(map)? {
+                Stop::Syscall => {}
+                stop => {
+                    return Err(InjectError::UnexpectedStop {
+                        pid: self.pid,
+                        nr,
+                        stop,
+                    });
+                }
+            }
+        }
+        let out = ptrace::get_regs(self.pid).map_err(map)?;
+        Ok(out.rax as i64)
+    }
+
+    /// Like [`Remote::syscall`], but a negative return becomes a [`SyscallError`].
+    pub fn checked(
+        &self,
+        call: &'static str,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Result<u64, RemoteCallError> {
+        let ret = self.syscall(nr, args)?;
+        if (-4095..0).contains(&ret) {
+            return Err(RemoteCallError::Failed(SyscallError::from_errno(
+                call,
+                (-ret) as i32,
+            )));
+        }
+        Ok(ret as u64)
+    }
+}
+
+/// An injected syscall that could not run, or ran and failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteCallError {
+    /// Injection itself failed.
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    /// The syscall ran in the task and returned an error.
+    #[error(transparent)]
+    Failed(SyscallError),
+}
+
+/// Finds the offset of a `syscall` instruction (`0f 05`) in a code blob such as the vDSO.
+pub fn find_syscall_insn(code: &[u8]) -> Option<usize> {
+    code.windows(2).position(|w| w == [0x0f, 0x05])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_syscall_bytes() {
+        assert_eq!(find_syscall_insn(&[0x90, 0x0f, 0x05, 0xc3]), Some(1));
+        assert_eq!(find_syscall_insn(&[0x0f, 0x90, 0x05]), None);
+    }
+}
