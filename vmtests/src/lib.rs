@@ -524,22 +524,27 @@ impl Workload {
     }
 
     /// Sends SIGTERM, waits, and asserts exit status 0 and `PASS` in STATEDIR/result.
-    pub fn terminate_and_verify(mut self) {
+    pub fn terminate_and_verify(self) {
+        let name = self.name.clone();
+        let pid = self.pid;
+        let (status, result, log) = self.terminate();
+        assert!(
+            status.success() && result == "PASS\n",
+            "{name} (pid {pid}) {}; result: {:?}; log: {log}",
+            describe_status(status.into_raw()),
+            result.trim_end(),
+        );
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status, STATEDIR/result and the log.
+    pub fn terminate(mut self) -> (ExitStatus, String, String) {
         assert!(self.alive, "{} is not running", self.name);
         self.signal(libc::SIGTERM);
         let status = waitpid_timeout(self.pid, EXIT_TIMEOUT)
             .unwrap_or_else(|e| panic!("{}: {e:#}", self.name));
         self.alive = false;
         let result = fs::read_to_string(self.dir.join("result")).unwrap_or_default();
-        assert!(
-            ExitStatus::from_raw(status).success() && result == "PASS\n",
-            "{} (pid {}) {}; result: {:?}; log: {}",
-            self.name,
-            self.pid,
-            describe_status(status),
-            result.trim_end(),
-            self.log()
-        );
+        (ExitStatus::from_raw(status), result, self.log())
     }
 
     /// SIGKILLs the workload and reaps it.
