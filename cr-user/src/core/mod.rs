@@ -62,10 +62,6 @@ pub fn regs_from_image(r: &Regs) -> UserRegs {
     regs_fields!(conv)
 }
 
-fn sig_bit(set: u64, sig: u32) -> bool {
-    set & (1u64 << (sig - 1)) != 0
-}
-
 /// Saves the task's CPU and signal state. Signals must be blocked and scratch memory set.
 pub fn dump(
     frozen: &Frozen,
@@ -78,10 +74,10 @@ pub fn dump(
     let perr = |step| move |source| CoreError::Ptrace { tid, step, source };
     let xstate = ptrace::get_xstate(tid).map_err(perr("read xstate"))?;
     let mut sigactions = Vec::new();
-    // Only signals with a handler or ignored can differ from the default; asking about those
-    // alone keeps the freeze short.
+    // Every signal is asked: a default disposition can still carry flags and a mask that the
+    // program set and may read back.
     for sig in 1..=64u32 {
-        if !sig_bit(status.sig_cgt | status.sig_ign, sig) {
+        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
         }
         let out = inj.scratch_addr(SCRATCH_SIGACTION);
