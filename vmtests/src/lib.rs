@@ -658,7 +658,9 @@ pub fn assert_success(out: &Output, what: &str) {
 }
 
 /// Panics unless the command failed the way the CLI contract says: non-zero exit (not a signal),
-/// and stderr is exactly one line starting with `Error: `, with no panic.
+/// no panic, and the error is one line starting with `Error: `, the last on stderr. Log lines
+/// (e.g. a warning that BPF is unavailable to an unprivileged user) may precede it; a second
+/// `Error: ` line or a multi-line error chain may not.
 pub fn assert_one_line_error(out: &Output, what: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
@@ -672,9 +674,10 @@ pub fn assert_one_line_error(out: &Output, what: &str) {
         "{what}: fastcr panicked: {}",
         show_output(out)
     );
+    let errors = lines.iter().filter(|l| l.starts_with("Error: ")).count();
     assert!(
-        lines.len() == 1 && lines[0].starts_with("Error: "),
-        "{what}: expected one line starting with \"Error: \" on stderr: {}",
+        errors == 1 && lines.last().is_some_and(|l| l.starts_with("Error: ")),
+        "{what}: expected the error as one last line starting with \"Error: \" on stderr: {}",
         show_output(out)
     );
 }
