@@ -157,7 +157,9 @@ fn start_tracking(pid: i32) -> Option<TaskTracker> {
     match TaskTracker::attach(pid as u32) {
         Ok(t) => Some(t),
         Err(e) => {
-            tracing::warn!(error = %e, "BPF task tracking unavailable; using /proc only");
+            // Not an error for the dump: the task set is confirmed from /proc either way, and
+            // the stats say which source was used.
+            tracing::info!(error = %e, "BPF task tracking unavailable; using /proc only");
             None
         }
     }

@@ -1,7 +1,7 @@
 //! The `fastcr` command line. Thin: parses flags, calls the library, prints the error chain once
 //! on one line and exits non-zero on failure.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -93,6 +93,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
