@@ -205,10 +205,10 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = self.release() {
-                tracing::error!(pid = self.pid, error = %e, "could not release frozen task");
-            }
+        if self.armed
+            && let Err(e) = self.release()
+        {
+            tracing::error!(pid = self.pid, error = %e, "could not release frozen task");
         }
     }
 }
