@@ -389,6 +389,12 @@ impl Workload {
     /// Starts `name` with a fresh STATEDIR (stdin /dev/null, stdout and stderr both on the
     /// regular file STATEDIR/log) and waits until it reports `ready`.
     pub fn spawn(name: &str, args: &[&str]) -> Workload {
+        Self::spawn_with_stdout(name, args, None)
+    }
+
+    /// Like [`Workload::spawn`], but with `stdout` (e.g. a pipe the test holds) instead of the
+    /// log file; stderr still goes to STATEDIR/log.
+    pub fn spawn_with_stdout(name: &str, args: &[&str], stdout: Option<Stdio>) -> Workload {
         let bin = build_workloads().join(name);
         let dir = Scratch::new(name);
         let log = fs::File::create(dir.join("log")).expect("create the workload log");
@@ -398,7 +404,7 @@ impl Workload {
                 .arg(dir.path())
                 .args(args)
                 .stdin(Stdio::null())
-                .stdout(log)
+                .stdout(stdout.unwrap_or_else(|| log.into()))
                 .stderr(log2),
         );
         let mut wl = Workload {
