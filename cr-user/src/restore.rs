@@ -304,6 +304,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats, RestoreError> {
     crate::core::restore_signals(&inj, &img.core)?;
     crate::core::restore_task_links(&inj, &img.core)?;
     crate::core::restore_creds(&inj, &img.core)?;
+    crate::core::restore_timers(&inj, &img.core)?;
     mmr::remove_trampoline(&inj, trampoline)?;
     crate::core::restore_cpu(child, &img.core)?;
     ptrace::detach(child, 0).map_err(err("detach"))?;

@@ -44,6 +44,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_sleep",
     "wl_signals",
     "wl_files",
+    "wl_pipe",
 ];
 
 /// The cargo workspace root.
@@ -742,6 +743,24 @@ pub struct VisibleState {
     pub root: String,
 }
 
+/// Pipe inode numbers change across a restore; which fds share a pipe must not. Renames
+/// `pipe:[INODE]` to `pipe:#K`, K counting distinct pipes in fd order.
+fn canonical_pipe_ids(fds: &mut BTreeMap<i32, FdState>) {
+    let mut seen: Vec<String> = Vec::new();
+    for st in fds.values_mut() {
+        if st.target.starts_with("pipe:[") {
+            let k = seen
+                .iter()
+                .position(|t| *t == st.target)
+                .unwrap_or_else(|| {
+                    seen.push(st.target.clone());
+                    seen.len() - 1
+                });
+            st.target = format!("pipe:#{k}");
+        }
+    }
+}
+
 impl VisibleState {
     /// Captures the state of `pid`. Fds to `*.tmp` files are left out: the workloads open those
     /// for a moment to publish their counter, so they come and go between captures.
@@ -789,6 +808,7 @@ impl VisibleState {
                 },
             );
         }
+        canonical_pipe_ids(&mut fds);
         let status_text = fs::read_to_string(proc.join("status")).context("read status")?;
         let status = status_text
             .lines()

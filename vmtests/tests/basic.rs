@@ -120,6 +120,16 @@ fn files_leave_running_restore() {
     dump_and_restore("wl_files", &[], Mode::LeaveRunning);
 }
 
+#[test]
+fn pipe_dump_restore() {
+    dump_and_restore("wl_pipe", &[], Mode::Dump);
+}
+
+#[test]
+fn pipe_leave_running_restore() {
+    dump_and_restore("wl_pipe", &[], Mode::LeaveRunning);
+}
+
 /// Kills a restored workload on drop (if it is still the child of `parent` or of the test), so a
 /// failing test does not leave it running.
 struct RestoredUnder {

@@ -45,6 +45,11 @@ fn wl_files_passes_undisturbed() {
 }
 
 #[test]
+fn wl_pipe_passes_undisturbed() {
+    selftest("wl_pipe", &[]);
+}
+
+#[test]
 fn wl_heap_1gib_passes_undisturbed() {
     selftest("wl_heap", &["1024"]);
 }

@@ -39,7 +39,10 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const SCRATCH_SIGACTION: u64 = 0;
 const SCRATCH_ALTSTACK: u64 = 64;
 const SCRATCH_TIDADDR: u64 = 128;
+const SCRATCH_ITIMER: u64 = 192;
 const SCRATCH_GROUPS: u64 = 256;
+/// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
+const ITIMERS: [u64; 3] = [0, 1, 2];
 
 macro_rules! regs_fields {
     ($m:ident) => {
@@ -121,6 +124,17 @@ pub fn dump(
         [PR_GET_TID_ADDRESS, tidp, 0, 0, 0, 0],
     )?;
     let [clear_child_tid] = words::<1>(&inj.get(SCRATCH_TIDADDR, 8)?);
+    let mut itimers = Vec::with_capacity(ITIMERS.len());
+    for which in ITIMERS {
+        let out = inj.scratch_addr(SCRATCH_ITIMER);
+        inj.call(
+            || format!("getitimer({which})"),
+            "getitimer",
+            libc::SYS_getitimer,
+            [which, out, 0, 0, 0, 0],
+        )?;
+        itimers.push(words::<4>(&inj.get(SCRATCH_ITIMER, 32)?));
+    }
     Ok(CoreImage {
         tid,
         comm,
@@ -132,6 +146,7 @@ pub fn dump(
         rseq,
         robust_list,
         clear_child_tid,
+        itimers,
         creds: Creds {
             uid: status.uid,
             gid: status.gid,
@@ -291,6 +306,24 @@ pub fn restore_creds(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> 
         libc::SYS_setfsuid,
         [fu, 0, 0, 0, 0, 0],
     )?;
+    Ok(())
+}
+
+/// Re-arms the interval timers with the time they had left (last injected step before the
+/// trampoline goes, so they do not tick during the restore).
+pub fn restore_timers(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
+    for (which, t) in ITIMERS.iter().zip(&core.itimers) {
+        if t.iter().all(|&w| w == 0) {
+            continue;
+        }
+        let addr = inj.put(SCRATCH_ITIMER, &to_bytes(t))?;
+        inj.call(
+            || format!("setitimer({which})"),
+            "setitimer",
+            libc::SYS_setitimer,
+            [*which, addr, 0, 0, 0, 0],
+        )?;
+    }
     Ok(())
 }
 

@@ -5,9 +5,12 @@
 //! `/dev/urandom`), and with `--shell-job` standard streams that are terminals or pipes, which
 //! are handed the restorer's own. Anything else is refused at dump time, naming the fd.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
-use crate::image::files::{Fd, FdKind, FilesImage};
+use crate::image::files::{Fd, FdKind, FilesImage, Pipe};
 use crate::inject::{InjectError, Injector};
 use crate::proc::{self, ProcError};
 
@@ -44,6 +47,36 @@ pub enum FilesError {
         /// What it was.
         was: String,
     },
+    /// Reading or refilling a pipe's data failed.
+    #[error("cannot save the data in flight in the pipe at fd {fd} of process {pid}")]
+    PipeIo {
+        /// Process.
+        pid: i32,
+        /// The fd whose end was used.
+        fd: i32,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Refilling a restored pipe failed.
+    #[error("cannot refill pipe (fd {fd}) of restored process {pid}")]
+    PipeRefill {
+        /// Process.
+        pid: i32,
+        /// The fd.
+        fd: i32,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image lists a pipe end without its pipe.
+    #[error("fd {fd} refers to pipe {inode}, which the image does not hold")]
+    MissingPipe {
+        /// The fd.
+        fd: i32,
+        /// The pipe's inode.
+        inode: u64,
+    },
     /// Reading `/proc` failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
@@ -61,71 +94,178 @@ const SAFE_DEVICES: [&str; 5] = [
 ];
 const SCRATCH_PATH: u64 = 1024;
 
-/// Saves cwd, umask and the fd table of `pid`.
+/// One fd as `/proc` shows it.
+struct RawFd {
+    fd: i32,
+    target: String,
+    pos: u64,
+    flags: u32,
+    meta: Option<std::fs::Metadata>,
+}
+
+fn is_reader(flags: u32) -> bool {
+    flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32
+}
+
+/// Saves cwd, umask and the fd table of `pid`. Must run while the process is frozen: the data in
+/// flight in its pipes is read out and written straight back.
 pub fn dump(pid: i32, umask: u32, shell_job: bool) -> Result<FilesImage, FilesError> {
     let cwd = proc::read_link(pid, "cwd")?.to_string_lossy().into_owned();
-    let mut fds = Vec::new();
+    let mut raw = Vec::new();
     for fd in proc::fds(pid)? {
         let target = proc::read_link(pid, &format!("fd/{fd}"))?
             .to_string_lossy()
             .into_owned();
         let (pos, flags) = proc::fdinfo(pid, fd)?;
-        let unsupported = |why| FilesError::Unsupported {
-            pid,
+        let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
+        raw.push(RawFd {
             fd,
-            target: target.clone(),
-            why,
-        };
-        let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map_err(|_| unsupported("cannot stat it"))?;
-        let ft = meta.file_type();
-        let is_stream = target.starts_with("pipe:")
-            || target.starts_with("/dev/pts/")
-            || target.starts_with("/dev/tty");
-        let kind = if ft.is_file() || ft.is_dir() {
-            if target.ends_with(" (deleted)") {
-                return Err(unsupported("the file was deleted (not supported yet)"));
-            }
-            // The path must still name the same file, or restore would open another one.
-            let same = std::fs::metadata(&target)
-                .is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
-            if !same {
-                return Err(unsupported("the path no longer names the open file"));
-            }
-            FdKind::Path {
-                path: target.clone(),
-                size: ft.is_file().then_some(meta.len()),
-            }
-        } else if ft.is_char_device() && SAFE_DEVICES.contains(&target.as_str()) {
-            FdKind::Path {
-                path: target.clone(),
-                size: None,
-            }
-        } else if is_stream && fd <= 2 && shell_job {
-            FdKind::Inherited {
-                was: target.clone(),
-            }
-        } else if is_stream && fd <= 2 {
-            return Err(unsupported(
-                "a terminal or pipe leading outside the dump; use --shell-job to hand it to the restorer",
-            ));
-        } else if target.starts_with("pipe:") || ft.is_fifo() {
-            return Err(unsupported("pipes are not supported yet"));
-        } else if target.starts_with("socket:") {
-            return Err(unsupported("sockets are not supported yet"));
-        } else if target.starts_with("anon_inode:") {
-            return Err(unsupported("this kernel object is not supported yet"));
-        } else {
-            return Err(unsupported("device or special file"));
-        };
-        fds.push(Fd {
-            fd,
-            flags,
+            target,
             pos,
+            flags,
+            meta,
+        });
+    }
+    // Which ends of each pipe this process holds: a pipe with both ends inside is saved whole.
+    let mut ends: BTreeMap<u64, (Option<i32>, Option<i32>)> = BTreeMap::new();
+    for r in &raw {
+        if let Some(m) = r
+            .meta
+            .as_ref()
+            .filter(|m| m.file_type().is_fifo() && r.target.starts_with("pipe:"))
+        {
+            let e = ends.entry(m.ino()).or_default();
+            if is_reader(r.flags) {
+                e.0.get_or_insert(r.fd);
+            } else {
+                e.1.get_or_insert(r.fd);
+            }
+        }
+    }
+    let mut fds = Vec::new();
+    let mut pipes = Vec::new();
+    for r in &raw {
+        let kind = classify(pid, r, &ends, shell_job)?;
+        if let FdKind::Pipe { inode } = kind
+            && !pipes.iter().any(|p: &Pipe| p.inode == inode)
+            && let Some(&(Some(rd), Some(wr))) = ends.get(&inode)
+        {
+            pipes.push(save_pipe(pid, inode, rd, wr)?);
+        }
+        fds.push(Fd {
+            fd: r.fd,
+            flags: r.flags,
+            pos: r.pos,
             kind,
         });
     }
-    Ok(FilesImage { cwd, umask, fds })
+    Ok(FilesImage {
+        cwd,
+        umask,
+        fds,
+        pipes,
+    })
+}
+
+fn classify(
+    pid: i32,
+    r: &RawFd,
+    ends: &BTreeMap<u64, (Option<i32>, Option<i32>)>,
+    shell_job: bool,
+) -> Result<FdKind, FilesError> {
+    let unsupported = |why| FilesError::Unsupported {
+        pid,
+        fd: r.fd,
+        target: r.target.clone(),
+        why,
+    };
+    let meta = r
+        .meta
+        .as_ref()
+        .ok_or_else(|| unsupported("cannot stat it"))?;
+    let ft = meta.file_type();
+    let target = r.target.as_str();
+    let is_stream = target.starts_with("pipe:")
+        || target.starts_with("/dev/pts/")
+        || target.starts_with("/dev/tty");
+    if ft.is_file() || ft.is_dir() {
+        if target.ends_with(" (deleted)") {
+            return Err(unsupported("the file was deleted (not supported yet)"));
+        }
+        // The path must still name the same file, or restore would open another one.
+        let same =
+            std::fs::metadata(target).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+        if !same {
+            return Err(unsupported("the path no longer names the open file"));
+        }
+        return Ok(FdKind::Path {
+            path: target.to_string(),
+            size: ft.is_file().then_some(meta.len()),
+        });
+    }
+    if ft.is_char_device() && SAFE_DEVICES.contains(&target) {
+        return Ok(FdKind::Path {
+            path: target.to_string(),
+            size: None,
+        });
+    }
+    if ft.is_fifo()
+        && target.starts_with("pipe:")
+        && matches!(ends.get(&meta.ino()), Some((Some(_), Some(_))))
+    {
+        return Ok(FdKind::Pipe { inode: meta.ino() });
+    }
+    if is_stream && r.fd <= 2 {
+        if shell_job {
+            return Ok(FdKind::Inherited {
+                was: target.to_string(),
+            });
+        }
+        return Err(unsupported(
+            "a terminal or pipe leading outside the dump; use --shell-job to hand it to the restorer",
+        ));
+    }
+    Err(unsupported(if ft.is_fifo() {
+        "a pipe or FIFO leading outside the dump (process trees are not supported yet)"
+    } else if target.starts_with("socket:") {
+        "sockets are not supported yet"
+    } else if target.starts_with("anon_inode:") {
+        "this kernel object is not supported yet"
+    } else {
+        "device or special file"
+    }))
+}
+
+/// Reads the unread bytes out of a pipe through `/proc/PID/fd`, and writes them straight back
+/// so the (frozen) process finds its pipe as it left it.
+fn save_pipe(pid: i32, inode: u64, rd: i32, wr: i32) -> Result<Pipe, FilesError> {
+    let io = |fd: i32| move |source: std::io::Error| FilesError::PipeIo { pid, fd, source };
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{pid}/fd/{rd}"))
+        .map_err(io(rd))?;
+    let size = crate::sys::fs::pipe_size(&reader).map_err(|e| io(rd)(e.io_error))?;
+    let mut data = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match (&reader).read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(rd)(e)),
+        }
+    }
+    if !data.is_empty() {
+        let mut writer = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(format!("/proc/{pid}/fd/{wr}"))
+            .map_err(io(wr))?;
+        writer.write_all(&data).map_err(io(wr))?;
+    }
+    Ok(Pipe { inode, size, data })
 }
 
 /// Checks before forking that every file the image reopens is still there and the same size.
@@ -146,6 +286,14 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
                     fd: f.fd,
                     was: was.clone(),
                 });
+            }
+            FdKind::Pipe { inode } => {
+                if !files.pipes.iter().any(|p| p.inode == *inode) {
+                    return Err(FilesError::MissingPipe {
+                        fd: f.fd,
+                        inode: *inode,
+                    });
+                }
             }
             FdKind::Inherited { .. } => {}
         }
@@ -190,7 +338,16 @@ pub fn restore(inj: &Injector, files: &FilesImage) -> Result<(), FilesError> {
         libc::SYS_umask,
         [u64::from(files.umask), 0, 0, 0, 0, 0],
     )?;
+    let top = files.fds.iter().map(|f| f.fd).max().unwrap_or(0);
+    let mut pipes_done = Vec::new();
     for f in &files.fds {
+        if let FdKind::Pipe { inode } = f.kind {
+            if !pipes_done.contains(&inode) {
+                restore_pipe(inj, files, inode, top)?;
+                pipes_done.push(inode);
+            }
+            continue;
+        }
         let FdKind::Path { path, .. } = &f.kind else {
             continue;
         };
@@ -227,6 +384,109 @@ pub fn restore(inj: &Injector, files: &FilesImage) -> Result<(), FilesError> {
                 [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
             )?;
         }
+    }
+    Ok(())
+}
+
+const DEFAULT_PIPE_SIZE: u32 = 65536;
+const SCRATCH_PIPEFDS: u64 = 512;
+
+/// Creates one pipe, puts its ends at every fd number the image has for it, sets its size and
+/// flags, and refills the data that was in flight.
+fn restore_pipe(
+    inj: &Injector,
+    files: &FilesImage,
+    inode: u64,
+    top: i32,
+) -> Result<(), FilesError> {
+    let pipe = files.pipes.iter().find(|p| p.inode == inode);
+    let users: Vec<&Fd> = files
+        .fds
+        .iter()
+        .filter(|f| f.kind == FdKind::Pipe { inode })
+        .collect();
+    let Some(pipe) = pipe else {
+        return Err(FilesError::MissingPipe {
+            fd: users.first().map_or(-1, |f| f.fd),
+            inode,
+        });
+    };
+    let out = inj.scratch_addr(SCRATCH_PIPEFDS);
+    inj.call(
+        || "pipe2".into(),
+        "pipe2",
+        libc::SYS_pipe2,
+        [out, 0, 0, 0, 0, 0],
+    )?;
+    let raw = inj.get(SCRATCH_PIPEFDS, 8)?;
+    let first = |b: &[u8]| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let (r0, w0) = (first(&raw[0..4]), first(&raw[4..8]));
+    // Park both ends above every fd number of the image, so placing one end can never
+    // overwrite the other.
+    let park = |fd: u64| -> Result<u64, FilesError> {
+        let hi = inj.call(
+            || "fcntl(F_DUPFD)".into(),
+            "fcntl",
+            libc::SYS_fcntl,
+            [fd, libc::F_DUPFD as u64, (top + 1) as u64, 0, 0, 0],
+        )?;
+        inj.call(
+            || "close".into(),
+            "close",
+            libc::SYS_close,
+            [fd, 0, 0, 0, 0, 0],
+        )?;
+        Ok(hi)
+    };
+    let (r, w) = (park(r0)?, park(w0)?);
+    if pipe.size != DEFAULT_PIPE_SIZE {
+        inj.call(
+            || format!("fcntl(F_SETPIPE_SZ, {})", pipe.size),
+            "fcntl",
+            libc::SYS_fcntl,
+            [w, libc::F_SETPIPE_SZ as u64, u64::from(pipe.size), 0, 0, 0],
+        )?;
+    }
+    if !pipe.data.is_empty() {
+        let pid = inj.pid();
+        let refill = |source| FilesError::PipeRefill {
+            pid,
+            fd: w as i32,
+            source,
+        };
+        let mut writer = OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{pid}/fd/{w}"))
+            .map_err(refill)?;
+        writer.write_all(&pipe.data).map_err(refill)?;
+    }
+    for f in users {
+        let src = if is_reader(f.flags) { r } else { w };
+        let fd = f.fd as u64;
+        let cloexec = u64::from(f.flags & libc::O_CLOEXEC as u32);
+        inj.call(
+            || format!("dup3 of a pipe end to fd {fd}"),
+            "dup3",
+            libc::SYS_dup3,
+            [src, fd, cloexec, 0, 0, 0],
+        )?;
+        let status = u64::from(f.flags & libc::O_NONBLOCK as u32);
+        if status != 0 {
+            inj.call(
+                || format!("fcntl(F_SETFL) of fd {fd}"),
+                "fcntl",
+                libc::SYS_fcntl,
+                [fd, libc::F_SETFL as u64, status, 0, 0, 0],
+            )?;
+        }
+    }
+    for fd in [r, w] {
+        inj.call(
+            || "close".into(),
+            "close",
+            libc::SYS_close,
+            [fd, 0, 0, 0, 0, 0],
+        )?;
     }
     Ok(())
 }

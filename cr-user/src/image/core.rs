@@ -108,6 +108,9 @@ pub struct CoreImage {
     pub clear_child_tid: u64,
     /// Credentials.
     pub creds: Creds,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF as (interval s, interval µs, value s, value µs);
+    /// the value is the time left at dump.
+    pub itimers: Vec<[u64; 4]>,
     /// The task led its session (`setsid` on restore).
     pub session_leader: bool,
     /// The task led its process group.

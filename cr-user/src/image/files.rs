@@ -12,6 +12,11 @@ pub enum FdKind {
         /// File size at dump time (regular files), for a sanity check at restore.
         size: Option<u64>,
     },
+    /// One end of a pipe whose both ends belong to the dump (see [`FilesImage::pipes`]).
+    Pipe {
+        /// The pipe's inode number at dump time (identifies the pipe within the image).
+        inode: u64,
+    },
     /// A standard stream (tty or pipe) that `--shell-job` hands to the restorer's own.
     Inherited {
         /// What it was at dump time (for `show`).
@@ -41,4 +46,17 @@ pub struct FilesImage {
     pub umask: u32,
     /// Open fds, ascending.
     pub fds: Vec<Fd>,
+    /// Pipes referred to by [`FdKind::Pipe`] fds, with the data that was in flight.
+    pub pipes: Vec<Pipe>,
+}
+
+/// A pipe and its unread contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pipe {
+    /// Inode number at dump time.
+    pub inode: u64,
+    /// Capacity (`F_GETPIPE_SZ`).
+    pub size: u32,
+    /// Bytes written but not yet read.
+    pub data: Vec<u8>,
 }
