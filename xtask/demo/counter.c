@@ -3,8 +3,10 @@
  *
  *   counter STATEDIR
  *
- * It starts a new session (so that the process is a whole tree of its own, and
- * fastcr can dump it without --shell-job), fills 16 MiB with a
+ * It closes every fd above stderr (it may inherit some, e.g. a jobserver pipe
+ * from cargo, that lead outside the process), starts a new session (so that
+ * the process is a whole tree of its own, and fastcr can dump it without
+ * --shell-job), fills 16 MiB with a
  * position-dependent pattern, writes STATEDIR/ready, then counts: every 100 ms
  * it bumps a counter, records the value in a ring kept in memory, and publishes
  * it as STATEDIR/counter. The file is written under a temporary name and
@@ -18,6 +20,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -98,6 +101,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	strcpy(dir, argv[1]);
+	if (close_range(3, ~0U, 0)) {
+		perror("close_range");
+		return 2;
+	}
 	if (setsid() < 0) {
 		perror("setsid");
 		return 2;

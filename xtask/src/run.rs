@@ -168,7 +168,8 @@ pub(crate) fn cmd() -> Result<()> {
     let at_dump = read_counter(&state).context("reading the counter after the dump")?;
     println!("dump: the counter stopped at {at_dump} (it showed {before} just before the dump)");
 
-    step("fastcr restore");
+    step("fastcr restore (waits for the restored counter, exits with its status)");
+    println!("$ {} restore -D {} --stats", fastcr.display(), images.display());
     let restore = Command::new(&fastcr)
         .args(["restore", "-D"])
         .arg(&images)

@@ -144,9 +144,13 @@ impl Runner {
         }
         println!("\ntest counts:");
         let mut any = false;
+        let mut total = Counts::default();
         for report in self.reports.iter().filter(|r| !r.results.is_empty()) {
             any = true;
             let counts = Counts::from_lines(&report.results);
+            total.passed += counts.passed;
+            total.failed += counts.failed;
+            total.ignored += counts.ignored;
             println!(
                 "  {}: {} passed, {} failed, {} ignored",
                 report.name, counts.passed, counts.failed, counts.ignored
@@ -155,8 +159,13 @@ impl Runner {
                 println!("    {line}");
             }
         }
-        if !any {
-            println!("  (no test step completed)");
+        if any {
+            println!(
+                "  total: {} passed, {} failed, {} ignored",
+                total.passed, total.failed, total.ignored
+            );
+        } else {
+            println!("  (no test step produced results)");
         }
     }
 }
