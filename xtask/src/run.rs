@@ -169,7 +169,11 @@ pub(crate) fn cmd() -> Result<()> {
     println!("dump: the counter stopped at {at_dump} (it showed {before} just before the dump)");
 
     step("fastcr restore (waits for the restored counter, exits with its status)");
-    println!("$ {} restore -D {} --stats", fastcr.display(), images.display());
+    println!(
+        "$ {} restore -D {} --stats",
+        fastcr.display(),
+        images.display()
+    );
     let restore = Command::new(&fastcr)
         .args(["restore", "-D"])
         .arg(&images)
