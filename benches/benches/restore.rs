@@ -1,5 +1,6 @@
-//! Restore time of `fastcr restore -d`: `forking_time_us + restore_time_us` as reported by the
-//! restore, for 64 / 256 / 1024 MiB of pattern-filled anonymous memory.
+//! Restore time of `fastcr restore -d`: the `restore_time_us` the restore reports (from reading
+//! the image until the tasks run; it contains `forking_time_us`), for 64 / 256 / 1024 MiB of
+//! pattern-filled anonymous memory.
 //!
 //! The workload is dumped once; each sample restores that image, waits until the restored
 //! process runs, then kills and reaps it. A last restore is stopped cleanly so the workload
