@@ -199,10 +199,7 @@ impl RestoreTime {
         workload.wait_counter_advances();
         let images = Scratch::new("bench-restore-img");
         let pid = workload.pid_arg();
-        fastcr(
-            &bin.to_path_buf(),
-            &["dump", "-t", &pid, "-D", images.as_str()],
-        )?;
+        fastcr(bin, &["dump", "-t", &pid, "-D", images.as_str()])?;
         let status = workload.reap();
         if status.success() {
             bail!("the workload exited by itself ({status}) instead of being ended by the dump");
