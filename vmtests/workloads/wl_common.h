@@ -22,6 +22,8 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <sys/prctl.h>
+#include <sys/rseq.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,10 @@ static char wl_dir[4096];
 static char wl_failure[1024];
 static pid_t wl_pid;
 static uint64_t wl_counter;
+/* Per-thread kernel links glibc sets up, recorded at start and checked at the end. */
+static void *wl_robust_head;
+static size_t wl_robust_len;
+static int *wl_tid_address;
 
 static WL_UNUSED void wl_term_handler(int sig)
 {
@@ -140,6 +146,11 @@ static WL_UNUSED void wl_init(int argc, char **argv)
 		fprintf(stderr, "sigaction: %s\n", strerror(errno));
 		exit(2);
 	}
+	if (syscall(SYS_get_robust_list, 0, &wl_robust_head, &wl_robust_len) ||
+	    prctl(PR_GET_TID_ADDRESS, &wl_tid_address)) {
+		fprintf(stderr, "get_robust_list/PR_GET_TID_ADDRESS: %s\n", strerror(errno));
+		exit(2);
+	}
 }
 
 /* Says the state is built. The content is the pid, for humans. */
@@ -169,6 +180,33 @@ static WL_UNUSED void wl_tick(void)
 	wl_write_counter();
 }
 
+/*
+ * The robust futex list, clear_child_tid and the rseq registration glibc made
+ * must all still be in place: registering glibc's rseq area again must fail
+ * with EBUSY, which the kernel returns only for the same live registration.
+ */
+static void wl_check_task_links(void)
+{
+	void *head = NULL;
+	size_t len = 0;
+	int *tidp = NULL;
+
+	if (syscall(SYS_get_robust_list, 0, &head, &len) || head != wl_robust_head ||
+	    len != wl_robust_len)
+		wl_fail("robust list is %p/%zu, was %p/%zu", head, len, wl_robust_head,
+			wl_robust_len);
+	if (prctl(PR_GET_TID_ADDRESS, &tidp) || tidp != wl_tid_address)
+		wl_fail("clear_child_tid is %p, was %p", (void *)tidp, (void *)wl_tid_address);
+	if (__rseq_size > 0) {
+		void *area = (char *)__builtin_thread_pointer() + __rseq_offset;
+
+		errno = 0;
+		if (syscall(SYS_rseq, area, __rseq_size < 32 ? 32 : __rseq_size, 0, 0x53053053) != -1 ||
+		    errno != EBUSY)
+			wl_fail("rseq is not registered at glibc's area (errno %d)", errno);
+	}
+}
+
 /* Checks the invariants every workload shares, writes the result, exits. */
 static void __attribute__((noreturn)) wl_finish(void)
 {
@@ -179,6 +217,7 @@ static void __attribute__((noreturn)) wl_finish(void)
 		wl_fail("getpid() is %d, was %d at start", (int)getpid(), (int)wl_pid);
 	if (wl_counter == 0)
 		wl_fail("the counter never advanced");
+	wl_check_task_links();
 	if (wl_failure[0])
 		n = snprintf(buf, sizeof(buf), "FAIL: %s\n", wl_failure);
 	else
