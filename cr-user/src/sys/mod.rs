@@ -10,6 +10,7 @@ pub mod probe;
 pub mod process;
 pub mod ptrace;
 pub mod remote;
+pub mod uffd;
 
 use std::io;
 

@@ -113,3 +113,29 @@ pub fn set_child_subreaper() -> Result<(), SyscallError> {
     let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     check(ret.into(), "prctl(PR_SET_CHILD_SUBREAPER)").map(drop)
 }
+
+/// `pidfd_open(pid)`.
+pub fn pidfd_open(pid: i32) -> Result<std::os::fd::OwnedFd, SyscallError> {
+    // SAFETY: integer arguments; returns a new descriptor.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    owned(ret, "pidfd_open")
+}
+
+/// `pidfd_getfd`: a copy of descriptor `fd` of the process behind `pidfd`.
+pub fn pidfd_getfd(
+    pidfd: std::os::fd::BorrowedFd<'_>,
+    fd: i32,
+) -> Result<std::os::fd::OwnedFd, SyscallError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a live pidfd, a descriptor number in that process, no flags.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    owned(ret, "pidfd_getfd")
+}
+
+fn owned(ret: libc::c_long, call: &'static str) -> Result<std::os::fd::OwnedFd, SyscallError> {
+    use std::os::fd::FromRawFd;
+    let fd = check(ret, call)?;
+    let fd = i32::try_from(fd).map_err(|_| SyscallError::from_errno(call, libc::EBADF))?;
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
