@@ -45,6 +45,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_signals",
     "wl_files",
     "wl_pipe",
+    "wl_dirty",
 ];
 
 /// The cargo workspace root.
