@@ -246,6 +246,240 @@ impl RestoreTime {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pre-copy: frozen time under a known dirty rate, and the workload's slowdown while tracked.
+
+/// The workload of the pre-copy benches: `wl_dirty STATEDIR SIZE_MIB PERMILLE_PER_100MS [max]`,
+/// which dirties PERMILLE/1000 of its pages every 100 ms (or as fast as it can with `max`) and
+/// verifies every page when it is stopped.
+pub const DIRTY_WORKLOAD: &str = "wl_dirty";
+
+/// `(size in MiB, dirty rates in permille of the pages per 100 ms)` of the pre-copy frozen-time
+/// benches. 4 GiB skips 10 % (4 GiB/s of writes: one core cannot sustain it).
+pub const PRECOPY_CASES: &[(u64, &[u64])] = &[
+    (256, &[1, 10, 100]),
+    (1024, &[1, 10, 100]),
+    (4096, &[1, 10]),
+];
+
+/// Sizes (MiB) of the write-cost bench.
+pub const WRITE_COST_SIZES_MIB: &[u64] = &[256, 1024];
+
+/// Page writes per measured operation of the write-cost bench: criterion's table is in
+/// milliseconds, so the cost of 1000 page writes reads in microseconds per page.
+pub const WRITES_PER_OP: u64 = 1000;
+
+/// A dirty rate in permille per 100 ms as criterion parameter text: `0.1%`, `1%`, `10%`.
+pub fn rate_label(permille: u64) -> String {
+    if permille.is_multiple_of(10) {
+        format!("{}%", permille / 10)
+    } else {
+        format!("{}.{}%", permille / 10, permille % 10)
+    }
+}
+
+/// Whether this fastcr has `dump --pre-copy` (the pre-copy benches measure only the
+/// stop-the-world baseline until it does).
+pub fn supports_pre_copy(bin: &Path) -> bool {
+    let out = vmtests::run(Command::new(bin).args(["dump", "--help"]));
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--pre-copy")
+}
+
+/// `wl_dirty`'s STATEDIR/progress: its CLOCK_MONOTONIC time in ns and its total page writes.
+fn read_progress(statedir: &Path) -> Result<(u64, u64)> {
+    let path = statedir.join("progress");
+    let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(t)), Some(Ok(w))) => Ok((t, w)),
+        _ => bail!("bad progress {text:?}"),
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `wl_dirty`'s progress file.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Pre-copy frozen-time scenario: a running `wl_dirty` of a given size and dirty rate, dumped
+/// again and again with `--leave-running`, with or without `--pre-copy auto`; each dump
+/// contributes its `frozen_time_us`. Both modes run against the same workload, so the
+/// stop-the-world baseline and the pre-copy figure see the same dirty rate.
+#[derive(Debug)]
+pub struct DirtyFrozen {
+    bin: PathBuf,
+    workload: Workload,
+    started: (u64, u64),
+}
+
+impl DirtyFrozen {
+    /// Starts `wl_dirty SIZE_MIB PERMILLE` and waits until it runs its loop.
+    pub fn start(bin: &Path, size_mib: u64, permille: u64) -> Result<Self> {
+        let workload = Workload::spawn(
+            DIRTY_WORKLOAD,
+            &[&size_arg(size_mib), &permille.to_string()],
+        );
+        workload.wait_counter_advances();
+        let started = read_progress(workload.statedir())?;
+        Ok(Self {
+            bin: bin.to_path_buf(),
+            workload,
+            started,
+        })
+    }
+
+    /// One `dump --leave-running --json` (plus `--pre-copy auto` when `pre_copy`) into a fresh
+    /// directory (removed afterwards); returns the time the process was frozen.
+    pub fn measure_once(&self, pre_copy: bool) -> Result<Duration> {
+        let images = Scratch::new("bench-precopy-img");
+        let pid = self.workload.pid_arg();
+        let mut args = vec![
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            images.as_str(),
+            "--leave-running",
+            "--json",
+        ];
+        if pre_copy {
+            args.extend_from_slice(&["--pre-copy", "auto"]);
+        }
+        let out = fastcr(&self.bin, &args)?;
+        micros(&parse_stats(&out.stdout)?, "frozen_time_us")
+    }
+
+    /// The dirty rate the workload achieved since it started, in pages per second (the frozen
+    /// periods included, so slightly below the asked rate).
+    pub fn achieved_rate(&self) -> Result<f64> {
+        let (t0, w0) = self.started;
+        let (t1, w1) = read_progress(self.workload.statedir())?;
+        Ok((w1.saturating_sub(w0)) as f64 / (t1.saturating_sub(t0).max(1) as f64 / 1e9))
+    }
+
+    /// Stops the workload and checks that it survived every dump intact.
+    pub fn finish(self) {
+        self.workload.assert_running_untraced();
+        self.workload.terminate_and_verify();
+    }
+}
+
+/// Slowdown scenario: `wl_dirty SIZE_MIB 0 max` dirties pages as fast as it can and publishes
+/// its progress every 5 ms. [`WriteCost::untracked`] measures the time per page write while
+/// nothing watches it; [`WriteCost::tracked`] while `fastcr dump --pre-copy 5 --leave-running`
+/// runs its rounds (write-protect faults, plus the copy competing for memory bandwidth).
+#[derive(Debug)]
+pub struct WriteCost {
+    bin: PathBuf,
+    workload: Workload,
+}
+
+/// Untracked measurement window.
+const UNTRACKED_WINDOW: Duration = Duration::from_millis(300);
+
+impl WriteCost {
+    /// Starts the workload and waits until it runs its loop.
+    pub fn start(bin: &Path, size_mib: u64) -> Self {
+        let workload = Workload::spawn(DIRTY_WORKLOAD, &[&size_arg(size_mib), "0", "max"]);
+        workload.wait_counter_advances();
+        Self {
+            bin: bin.to_path_buf(),
+            workload,
+        }
+    }
+
+    /// The time [`WRITES_PER_OP`] page writes took between two progress reports.
+    fn cost(from: (u64, u64), to: (u64, u64)) -> Result<Duration> {
+        let writes = to.1.saturating_sub(from.1);
+        if writes == 0 || to.0 <= from.0 {
+            bail!("no page written between {from:?} and {to:?}");
+        }
+        let ns = u128::from(to.0 - from.0) * u128::from(WRITES_PER_OP) / u128::from(writes);
+        Ok(Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
+    }
+
+    /// Cost of [`WRITES_PER_OP`] page writes with nobody tracking the workload.
+    pub fn untracked(&self) -> Result<Duration> {
+        let from = read_progress(self.workload.statedir())?;
+        std::thread::sleep(UNTRACKED_WINDOW);
+        Self::cost(from, read_progress(self.workload.statedir())?)
+    }
+
+    /// Cost of [`WRITES_PER_OP`] page writes during the pre-copy rounds of a
+    /// `dump --pre-copy 5 --leave-running`: the progress reports between the start of the dump
+    /// and the end of its `precopy_time_us` (so the window also holds fastcr's start-up, a few
+    /// ms of untracked writes, and never the frozen window).
+    pub fn tracked(&self) -> Result<Duration> {
+        let images = Scratch::new("bench-writecost-img");
+        let pid = self.workload.pid_arg();
+        let stdout = Scratch::new("bench-writecost-out");
+        let out_path = stdout.join("stdout");
+        let out_file = fs::File::create(&out_path).context("create stdout file")?;
+        let start = monotonic_ns();
+        let mut dump = vmtests::KillOnDrop(vmtests::spawn_registered(
+            Command::new(&self.bin)
+                .args([
+                    "dump",
+                    "-t",
+                    &pid,
+                    "-D",
+                    images.as_str(),
+                    "--pre-copy",
+                    "5",
+                    "--leave-running",
+                    "--json",
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(out_file)
+                .stderr(std::process::Stdio::null()),
+        ));
+        let mut samples: Vec<(u64, u64)> = Vec::new();
+        let status = loop {
+            if let Ok(sample) = read_progress(self.workload.statedir())
+                && samples.last() != Some(&sample)
+            {
+                samples.push(sample);
+            }
+            if let Some(status) = dump.0.try_wait().context("wait for fastcr dump")? {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let stdout = fs::read(&out_path).unwrap_or_default();
+        if !status.success() {
+            bail!(
+                "fastcr dump --pre-copy failed ({status}): {}",
+                String::from_utf8_lossy(&stdout)
+            );
+        }
+        let precopy = micros(&parse_stats(&stdout)?, "precopy_time_us")?;
+        let end = start + u64::try_from(precopy.as_nanos()).unwrap_or(u64::MAX);
+        let window: Vec<&(u64, u64)> = samples
+            .iter()
+            .filter(|(t, _)| *t >= start && *t <= end)
+            .collect();
+        match (window.first(), window.last()) {
+            (Some(&&from), Some(&&to)) if to.0 > from.0 => Self::cost(from, to),
+            _ => bail!(
+                "fewer than two progress reports within the {precopy:?} of pre-copy \
+                 (samples {samples:?}, window {start}..{end})"
+            ),
+        }
+    }
+
+    /// Stops the workload and checks that it survived every dump intact.
+    pub fn finish(self) {
+        self.workload.assert_running_untraced();
+        self.workload.terminate_and_verify();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +502,18 @@ mod tests {
             micros(&stats, "restore_time_us").expect("present"),
             Duration::from_micros(7)
         );
+    }
+
+    #[test]
+    fn labels_rates_and_costs() {
+        assert_eq!(rate_label(1), "0.1%");
+        assert_eq!(rate_label(10), "1%");
+        assert_eq!(rate_label(100), "10%");
+        assert_eq!(
+            WriteCost::cost((1_000, 10), (2_001_000, 2_010)).expect("writes"),
+            Duration::from_millis(1)
+        );
+        assert!(WriteCost::cost((1_000, 10), (2_000, 10)).is_err());
     }
 
     #[test]

@@ -101,15 +101,20 @@ fn collect(dir: &Path, since: SystemTime, out: &mut Vec<Figure>) -> Result<()> {
     Ok(())
 }
 
-/// Sorts by group, function, then parameter (numerically when it is a number: 64 < 256 < 1024).
+/// Sorts by group, function, then parameter; a function or parameter that starts with a number
+/// sorts numerically (64 < 256 < 1024, 0.1% < 1% < 10%).
 fn sort(figures: &mut [Figure]) {
+    let leading = |s: &str| {
+        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u64>().unwrap_or(u64::MAX)
+    };
     figures.sort_by(|a, b| {
         let key = |f: &Figure| {
-            let digits: String = f.value.chars().take_while(char::is_ascii_digit).collect();
             (
                 f.group.clone(),
+                leading(&f.function),
                 f.function.clone(),
-                digits.parse::<u64>().unwrap_or(u64::MAX),
+                leading(&f.value),
                 f.value.clone(),
             )
         };
@@ -283,6 +288,36 @@ mod tests {
         sort(&mut figures);
         let order: Vec<&str> = figures.iter().map(|f| f.value.as_str()).collect();
         assert_eq!(order, ["64MiB", "256MiB", "1024MiB"]);
+    }
+
+    #[test]
+    fn sorts_sizes_in_functions_and_rates_numerically() {
+        let fig = |function: &str, value: &str| Figure {
+            function: function.to_owned(),
+            ..figure("precopy_frozen", value)
+        };
+        let mut figures = vec![
+            fig("4096MiB", "1%"),
+            fig("1024MiB", "10%"),
+            fig("256MiB", "1%"),
+            fig("1024MiB", "0.1%"),
+            fig("1024MiB", "1%"),
+        ];
+        sort(&mut figures);
+        let order: Vec<String> = figures
+            .iter()
+            .map(|f| format!("{}/{}", f.function, f.value))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "256MiB/1%",
+                "1024MiB/0.1%",
+                "1024MiB/1%",
+                "1024MiB/10%",
+                "4096MiB/1%"
+            ]
+        );
     }
 
     #[test]
