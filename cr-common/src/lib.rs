@@ -6,4 +6,6 @@
 //! here: BPF never reads images, and this crate must stay `no_std`.
 #![no_std]
 
+pub mod dirty;
 pub mod task;
+pub mod vma;

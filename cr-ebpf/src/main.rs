@@ -1,13 +1,17 @@
 //! fastcr's BPF programs: one object, one module per concern.
 //!
 //! - `task`: process/thread lifecycle of the tracked trees (fork, thread creation, exec, exit).
+//! - `dirty`: write-fault hints (which pages the tracked processes wrote, with write counts).
+//! - `vma`: VMA-change events (`mmap`, `munmap`, `mremap`, `brk`, `madvise`, `mprotect`).
 //!
 //! Shared record layouts, map names and sizes come from `cr-common`, so this object and the
 //! loader in `cr-user::bpf` cannot disagree.
 #![no_std]
 #![no_main]
 
+mod dirty;
 mod task;
+mod vma;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -31,7 +31,7 @@ use cr_common::task::{
 
 /// Tracked tgids; see `cr_common::task::TRACKED_MAP`.
 #[map]
-static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_MAX_ENTRIES, 0);
+pub(crate) static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(TRACKED_MAX_ENTRIES, 0);
 
 /// Events to userspace; see `cr_common::task::TASK_EVENTS_MAP`.
 #[map]
@@ -169,18 +169,18 @@ fn try_sched_process_exec(ctx: &TracePointContext) -> Result<u32, i64> {
 }
 
 #[inline(always)]
-fn current_tgid() -> u32 {
+pub(crate) fn current_tgid() -> u32 {
     // The upper 32 bits are the tgid; the shift leaves exactly 32 significant bits.
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 #[inline(always)]
-fn is_tracked(tgid: u32) -> bool {
+pub(crate) fn is_tracked(tgid: u32) -> bool {
     TRACKED.get_ptr(tgid).is_some()
 }
 
 #[inline(always)]
-fn ktime_ns() -> u64 {
+pub(crate) fn ktime_ns() -> u64 {
     // SAFETY: bpf_ktime_get_ns takes no arguments and has no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }

@@ -18,7 +18,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    bpf::{TaskEventKind, TaskTracker},
+    bpf::{TaskEventKind, TaskTracker, VmaEventKind},
     sys::{
         SyscallError,
         probe::{self, PausedChild, UffdSource},
@@ -298,7 +298,7 @@ const UFFDIO_REGISTER_BIT: u64 = 1 << 0x00;
 pub fn probe() -> Kerndat {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_or_else(|e| format!("unknown ({e})"), |s| s.trim().to_owned());
-    let mut features = vec![probe_bpf()];
+    let mut features = vec![probe_bpf(), probe_bpf_dirty_hints()];
     features.extend(probe_uffd());
     features.push(probe_pagemap_scan());
     features.push(probe_pidfd());
@@ -344,6 +344,65 @@ fn probe_bpf() -> Feature {
             NAME,
             NEEDS,
             Status::Error("attached, but a test fork was not reported".to_owned()),
+            None,
+        ),
+        Err(e) => Feature::new(NAME, NEEDS, Status::Error(error_chain(&e)), None),
+    }
+}
+
+/// Attaches the memory hooks on ourselves, maps a fresh region (a large zeroed allocation is an
+/// `mmap` of untouched pages), writes one of its pages and frees it: BPF must report the write
+/// as a hint and the `mmap`/`munmap` as VMA events.
+fn probe_bpf_dirty_hints() -> Feature {
+    const NAME: &str = "bpf-dirty-hints";
+    const NEEDS: &[Need] = &[Need::PreCopy];
+    // Far above glibc's largest dynamic mmap threshold (32 MiB), so this is always its own
+    // mapping; only the one written page is ever populated.
+    const REGION: usize = 64 << 20;
+    let me = std::process::id();
+    let result = (|| {
+        let mut tracker = TaskTracker::attach(me)?;
+        tracker.watch_memory()?;
+        let mut region = vec![0u8; REGION];
+        let target = REGION / 2;
+        region[target] = 1;
+        let written = std::hint::black_box(&region[target]) as *const u8 as u64;
+        drop(region);
+        let hints = tracker.drain_dirty()?;
+        let events = tracker.drain_vma_events()?;
+        let hinted = hints
+            .iter()
+            .any(|h| h.tgid == me && h.page == written & !0xfff);
+        let mapped = events.iter().any(|e| {
+            let start = e.ret.cast_unsigned();
+            e.kind() == Some(VmaEventKind::Mmap)
+                && e.tgid == me
+                && !e.failed()
+                && (start..start.saturating_add(e.args[1])).contains(&written)
+        });
+        let unmapped = events
+            .iter()
+            .any(|e| e.kind() == Some(VmaEventKind::Munmap) && e.tgid == me);
+        Ok::<_, crate::bpf::BpfError>((hinted, mapped, unmapped))
+    })();
+    match result {
+        Ok((true, true, true)) => Feature::new(
+            NAME,
+            NEEDS,
+            Status::Ok,
+            Some(
+                "tracepoints exceptions:page_fault_user/kernel, syscalls:sys_enter/exit_mmap, \
+                 munmap, mremap, brk, madvise, mprotect; write and mmap/munmap seen"
+                    .to_owned(),
+            ),
+        ),
+        Ok((hinted, mapped, unmapped)) => Feature::new(
+            NAME,
+            NEEDS,
+            Status::Error(format!(
+                "attached, but a test write/mmap/munmap was not reported \
+                 (write seen: {hinted}, mmap seen: {mapped}, munmap seen: {unmapped})"
+            )),
             None,
         ),
         Err(e) => Feature::new(NAME, NEEDS, Status::Error(error_chain(&e)), None),

@@ -8,10 +8,22 @@
 //! before [`TaskTracker::attach`]: the caller seeds the set with the processes that already exist
 //! (a `/proc` walk) through [`TaskTracker::track`].
 //!
+//! The same loaded object also carries the memory hooks of pre-copy (DESIGN §5): write-fault
+//! hints ([`TaskTracker::drain_dirty`], module `dirty`) and VMA-change events
+//! ([`TaskTracker::drain_vma_events`], module `vma`). They are methods of [`TaskTracker`] rather
+//! than a sibling type because they share its `TRACKED` map (only tracked processes are
+//! watched) and one object must stay loaded (DESIGN §4); they are attached on demand by
+//! [`TaskTracker::watch_memory`], so a plain `dump`, which needs only the task hooks, does not
+//! put a program on every page fault of the machine. VMA events have their own ring buffer and
+//! their own drain, so a burst of `mmap` calls cannot crowd out a fork event and callers that
+//! only follow tasks are unaffected.
+//!
 //! No `unsafe` here: aya's loader, maps and `include_bytes_aligned!` are safe, and mounting
 //! tracefs goes through `sys::probe`.
 
+mod dirty;
 mod logging;
+mod vma;
 
 use std::{collections::BTreeSet, io, path::PathBuf};
 
@@ -21,10 +33,16 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use aya_log::EbpfLogger;
-use cr_common::task::{
-    STAT_EVENTS_LOST, STAT_TRACKED_FULL, TASK_EVENTS_MAP, TASK_STATS_MAP, TRACKED_MAP, tp,
+use cr_common::{
+    dirty::{DIRTY_HINTS_MAP, DIRTY_STATS_MAP, DirtyKey, STAT_DIRTY_DROPS},
+    task::{STAT_EVENTS_LOST, STAT_TRACKED_FULL, TASK_EVENTS_MAP, TASK_STATS_MAP, TRACKED_MAP, tp},
+    vma::{STAT_VMA_EVENTS_LOST, STAT_VMA_PENDING_FULL, VMA_EVENTS_MAP, VMA_STATS_MAP},
 };
-pub use cr_common::task::{TaskEvent, TaskEventKind};
+pub use cr_common::{
+    task::{TaskEvent, TaskEventKind},
+    vma::{VmaChange, VmaEvent, VmaEventKind},
+};
+pub use dirty::DirtyHint;
 
 use crate::sys::{SyscallError, probe};
 
@@ -176,11 +194,17 @@ pub struct TaskTracker {
     tracked: HashMap<MapData, u32, u32>,
     events: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
+    dirty: HashMap<MapData, DirtyKey, u32>,
+    dirty_stats: PerCpuArray<MapData, u64>,
+    vma_events: RingBuf<MapData>,
+    vma_stats: PerCpuArray<MapData, u64>,
+    /// Whether [`Self::watch_memory`] has attached the fault and VMA hooks.
+    watching_memory: bool,
     /// Kept for the tracker's whole life: dropping it closes the log ring buffer, after which
     /// loading another object fails (DESIGN §4).
     logger: EbpfLogger<logging::TracingLog>,
     /// Owns the programs and their links; declared last so it is dropped after the maps.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl std::fmt::Debug for TaskTracker {
@@ -233,6 +257,10 @@ impl TaskTracker {
             })?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, TASK_EVENTS_MAP)?;
         let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, TASK_STATS_MAP)?;
+        let dirty = take_map(&mut ebpf, DIRTY_HINTS_MAP)?;
+        let dirty_stats = take_map(&mut ebpf, DIRTY_STATS_MAP)?;
+        let vma_events = take_map(&mut ebpf, VMA_EVENTS_MAP)?;
+        let vma_stats = take_map(&mut ebpf, VMA_STATS_MAP)?;
 
         for hook in &HOOKS {
             attach_hook(&mut ebpf, hook)?;
@@ -242,8 +270,13 @@ impl TaskTracker {
             tracked,
             events,
             stats,
+            dirty,
+            dirty_stats,
+            vma_events,
+            vma_stats,
+            watching_memory: false,
             logger,
-            _ebpf: ebpf,
+            ebpf,
         })
     }
 
@@ -331,6 +364,105 @@ impl TaskTracker {
         }
         Ok(total)
     }
+}
+
+impl TaskTracker {
+    /// Attaches the memory hooks of the loaded object: write-fault hints
+    /// (`exceptions:page_fault_user`/`page_fault_kernel`) and VMA-change events
+    /// (`syscalls:sys_{enter,exit}_{mmap,munmap,mremap,brk,madvise,mprotect}`), for every tracked
+    /// process, current and future. Calling it again is a no-op.
+    ///
+    /// Until this is called [`Self::drain_dirty`] and [`Self::drain_vma_events`] return nothing.
+    /// Writes made before it are not hinted: seed the first round from a full copy or from
+    /// PAGEMAP_SCAN, as always.
+    ///
+    /// # Errors
+    /// The tracefs, layout-check or attach failures of [`Self::attach`]. Hooks attached before
+    /// a failure stay attached until the tracker is dropped; calling again retries them all.
+    pub fn watch_memory(&mut self) -> Result<(), BpfError> {
+        if self.watching_memory {
+            return Ok(());
+        }
+        let tracefs = probe::ensure_tracefs().map_err(|source| BpfError::Tracefs {
+            path: PathBuf::from(probe::TRACEFS),
+            source,
+        })?;
+        let hooks: Vec<&Hook> = dirty::HOOKS
+            .iter()
+            .chain(vma::HOOKS.iter().flat_map(|pair| pair.iter()))
+            .collect();
+        for hook in &hooks {
+            check_layout(&tracefs, hook)?;
+        }
+        for hook in hooks {
+            attach_hook(&mut self.ebpf, hook)?;
+        }
+        self.watching_memory = true;
+        tracing::debug!("BPF write-fault hints and VMA events attached");
+        Ok(())
+    }
+
+    /// Returns the pages the tracked processes wrote (as write faults) since the previous call,
+    /// sorted by (tgid, page), and removes them from the BPF map, so the next call starts a new
+    /// round. A subset of what PAGEMAP_SCAN reports for the same interval; see the `dirty`
+    /// module for what it cannot see.
+    ///
+    /// # Errors
+    /// [`BpfError::Map`] if reading or deleting an entry fails.
+    pub fn drain_dirty(&mut self) -> Result<Vec<DirtyHint>, BpfError> {
+        self.logger.flush();
+        dirty::drain(&mut self.dirty)
+    }
+
+    /// Returns every VMA-change event queued since the last call, oldest first, without
+    /// blocking. Task events are drained separately by [`Self::drain`].
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for readers that can fail (e.g. an epoll wait).
+    pub fn drain_vma_events(&mut self) -> Result<Vec<VmaEvent>, BpfError> {
+        self.logger.flush();
+        Ok(vma::drain(&mut self.vma_events))
+    }
+
+    /// Write faults that could not be recorded because the hint map was full (262144 pages per
+    /// round), summed over CPUs since attach. Non-zero means some round's hints were incomplete
+    /// (the PAGEMAP_SCAN set, which is what counts, is not affected).
+    ///
+    /// # Errors
+    /// [`BpfError::Map`] if reading the counters fails.
+    pub fn dirty_drops(&self) -> Result<u64, BpfError> {
+        sum_stats(&self.dirty_stats, DIRTY_STATS_MAP, &[STAT_DIRTY_DROPS])
+    }
+
+    /// VMA-change events lost (ring buffer full, or too many threads inside a memory-map
+    /// syscall at once), summed over CPUs since attach. Non-zero means the layout must be
+    /// re-read from `/proc/PID/maps`.
+    ///
+    /// # Errors
+    /// [`BpfError::Map`] if reading the counters fails.
+    pub fn lost_vma_events(&self) -> Result<u64, BpfError> {
+        sum_stats(
+            &self.vma_stats,
+            VMA_STATS_MAP,
+            &[STAT_VMA_EVENTS_LOST, STAT_VMA_PENDING_FULL],
+        )
+    }
+}
+
+/// Sums the given per-CPU counters over all CPUs.
+fn sum_stats(
+    stats: &PerCpuArray<MapData, u64>,
+    map: &'static str,
+    indices: &[u32],
+) -> Result<u64, BpfError> {
+    let mut total = 0u64;
+    for index in indices {
+        let per_cpu = stats
+            .get(index, 0)
+            .map_err(|source| BpfError::Map { map, source })?;
+        total = per_cpu.iter().fold(total, |acc, v| acc.saturating_add(*v));
+    }
+    Ok(total)
 }
 
 /// Takes ownership of a map from the loaded object, typed.
