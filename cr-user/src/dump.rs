@@ -13,14 +13,18 @@ use crate::core::CoreError;
 use crate::files::FilesError;
 use crate::freeze::{FreezeError, Frozen};
 use crate::image::inventory::Inventory;
+use crate::image::pagemap::PagemapImage;
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
 use crate::inject::{InjectError, Injector};
 use crate::mm::MmError;
 use crate::proc::stat::PF_KTHREAD;
 use crate::proc::{self, ProcError};
 use crate::stats::{DumpStats, micros};
-use crate::sys::mem;
-use crate::sys::remote::{Remote, find_syscall_insn};
+use crate::sys::PAGE_SIZE;
+use crate::sys::remote::Remote;
+use crate::track::TrackError;
+use crate::track::precopy::{self, Rounds};
+use crate::track::shadow::Shadow;
 
 /// What to dump and how.
 #[derive(Debug, Clone)]
@@ -33,6 +37,8 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Standard streams that are terminals or pipes are handed to the restorer.
     pub shell_job: bool,
+    /// Copy memory in rounds while the process runs, freezing only for the residue.
+    pub pre_copy: Option<Rounds>,
 }
 
 /// Why a dump failed. The workload is left running as it was in every case.
@@ -66,12 +72,6 @@ pub enum DumpError {
         /// What.
         what: String,
     },
-    /// The process has no vDSO to borrow a syscall instruction from.
-    #[error("process {pid} has no [vdso] mapping")]
-    NoVdso {
-        /// The pid.
-        pid: i32,
-    },
     /// Freezing or releasing failed.
     #[error(transparent)]
     Freeze(#[from] FreezeError),
@@ -93,6 +93,9 @@ pub enum DumpError {
     /// The image could not be written.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// Write tracking for pre-copy failed.
+    #[error(transparent)]
+    Track(#[from] TrackError),
     /// BPF tracking reported a change the dump cannot follow.
     #[error(transparent)]
     Bpf(#[from] BpfError),
@@ -179,6 +182,50 @@ fn confirm_task_set(pid: i32, tracker: &mut TaskTracker) -> Result<(), DumpError
     Ok(())
 }
 
+/// Where the dumped pages are when the image is written.
+enum Pages {
+    /// Back to back in a buffer, in pagemap order (stop-the-world copy).
+    Buffer(Vec<u8>),
+    /// In the pre-copy shadow store, by address.
+    Shadow(Shadow),
+}
+
+impl Pages {
+    /// Writes the pages file and fills in each run's checksum.
+    fn write(
+        &self,
+        dir: &ImageDir,
+        pid: i32,
+        pagemap: &mut PagemapImage,
+    ) -> Result<(), ImageError> {
+        let path = dir.file(&pages_file_name(pid));
+        dir.write_with(&path, |w| {
+            let mut off = 0usize;
+            for e in &mut pagemap.entries {
+                let mut crc = crc32fast::Hasher::new();
+                for i in 0..u64::from(e.nr_pages) {
+                    let page = match self {
+                        Pages::Buffer(buf) => &buf[off..off + PAGE_SIZE as usize],
+                        Pages::Shadow(shadow) => {
+                            shadow.get(e.vaddr + i * PAGE_SIZE).ok_or_else(|| {
+                                std::io::Error::other(format!(
+                                    "page {:#x} was never copied",
+                                    e.vaddr + i * PAGE_SIZE
+                                ))
+                            })?
+                        }
+                    };
+                    crc.update(page);
+                    w.write_all(page)?;
+                    off += PAGE_SIZE as usize;
+                }
+                e.crc32 = crc.finalize();
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Checkpoints `opts.pid` into `opts.dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let pid = opts.pid;
@@ -196,38 +243,45 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         task_tracking: if tracker.is_some() { "bpf" } else { "proc" }.into(),
         ..Default::default()
     };
-    // Touch the page buffer now so the frozen window does not pay for its page faults.
-    let estimate = (status.rss_anon_kib + status.rss_shmem_kib) as usize * 1024 * 11 / 10;
-    let mut buf = vec![0u8; 0];
-    buf.resize(estimate, 1);
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_string())
         .unwrap_or_default();
+
+    let mut precopy = match opts.pre_copy {
+        Some(rounds) => {
+            let t = Instant::now();
+            let pc = precopy::run(pid, rounds)?;
+            stats.precopy_time_us = micros(t.elapsed());
+            stats.rounds = pc.rounds.clone();
+            stats.dirty_rate_pages_per_s = pc.dirty_rate;
+            Some(pc)
+        }
+        None => None,
+    };
+    // Touch the page buffer now so the frozen window does not pay for its page faults.
+    let mut buf = Vec::new();
+    if precopy.is_none() {
+        let estimate = (status.rss_anon_kib + status.rss_shmem_kib) as usize * 1024 * 11 / 10;
+        buf.resize(estimate, 1);
+    }
 
     let t_freeze = Instant::now();
     let frozen = Frozen::freeze(pid)?;
     let t_frozen = Instant::now();
     stats.freezing_time_us = micros(t_frozen - t_freeze);
+    stats.frozen_steps.stop_us = stats.freezing_time_us;
     if let Some(t) = tracker.as_mut() {
         confirm_task_set(pid, t)?;
     }
     check_single(pid)?;
+    let t = Instant::now();
     let smaps = proc::maps::smaps(pid)?;
     let vmas = crate::mm::dump::layout(pid, &smaps)?;
     let files = crate::files::dump(pid, status.umask, opts.shell_job)?;
+    stats.frozen_steps.metadata_us = micros(t.elapsed());
+    let t = Instant::now();
     frozen.block_signals()?;
-    let vdso = smaps
-        .iter()
-        .find(|e| e.path == "[vdso]")
-        .ok_or(DumpError::NoVdso { pid })?;
-    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
-    mem::read_remote(pid, &[(vdso.start, code.len())], &mut code).map_err(|e| MmError::Memory {
-        pid,
-        what: "read vdso",
-        addr: vdso.start,
-        source: e.io_error,
-    })?;
-    let ip = vdso.start + find_syscall_insn(&code).ok_or(DumpError::NoVdso { pid })? as u64;
+    let ip = crate::inject::vdso_syscall_ip(pid, &smaps)?;
     let mut inj = Injector::new(Remote::new(pid, *frozen.regs(), ip));
     let (brk, core) = with_scratch(&mut inj, |inj| {
         let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
@@ -237,11 +291,30 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let auxv = proc::auxv(pid)?;
     let exe = proc::read_link(pid, "exe")?.to_string_lossy().into_owned();
     let mm = crate::mm::dump::mm_image(exe, &stat, brk, &auxv, vmas);
+    stats.frozen_steps.registers_us = micros(t.elapsed());
     let t_mem = Instant::now();
-    let mut pages = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
+    let (mut pagemap, pages) = match precopy.as_mut() {
+        None => {
+            let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
+            stats.pages_scanned = d.pages_scanned;
+            stats.residual_pages = d.pagemap.total_pages();
+            stats.frozen_steps.residual_copy_us = micros(t_mem.elapsed());
+            (d.pagemap, Pages::Buffer(buf))
+        }
+        Some(pc) => {
+            let (pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas, &smaps)?;
+            stats.pages_scanned = scanned;
+            stats.residual_pages = fin.residual_pages;
+            stats.frozen_steps.final_scan_us = fin.final_scan_us;
+            stats.frozen_steps.residual_copy_us = fin.residual_copy_us;
+            let shadow = std::mem::take(&mut pc.shadow);
+            (pagemap, Pages::Shadow(shadow))
+        }
+    };
     stats.memdump_time_us = micros(t_mem.elapsed());
-    stats.pages_scanned = pages.pages_scanned;
-    stats.pages_written = pages.pagemap.total_pages();
+    stats.pages_written = pagemap.total_pages();
+    // Tracking ends before the task runs again: closing the userfaultfd drops every marker.
+    drop(precopy);
 
     let still_frozen = if opts.leave_running {
         frozen.thaw()?;
@@ -251,9 +324,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         Some(frozen)
     };
     let t_write = Instant::now();
-    crate::mm::dump::seal_checksums(&mut pages.pagemap, &buf);
-    dir.write_raw(&dir.file(&pages_file_name(pid)), &buf)?;
-    dir.write(Kind::Pagemap, pid, &pages.pagemap)?;
+    pages.write(&dir, pid, &mut pagemap)?;
+    dir.write(Kind::Pagemap, pid, &pagemap)?;
     dir.write(Kind::Mm, pid, &mm)?;
     dir.write(Kind::Core, pid, &core)?;
     dir.write(Kind::Files, pid, &files)?;

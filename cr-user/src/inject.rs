@@ -3,9 +3,10 @@
 //! Dump maps a scratch page in the target for the duration of the freeze; restore uses the data
 //! half of its trampoline. Both sides go through this one type.
 
+use crate::proc::maps::MapEntry;
 use crate::sys::SyscallError;
 use crate::sys::mem;
-use crate::sys::remote::{Remote, RemoteCallError};
+use crate::sys::remote::{Remote, RemoteCallError, find_syscall_insn};
 
 /// An injected call failed; `step` says what fastcr was doing.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +132,25 @@ impl Injector {
     pub fn scratch_addr(&self, offset: u64) -> u64 {
         self.scratch + offset
     }
+}
+
+/// Address of a `syscall` instruction in the `[vdso]` of `pid` (whose maps are `entries`): where
+/// injection starts before fastcr has mapped anything of its own in the task.
+pub fn vdso_syscall_ip(pid: i32, entries: &[MapEntry]) -> Result<u64, InjectError> {
+    let fail = |errno| InjectError {
+        pid,
+        step: "find a syscall instruction in [vdso]".to_string(),
+        source: RemoteCallError::Failed(SyscallError::from_errno("process_vm_readv", errno)),
+    };
+    let vdso = entries
+        .iter()
+        .find(|e| e.path == "[vdso]")
+        .ok_or_else(|| fail(libc::ENOENT))?;
+    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
+    mem::read_remote(pid, &[(vdso.start, code.len())], &mut code)
+        .map_err(|e| fail(e.errno().unwrap_or(libc::EIO)))?;
+    let off = find_syscall_insn(&code).ok_or_else(|| fail(libc::ENOEXEC))?;
+    Ok(vdso.start + off as u64)
 }
 
 /// Reads `N` little-endian u64 words from a byte slice.

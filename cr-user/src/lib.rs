@@ -20,3 +20,4 @@ pub mod show;
 pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod track;

@@ -22,9 +22,9 @@ use crate::mm::MmError;
 use crate::mm::restore as mmr;
 use crate::proc::{self, ProcError};
 use crate::stats::{RestoreStats, micros};
-use crate::sys::mem::{self, MappedFile};
+use crate::sys::mem::MappedFile;
 use crate::sys::ptrace::{self, Stop};
-use crate::sys::remote::{Remote, find_syscall_insn};
+use crate::sys::remote::Remote;
 use crate::sys::{PAGE_SIZE, SyscallError, process};
 
 /// What to restore and how.
@@ -280,13 +280,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats, RestoreError> {
 
     let child_maps = proc::maps::maps(child)?;
     let regs = ptrace::get_regs(child).map_err(err("read registers"))?;
-    let vdso = child_maps
-        .iter()
-        .find(|e| e.path == "[vdso]")
-        .ok_or(MmError::NoGap)?;
-    let mut code = vec![0u8; (vdso.end - vdso.start) as usize];
-    mem::read_remote(child, &[(vdso.start, code.len())], &mut code).map_err(err("read vdso"))?;
-    let ip = vdso.start + find_syscall_insn(&code).ok_or(MmError::NoGap)? as u64;
+    let ip = crate::inject::vdso_syscall_ip(child, &child_maps)?;
     let mut inj = Injector::new(Remote::new(child, regs, ip));
 
     crate::core::unregister_inherited_rseq(&inj)?;

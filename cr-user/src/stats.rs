@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::track::precopy::RoundStat;
+
 /// What a dump measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DumpStats {
@@ -21,6 +23,31 @@ pub struct DumpStats {
     pub pages_written: u64,
     /// How the task set was known: "bpf" (confirmed against /proc) or "proc" (BPF unavailable).
     pub task_tracking: String,
+    /// Pre-copy rounds (empty for a stop-the-world dump).
+    pub rounds: Vec<RoundStat>,
+    /// Time spent in pre-copy rounds before the freeze.
+    pub precopy_time_us: u64,
+    /// Pages copied inside the frozen window.
+    pub residual_pages: u64,
+    /// Measured dirty rate in the last pre-copy round.
+    pub dirty_rate_pages_per_s: f64,
+    /// The frozen window, step by step.
+    pub frozen_steps: FrozenSteps,
+}
+
+/// The steps of the frozen window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FrozenSteps {
+    /// Stopping the task.
+    pub stop_us: u64,
+    /// Registers, signal state and the other injected queries.
+    pub registers_us: u64,
+    /// The final write-tracking scan (pre-copy only).
+    pub final_scan_us: u64,
+    /// Copying pages inside the window (all of them without pre-copy).
+    pub residual_copy_us: u64,
+    /// smaps, layout, files.
+    pub metadata_us: u64,
 }
 
 /// What a restore measured.
@@ -56,7 +83,35 @@ impl DumpStats {
             ("pages_scanned", self.pages_scanned.to_string()),
             ("pages_written", self.pages_written.to_string()),
             ("task_tracking", self.task_tracking.clone()),
+            ("residual_pages", self.residual_pages.to_string()),
+            ("  stop", ms(self.frozen_steps.stop_us)),
+            ("  registers", ms(self.frozen_steps.registers_us)),
+            ("  metadata", ms(self.frozen_steps.metadata_us)),
+            ("  final_scan", ms(self.frozen_steps.final_scan_us)),
+            ("  residual_copy", ms(self.frozen_steps.residual_copy_us)),
         ];
+        let mut rows: Vec<(&str, String)> = rows.to_vec();
+        let round_rows: Vec<(String, String)> = self
+            .rounds
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    format!("round {i}"),
+                    format!("{} pages {}", r.pages, ms(r.time_us)),
+                )
+            })
+            .collect();
+        if !self.rounds.is_empty() {
+            rows.push(("precopy_time", ms(self.precopy_time_us)));
+            rows.push((
+                "dirty_rate",
+                format!("{:.0} pages/s", self.dirty_rate_pages_per_s),
+            ));
+        }
+        for (k, v) in &round_rows {
+            rows.push((k.as_str(), v.clone()));
+        }
         render("dump", &rows)
     }
 }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use cr_user::dump::{DumpOptions, dump};
 use cr_user::restore::{RestoreOptions, restore};
 use cr_user::sys::process;
+use cr_user::track::precopy::Rounds;
 
 /// Checkpoint/restore of Linux processes.
 #[derive(Parser)]
@@ -45,6 +46,10 @@ enum Command {
         /// Allow standard streams that are terminals or pipes; restore hands them its own.
         #[arg(long)]
         shell_job: bool,
+        /// Copy memory while the process runs (N rounds, or `auto`: until the dirty set stops
+        /// shrinking), then freeze only to copy what changed since.
+        #[arg(long, value_name = "N|auto", num_args = 0..=1, default_missing_value = "auto", value_parser = parse_rounds)]
+        pre_copy: Option<Rounds>,
         /// Print a stats table.
         #[arg(long)]
         stats: bool,
@@ -79,6 +84,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_rounds(s: &str) -> Result<Rounds, String> {
+    if s == "auto" {
+        return Ok(Rounds::Auto);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(Rounds::Fixed(n)),
+        _ => Err(format!(
+            "expected a number of rounds (1 or more) or `auto`, got {s:?}"
+        )),
+    }
 }
 
 fn init_logging(verbose: u8) {
@@ -128,6 +145,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             leave_running,
             shell_job,
+            pre_copy,
             stats,
             json,
         } => {
@@ -136,6 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 dir: dir.clone(),
                 leave_running,
                 shell_job,
+                pre_copy,
             };
             let s = dump(&opts)
                 .with_context(|| format!("dump of process {pid} into {} failed", dir.display()))?;

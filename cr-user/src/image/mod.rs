@@ -219,6 +219,25 @@ impl ImageDir {
         fs::rename(&tmp, path).map_err(io)
     }
 
+    /// Writes `path` atomically (tmp + fsync + rename) through a buffered writer given to `fill`.
+    pub fn write_with(
+        &self,
+        path: &Path,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), ImageError> {
+        let io = |source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let tmp = path.with_extension("img.tmp");
+        let f = File::create(&tmp).map_err(io)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        fill(&mut w).map_err(io)?;
+        let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, path).map_err(io)
+    }
+
     /// Reads `kind` for `pid`.
     pub fn read<T: DeserializeOwned>(&self, kind: Kind, pid: i32) -> Result<T, ImageError> {
         let path = self.file(&kind.file_name(pid));

@@ -15,6 +15,7 @@ use crate::sys::mem;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+static ZERO_PFN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
 /// Longest run one pagemap entry covers (2 MiB), so a damaged byte is located closely.
 const MAX_RUN_PAGES: u32 = 512;
 /// Pagemap entries read per pread.
@@ -61,8 +62,14 @@ pub fn mm_image(exe: String, stat: &Stat, brk: u64, auxv: &[u8], vmas: Vec<Vma>)
     }
 }
 
-/// Whether a page with pagemap word `pm` in `vma` holds data only this process has.
-fn wanted(vma: &Vma, pm: u64) -> bool {
+const PM_PFN_MASK: u64 = (1 << 55) - 1;
+
+/// Whether a page with pagemap word `pm` in `vma` holds data only this process has. A page
+/// mapped to the kernel's zero page (`zero_pfn`) holds none: it was only ever read.
+fn wanted(vma: &Vma, pm: u64, zero_pfn: Option<u64>) -> bool {
+    if pm & PM_PRESENT != 0 && zero_pfn.is_some_and(|z| pm & PM_PFN_MASK == z) {
+        return false;
+    }
     match (&vma.kind, vma.shared) {
         (VmaKind::Vdso | VmaKind::Vvar { .. }, _) | (VmaKind::File { .. }, true) => false,
         // Private file pages are in the file until written; a written one is an anonymous COW
@@ -83,8 +90,8 @@ pub struct PageDump {
     pub pages_scanned: u64,
 }
 
-/// Copies every page worth saving into `buf` (grown as needed), in pagemap order.
-pub fn dump_pages(pid: i32, vmas: &[Vma], buf: &mut Vec<u8>) -> Result<PageDump, MmError> {
+/// Chooses, from `/proc/PID/pagemap`, every page worth saving, as runs in address order.
+pub fn select_pages(pid: i32, vmas: &[Vma]) -> Result<PageDump, MmError> {
     let path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&path).map_err(|source| MmError::Memory {
         pid,
@@ -93,8 +100,8 @@ pub fn dump_pages(pid: i32, vmas: &[Vma], buf: &mut Vec<u8>) -> Result<PageDump,
         source,
     })?;
     let mut out = PageDump::default();
-    let mut used = 0usize;
     let mut words = Vec::new();
+    let zero_pfn = *ZERO_PFN.get_or_init(mem::zero_page_pfn);
     for vma in vmas {
         if matches!(vma.kind, VmaKind::Vdso | VmaKind::Vvar { .. })
             || (vma.shared && vma.kind != VmaKind::Anon)
@@ -119,27 +126,70 @@ pub fn dump_pages(pid: i32, vmas: &[Vma], buf: &mut Vec<u8>) -> Result<PageDump,
                 })?;
             for (i, w) in words.chunks_exact(8).enumerate() {
                 let pm = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-                if !wanted(vma, pm) {
-                    continue;
+                if wanted(vma, pm, zero_pfn) {
+                    push_page(
+                        &mut out.pagemap.entries,
+                        first_new,
+                        (page0 + i as u64) * PAGE_SIZE,
+                    );
                 }
-                let addr = (page0 + i as u64) * PAGE_SIZE;
-                push_page(&mut out.pagemap.entries, first_new, addr);
             }
             done += n;
         }
-        let runs = &out.pagemap.entries[first_new..];
+    }
+    Ok(out)
+}
+
+/// The VMA holding `addr` (`vmas` ascending).
+pub fn vma_of(vmas: &[Vma], addr: u64) -> Option<&Vma> {
+    let i = vmas.partition_point(|v| v.end <= addr);
+    vmas.get(i).filter(|v| v.start <= addr)
+}
+
+/// Copies every page worth saving into `buf` (grown as needed), in pagemap order.
+pub fn dump_pages(pid: i32, vmas: &[Vma], buf: &mut Vec<u8>) -> Result<PageDump, MmError> {
+    let out = select_pages(pid, vmas)?;
+    let bytes = out.pagemap.total_pages() as usize * PAGE_SIZE as usize;
+    if buf.len() < bytes {
+        buf.resize(bytes, 0);
+    }
+    buf.truncate(bytes);
+    copy_entries(pid, vmas, &out.pagemap.entries, buf)?;
+    Ok(out)
+}
+
+/// Copies the pages of `entries` (inside `vmas`) back to back into `dst`.
+pub fn copy_entries(
+    pid: i32,
+    vmas: &[Vma],
+    entries: &[PagemapEntry],
+    dst: &mut [u8],
+) -> Result<(), MmError> {
+    let mut off = 0usize;
+    let mut i = 0;
+    while i < entries.len() {
+        let Some(vma) = vma_of(vmas, entries[i].vaddr) else {
+            return Err(MmError::Memory {
+                pid,
+                what: "find the VMA of a page",
+                addr: entries[i].vaddr,
+                source: std::io::Error::from_raw_os_error(libc::EFAULT),
+            });
+        };
+        let n = entries[i..]
+            .iter()
+            .take_while(|e| e.vaddr < vma.end)
+            .count();
+        let runs = &entries[i..i + n];
         let bytes: usize = runs
             .iter()
             .map(|e| e.nr_pages as usize * PAGE_SIZE as usize)
             .sum();
-        if buf.len() < used + bytes {
-            buf.resize(used + bytes, 0);
-        }
-        copy_runs(pid, vma, runs, &mut buf[used..used + bytes])?;
-        used += bytes;
+        copy_runs(pid, vma, runs, &mut dst[off..off + bytes])?;
+        off += bytes;
+        i += n;
     }
-    buf.truncate(used);
-    Ok(out)
+    Ok(())
 }
 
 fn push_page(entries: &mut Vec<PagemapEntry>, first_new: usize, addr: u64) {
@@ -225,13 +275,27 @@ mod tests {
             offset: 0,
             size: 1,
         };
-        assert!(wanted(&vma(VmaKind::Anon, false), PM_PRESENT));
-        assert!(wanted(&vma(VmaKind::Anon, false), PM_SWAP));
-        assert!(!wanted(&vma(VmaKind::Anon, false), 0));
-        assert!(wanted(&vma(file.clone(), false), PM_PRESENT));
-        assert!(!wanted(&vma(file.clone(), false), PM_PRESENT | PM_FILE));
-        assert!(!wanted(&vma(file, true), PM_PRESENT));
-        assert!(!wanted(&vma(VmaKind::Vdso, false), PM_PRESENT));
+        assert!(wanted(&vma(VmaKind::Anon, false), PM_PRESENT, None));
+        assert!(wanted(&vma(VmaKind::Anon, false), PM_SWAP, None));
+        assert!(!wanted(
+            &vma(VmaKind::Anon, false),
+            PM_PRESENT | 77,
+            Some(77)
+        ));
+        assert!(wanted(
+            &vma(VmaKind::Anon, false),
+            PM_PRESENT | 78,
+            Some(77)
+        ));
+        assert!(!wanted(&vma(VmaKind::Anon, false), 0, None));
+        assert!(wanted(&vma(file.clone(), false), PM_PRESENT, None));
+        assert!(!wanted(
+            &vma(file.clone(), false),
+            PM_PRESENT | PM_FILE,
+            None
+        ));
+        assert!(!wanted(&vma(file, true), PM_PRESENT, None));
+        assert!(!wanted(&vma(VmaKind::Vdso, false), PM_PRESENT, None));
     }
 
     #[test]

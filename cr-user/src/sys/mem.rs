@@ -129,3 +129,35 @@ impl Drop for MappedFile {
         }
     }
 }
+
+/// The PFN of the kernel's shared zero page, found by read-faulting a fresh anonymous page of
+/// our own and looking it up in `/proc/self/pagemap` (PFNs are visible to root only; `None`
+/// otherwise). Pages mapped to it hold no data and are not saved.
+pub fn zero_page_pfn() -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    // SAFETY: a fresh private anonymous read-only page, unmapped below; nothing aliases it.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: `ptr` is a live readable page; a volatile read forces the zero-page fault.
+    unsafe { std::ptr::read_volatile(ptr.cast::<u8>()) };
+    let mut word = [0u8; 8];
+    let read = File::open("/proc/self/pagemap")
+        .and_then(|f| f.read_exact_at(&mut word, (ptr as u64 / 4096) * 8));
+    // SAFETY: unmapping the page mapped above.
+    unsafe { libc::munmap(ptr, 4096) };
+    read.ok()?;
+    let pm = u64::from_le_bytes(word);
+    let pfn = pm & ((1 << 55) - 1);
+    (pm & (1 << 63) != 0 && pfn != 0).then_some(pfn)
+}

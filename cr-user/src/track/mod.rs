@@ -1,0 +1,232 @@
+//! Write tracking of a running process: a userfaultfd created *inside* the target (an injected
+//! `userfaultfd` syscall, taken with `pidfd_getfd`, then closed in the target so its fd table is
+//! unchanged) registers the target's private writable VMAs for asynchronous write-protect
+//! (`UFFD_FEATURE_WP_ASYNC`): the kernel resolves each first write itself (~1 µs) and leaves the
+//! page marked "written". [`WriteTracker::harvest`] collects those pages with `PAGEMAP_SCAN`
+//! and write-protects them again in the same call, so no write between two harvests is lost.
+//!
+//! fastcr holds the userfaultfd for the whole session; dropping the tracker closes it, and the
+//! kernel then removes the registration and every write-protect marker.
+
+pub mod precopy;
+pub mod shadow;
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::freeze::{FreezeError, Frozen};
+use crate::inject::{InjectError, Injector, vdso_syscall_ip};
+use crate::proc::maps::MapEntry;
+use crate::proc::{self, ProcError};
+use crate::sys::SyscallError;
+use crate::sys::process;
+use crate::sys::remote::Remote;
+use crate::sys::uffd::{self, PAGE_IS_WRITTEN, PM_SCAN_WP_MATCHING, PageRegion, ScanRequest};
+
+/// Why tracking could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    /// The short stop to create the userfaultfd failed.
+    #[error(transparent)]
+    Freeze(#[from] FreezeError),
+    /// The injected `userfaultfd` or `close` failed.
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    /// `/proc` could not be read.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// Reading the final pages failed.
+    #[error(transparent)]
+    Mm(#[from] crate::mm::MmError),
+    /// A userfaultfd or pagemap call failed.
+    #[error("{step} for process {pid} failed")]
+    Syscall {
+        /// The process.
+        pid: i32,
+        /// What was done.
+        step: &'static str,
+        /// The call.
+        #[source]
+        source: SyscallError,
+    },
+    /// The kernel lacks asynchronous write-protect.
+    #[error(
+        "this kernel's userfaultfd has no WP_ASYNC (features {features:#x}); pre-copy needs it"
+    )]
+    NoWpAsync {
+        /// Features granted.
+        features: u64,
+    },
+}
+
+/// Whether a VMA's writes are tracked: private, writable, ordinary memory.
+pub fn trackable(e: &MapEntry) -> bool {
+    let special = e.path.starts_with('[')
+        && !matches!(e.path.as_str(), "[heap]" | "[stack]")
+        && !e.path.starts_with("[anon:");
+    !e.shared && e.prot & libc::PROT_WRITE as u32 != 0 && !special && !e.path.starts_with("/dev/")
+}
+
+/// An active write-tracking session on one process.
+pub struct WriteTracker {
+    pid: i32,
+    uffd: OwnedFd,
+    pagemap: File,
+    /// Registered ranges, ascending.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl WriteTracker {
+    /// Stops `pid` for a moment to create a userfaultfd in it, then registers every trackable
+    /// VMA for async write-protect. Nothing is write-protected yet: the first
+    /// [`WriteTracker::harvest`] reports every populated page and protects it.
+    pub fn start(pid: i32) -> Result<Self, TrackError> {
+        let err = |step| move |source| TrackError::Syscall { pid, step, source };
+        let remote_fd = {
+            let frozen = Frozen::freeze(pid)?;
+            frozen.block_signals()?;
+            let maps = proc::maps::maps(pid)?;
+            let ip = vdso_syscall_ip(pid, &maps)?;
+            let inj = Injector::new(Remote::new(pid, *frozen.regs(), ip));
+            let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::USER_MODE_ONLY;
+            let fd = inj.call(
+                || "userfaultfd".into(),
+                "userfaultfd",
+                libc::SYS_userfaultfd,
+                [flags, 0, 0, 0, 0, 0],
+            )?;
+            let taken = process::pidfd_open(pid)
+                .and_then(|pidfd| process::pidfd_getfd(pidfd.as_fd(), fd as i32))
+                .map_err(err("pidfd_getfd of the injected userfaultfd"));
+            // Close it in the target whatever happened: its fd table must stay as it was.
+            inj.call(
+                || "close of the injected userfaultfd".into(),
+                "close",
+                libc::SYS_close,
+                [fd, 0, 0, 0, 0, 0],
+            )?;
+            frozen.thaw()?;
+            taken?
+        };
+        let wanted = uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED;
+        let (features, _) = uffd::api(remote_fd.as_fd(), wanted).map_err(err("UFFDIO_API"))?;
+        if features & uffd::FEATURE_WP_ASYNC == 0 {
+            return Err(TrackError::NoWpAsync { features });
+        }
+        let pagemap =
+            File::open(format!("/proc/{pid}/pagemap")).map_err(|e| TrackError::Syscall {
+                pid,
+                step: "open pagemap",
+                source: SyscallError {
+                    call: "open",
+                    io_error: e,
+                },
+            })?;
+        let mut tracker = Self {
+            pid,
+            uffd: remote_fd,
+            pagemap,
+            ranges: Vec::new(),
+        };
+        tracker.refresh()?;
+        Ok(tracker)
+    }
+
+    /// Registers VMAs that appeared since the last call (mmap, brk, mremap) and forgets the
+    /// ones that are gone. A newly registered VMA's populated pages all show as written in the
+    /// next harvest, so nothing it held is missed.
+    pub fn refresh(&mut self) -> Result<(), TrackError> {
+        let maps = proc::maps::maps(self.pid)?;
+        let mut now = Vec::new();
+        for e in maps.iter().filter(|e| trackable(e)) {
+            let known = self.ranges.binary_search(&(e.start, e.end)).is_ok();
+            if known {
+                now.push((e.start, e.end));
+                continue;
+            }
+            match uffd::register(
+                self.uffd.as_fd(),
+                e.start,
+                e.end - e.start,
+                uffd::REGISTER_MODE_WP,
+            ) {
+                Ok(_) => now.push((e.start, e.end)),
+                // The VMA vanished or cannot be registered: it stays untracked and the final
+                // copy takes it whole.
+                Err(source) => {
+                    tracing::debug!(pid = self.pid, start = e.start, %source, "VMA not tracked")
+                }
+            }
+        }
+        now.sort_unstable();
+        self.ranges = now;
+        Ok(())
+    }
+
+    /// The registered ranges.
+    pub fn tracked(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    /// The process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Ranges written since the previous harvest (or, the first time, every populated page),
+    /// write-protected again atomically. Picks up new VMAs first.
+    pub fn harvest(&mut self) -> Result<Vec<(u64, u64)>, TrackError> {
+        self.refresh()?;
+        self.scan()
+    }
+
+    /// Like [`WriteTracker::harvest`] but without looking for new VMAs (the final harvest,
+    /// taken while the process is frozen, uses smaps instead).
+    pub fn scan(&mut self) -> Result<Vec<(u64, u64)>, TrackError> {
+        let mut regions: Vec<PageRegion> = Vec::new();
+        for &(start, end) in &self.ranges {
+            let req = ScanRequest {
+                start,
+                end,
+                flags: PM_SCAN_WP_MATCHING,
+                category_mask: PAGE_IS_WRITTEN,
+                category_anyof_mask: 0,
+                return_mask: PAGE_IS_WRITTEN,
+            };
+            uffd::pagemap_scan(&self.pagemap, &req, &mut regions).map_err(|source| {
+                TrackError::Syscall {
+                    pid: self.pid,
+                    step: "PAGEMAP_SCAN",
+                    source,
+                }
+            })?;
+        }
+        Ok(regions.into_iter().map(|r| (r.start, r.end)).collect())
+    }
+}
+
+/// Total pages in a list of ranges.
+pub fn pages_in(ranges: &[(u64, u64)]) -> u64 {
+    ranges
+        .iter()
+        .map(|(s, e)| (e - s) / crate::sys::PAGE_SIZE)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::maps::parse_maps_line;
+
+    #[test]
+    fn trackable_vmas() {
+        let t = |l: &str| trackable(&parse_maps_line(l).unwrap());
+        assert!(t("1000-2000 rw-p 00000000 00:00 0 [heap]"));
+        assert!(t("1000-2000 rw-p 00000000 00:00 0"));
+        assert!(t("1000-2000 rw-p 00001000 fe:00 5 /usr/lib/libc.so.6"));
+        assert!(!t("1000-2000 r--p 00000000 fe:00 5 /usr/lib/libc.so.6"));
+        assert!(!t("1000-2000 rw-s 00000000 00:01 5 /dev/zero (deleted)"));
+        assert!(!t("1000-2000 r-xp 00000000 00:00 0 [vdso]"));
+        assert_eq!(pages_in(&[(0x1000, 0x3000), (0x8000, 0x9000)]), 3);
+    }
+}
