@@ -46,6 +46,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_files",
     "wl_pipe",
     "wl_dirty",
+    "wl_writer",
 ];
 
 /// The cargo workspace root.
