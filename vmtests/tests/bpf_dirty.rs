@@ -490,7 +490,7 @@ fn vma_events_report_each_syscall_with_its_arguments_and_result() {
     let brk = unsafe { libc::syscall(libc::SYS_brk, 0) };
     // A failing call is reported too, with -errno.
     // SAFETY: munmap of an unaligned address fails with EINVAL and touches nothing.
-    let rc = unsafe { libc::munmap(1 as *mut libc::c_void, 1) };
+    let rc = unsafe { libc::munmap(std::ptr::without_provenance_mut(0x1001), 1) };
     assert_eq!(rc, -1);
 
     let events: Vec<VmaEvent> = bpf
@@ -563,7 +563,10 @@ fn vma_events_report_each_syscall_with_its_arguments_and_result() {
         ),
         (VmaChange::Brk { requested: 0 }, brk),
         (
-            VmaChange::Munmap { addr: 1, len: 1 },
+            VmaChange::Munmap {
+                addr: 0x1001,
+                len: 1,
+            },
             -i64::from(libc::EINVAL),
         ),
     ];
