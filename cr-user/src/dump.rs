@@ -258,6 +258,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         }
         None => None,
     };
+    // Read the full layout (smaps walks page tables: slow on big processes) while the task
+    // still runs; inside the window only the cheap maps is read, unless BPF saw the layout
+    // change since.
+    let layout_watch = tracker.as_mut().and_then(|t| {
+        t.watch_memory().ok()?;
+        t.drain_vma_events().ok()?;
+        let lost = t.lost_vma_events().ok()?;
+        Some(lost)
+    });
+    let pre_smaps = match layout_watch {
+        Some(_) => Some(proc::maps::smaps(pid)?),
+        None => None,
+    };
     // Touch the page buffer now so the frozen window does not pay for its page faults.
     let mut buf = Vec::new();
     if precopy.is_none() {
@@ -275,7 +288,23 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     check_single(pid)?;
     let t = Instant::now();
-    let smaps = proc::maps::smaps(pid)?;
+    let layout_changed = match (tracker.as_mut(), layout_watch) {
+        (Some(t), Some(lost_before)) => {
+            let events = t.drain_vma_events()?;
+            !events.is_empty() || t.lost_vma_events()? != lost_before
+        }
+        _ => true,
+    };
+    let smaps = match pre_smaps {
+        Some(pre) if !layout_changed => {
+            let now = proc::maps::maps(pid)?;
+            match proc::maps::with_flags_from(&now, &pre) {
+                Some(merged) => merged,
+                None => proc::maps::smaps(pid)?,
+            }
+        }
+        _ => proc::maps::smaps(pid)?,
+    };
     let vmas = crate::mm::dump::layout(pid, &smaps)?;
     let files = crate::files::dump(pid, status.umask, opts.shell_job)?;
     stats.frozen_steps.metadata_us = micros(t.elapsed());
@@ -302,7 +331,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             (d.pagemap, Pages::Buffer(buf))
         }
         Some(pc) => {
-            let (pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas, &smaps)?;
+            let (pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas)?;
             stats.pages_scanned = scanned;
             stats.residual_pages = fin.residual_pages;
             stats.frozen_steps.final_scan_us = fin.final_scan_us;
@@ -313,9 +342,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     };
     stats.memdump_time_us = micros(t_mem.elapsed());
     stats.pages_written = pagemap.total_pages();
-    // Tracking ends before the task runs again: closing the userfaultfd drops every marker.
-    drop(precopy);
-
     let still_frozen = if opts.leave_running {
         frozen.thaw()?;
         stats.frozen_time_us = micros(t_frozen.elapsed());
@@ -323,6 +349,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     } else {
         Some(frozen)
     };
+    // Closing the userfaultfd makes the kernel drop the write-protect markers of every tracked
+    // page, a page-table walk over the whole range: done after the thaw, it costs the workload a
+    // short mmap-lock wait instead of frozen time. Until then its writes resolve in the kernel.
+    drop(precopy);
     let t_write = Instant::now();
     pages.write(&dir, pid, &mut pagemap)?;
     dir.write(Kind::Pagemap, pid, &pagemap)?;

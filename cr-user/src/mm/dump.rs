@@ -90,8 +90,100 @@ pub struct PageDump {
     pub pages_scanned: u64,
 }
 
-/// Chooses, from `/proc/PID/pagemap`, every page worth saving, as runs in address order.
+/// Chooses every page worth saving, as runs in address order: with `PAGEMAP_SCAN` (one
+/// region per run of alike pages), or by reading `/proc/PID/pagemap` word by word on kernels
+/// without it.
 pub fn select_pages(pid: i32, vmas: &[Vma]) -> Result<PageDump, MmError> {
+    match select_pages_scan(pid, vmas) {
+        Err(MmError::Memory { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) =>
+        {
+            select_pages_words(pid, vmas)
+        }
+        other => other,
+    }
+}
+
+/// [`select_pages`] by `PAGEMAP_SCAN`: present or swapped pages, not the zero page, and in
+/// private mappings not file pages (those are in the file).
+fn select_pages_scan(pid: i32, vmas: &[Vma]) -> Result<PageDump, MmError> {
+    use crate::sys::uffd::{
+        PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, ScanRequest, pagemap_scan,
+    };
+    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(|source| MmError::Memory {
+        pid,
+        what: "open pagemap",
+        addr: 0,
+        source,
+    })?;
+    let mut out = PageDump::default();
+    let mut regions = Vec::new();
+    for vma in vmas {
+        if matches!(vma.kind, VmaKind::Vdso | VmaKind::Vvar { .. })
+            || (vma.shared && vma.kind != VmaKind::Anon)
+        {
+            continue;
+        }
+        out.pages_scanned += (vma.end - vma.start) / PAGE_SIZE;
+        // Only a private file mapping mixes file pages (in the file) with its own COW copies;
+        // asking for PAGE_IS_FILE makes the kernel look at every page's struct page, so it is
+        // asked only there.
+        let excluded = match (&vma.kind, vma.shared) {
+            (VmaKind::File { .. }, false) => PAGE_IS_PFNZERO | PAGE_IS_FILE,
+            _ => PAGE_IS_PFNZERO,
+        };
+        let req = ScanRequest {
+            start: vma.start,
+            end: vma.end,
+            flags: 0,
+            category_inverted: excluded,
+            category_mask: excluded,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        };
+        regions.clear();
+        pagemap_scan(&pagemap, &req, &mut regions).map_err(|e| MmError::Memory {
+            pid,
+            what: "PAGEMAP_SCAN",
+            addr: vma.start,
+            source: e.io_error,
+        })?;
+        let first_new = out.pagemap.entries.len();
+        for r in &regions {
+            push_run(&mut out.pagemap.entries, first_new, r.start, r.end);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends `[start, end)` as runs of at most [`MAX_RUN_PAGES`], continuing the last run when
+/// it ends at `start` (and belongs to this VMA: index ≥ `first_new`).
+fn push_run(entries: &mut Vec<PagemapEntry>, first_new: usize, start: u64, end: u64) {
+    let mut addr = start;
+    while addr < end {
+        if entries.len() > first_new
+            && let Some(last) = entries.last_mut()
+            && last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == addr
+            && last.nr_pages < MAX_RUN_PAGES
+        {
+            let take = (u64::from(MAX_RUN_PAGES - last.nr_pages)).min((end - addr) / PAGE_SIZE);
+            last.nr_pages += take as u32;
+            addr += take * PAGE_SIZE;
+            continue;
+        }
+        let take = u64::from(MAX_RUN_PAGES).min((end - addr) / PAGE_SIZE);
+        entries.push(PagemapEntry {
+            vaddr: addr,
+            nr_pages: take as u32,
+            flags: PE_PRESENT,
+            crc32: 0,
+        });
+        addr += take * PAGE_SIZE;
+    }
+}
+
+/// [`select_pages`] from `/proc/PID/pagemap` words.
+fn select_pages_words(pid: i32, vmas: &[Vma]) -> Result<PageDump, MmError> {
     let path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&path).map_err(|source| MmError::Memory {
         pid,
@@ -193,20 +285,7 @@ pub fn copy_entries(
 }
 
 fn push_page(entries: &mut Vec<PagemapEntry>, first_new: usize, addr: u64) {
-    if entries.len() > first_new
-        && let Some(last) = entries.last_mut()
-        && last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == addr
-        && last.nr_pages < MAX_RUN_PAGES
-    {
-        last.nr_pages += 1;
-        return;
-    }
-    entries.push(PagemapEntry {
-        vaddr: addr,
-        nr_pages: 1,
-        flags: PE_PRESENT,
-        crc32: 0,
-    });
+    push_run(entries, first_new, addr, addr + PAGE_SIZE);
 }
 
 /// Copies `runs` of `vma` into `dst`: process_vm_readv where the VMA is readable, otherwise
@@ -311,5 +390,23 @@ mod tests {
         // A run never continues across a VMA boundary.
         push_page(&mut v, 3, 0x10000 + 1001 * PAGE_SIZE);
         assert_eq!(v.len(), 4);
+        // Whole regions split the same way page-by-page pushes do.
+        let mut w = Vec::new();
+        push_run(
+            &mut w,
+            0,
+            0x10000,
+            0x10000 + (u64::from(MAX_RUN_PAGES) + 3) * PAGE_SIZE,
+        );
+        push_run(
+            &mut w,
+            0,
+            0x10000 + 1000 * PAGE_SIZE,
+            0x10000 + 1002 * PAGE_SIZE,
+        );
+        assert_eq!(
+            w.iter().map(|e| e.nr_pages).collect::<Vec<_>>(),
+            vec![MAX_RUN_PAGES, 3, 2]
+        );
     }
 }

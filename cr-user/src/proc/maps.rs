@@ -98,6 +98,27 @@ pub fn smaps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
     parse_smaps(&read(PathBuf::from(format!("/proc/{pid}/smaps")))?)
 }
 
+/// `now` (from maps) with the VmFlags of the identical entries of `earlier` (from smaps), or
+/// `None` if any entry of `now` has no identical twin (the layout changed).
+pub fn with_flags_from(now: &[MapEntry], earlier: &[MapEntry]) -> Option<Vec<MapEntry>> {
+    let mut out = Vec::with_capacity(now.len());
+    for e in now {
+        let i = earlier.partition_point(|x| x.start < e.start);
+        let twin = earlier.get(i).filter(|x| {
+            x.end == e.end
+                && x.prot == e.prot
+                && x.shared == e.shared
+                && x.offset == e.offset
+                && x.inode == e.inode
+                && x.path == e.path
+        })?;
+        let mut merged = e.clone();
+        merged.vm_flags = twin.vm_flags.clone();
+        out.push(merged);
+    }
+    Some(out)
+}
+
 /// Reads and parses `/proc/PID/maps` (no VmFlags; cheaper).
 pub fn maps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
     read(PathBuf::from(format!("/proc/{pid}/maps")))?
@@ -134,6 +155,23 @@ VmFlags: rd wr sh mr mw me ms sd
         assert!(v[2].shared);
         assert_eq!(v[2].offset, 0x1000);
         assert_eq!(v[2].path, "/memfd:x (deleted)");
+    }
+
+    #[test]
+    fn flags_carry_over_only_to_identical_entries() {
+        let smaps = parse_smaps(SMAPS).unwrap();
+        let now: Vec<MapEntry> = smaps
+            .iter()
+            .map(|e| MapEntry {
+                vm_flags: vec![],
+                ..e.clone()
+            })
+            .collect();
+        let merged = with_flags_from(&now, &smaps).unwrap();
+        assert!(merged[1].has_flag("gd"));
+        let mut moved = now.clone();
+        moved[1].end += 0x1000;
+        assert!(with_flags_from(&moved, &smaps).is_none());
     }
 
     #[test]

@@ -130,10 +130,14 @@ pub const PM_SCAN_WP_MATCHING: u64 = 1;
 pub const PM_SCAN_CHECK_WPASYNC: u64 = 2;
 /// Written since it was last write-protected.
 pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+/// Backed by a file (or shmem), not anonymous memory.
+pub const PAGE_IS_FILE: u64 = 1 << 2;
 /// Present in memory.
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 /// Swapped out.
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+/// Mapped to the shared zero page.
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
 /// What to ask `PAGEMAP_SCAN` for.
 #[derive(Debug, Clone, Copy, Default)]
@@ -144,6 +148,8 @@ pub struct ScanRequest {
     pub end: u64,
     /// `PM_SCAN_*` flags.
     pub flags: u64,
+    /// Categories whose meaning is inverted before matching (to require their absence).
+    pub category_inverted: u64,
     /// Pages must have all of these categories.
     pub category_mask: u64,
     /// ... or at least one of these.
@@ -171,7 +177,7 @@ pub fn pagemap_scan(
             vec: vec.as_mut_ptr() as u64,
             vec_len: vec.len() as u64,
             max_pages: 0,
-            category_inverted: 0,
+            category_inverted: req.category_inverted,
             category_mask: req.category_mask,
             category_anyof_mask: req.category_anyof_mask,
             return_mask: req.return_mask,

@@ -9,6 +9,7 @@
 //! kernel then removes the registration and every write-protect marker.
 
 pub mod precopy;
+pub mod ranges;
 pub mod shadow;
 
 use std::fs::File;
@@ -21,7 +22,9 @@ use crate::proc::{self, ProcError};
 use crate::sys::SyscallError;
 use crate::sys::process;
 use crate::sys::remote::Remote;
-use crate::sys::uffd::{self, PAGE_IS_WRITTEN, PM_SCAN_WP_MATCHING, PageRegion, ScanRequest};
+use crate::sys::uffd::{
+    self, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, PageRegion, ScanRequest,
+};
 
 /// Why tracking could not start or go on.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,9 @@ pub enum TrackError {
         features: u64,
     },
 }
+
+/// Address ranges `[start, end)`.
+pub type Ranges = Vec<(u64, u64)>;
 
 /// Whether a VMA's writes are tracked: private, writable, ordinary memory.
 pub fn trackable(e: &MapEntry) -> bool {
@@ -180,29 +186,79 @@ impl WriteTracker {
         self.scan()
     }
 
-    /// Like [`WriteTracker::harvest`] but without looking for new VMAs (the final harvest,
-    /// taken while the process is frozen, uses smaps instead).
+    /// Like [`WriteTracker::harvest`] but without looking for new VMAs.
     pub fn scan(&mut self) -> Result<Vec<(u64, u64)>, TrackError> {
         let mut regions: Vec<PageRegion> = Vec::new();
         for &(start, end) in &self.ranges {
-            let req = ScanRequest {
-                start,
-                end,
-                flags: PM_SCAN_WP_MATCHING,
-                category_mask: PAGE_IS_WRITTEN,
-                category_anyof_mask: 0,
-                return_mask: PAGE_IS_WRITTEN,
-            };
-            uffd::pagemap_scan(&self.pagemap, &req, &mut regions).map_err(|source| {
-                TrackError::Syscall {
-                    pid: self.pid,
-                    step: "PAGEMAP_SCAN",
-                    source,
-                }
-            })?;
+            self.scan_range(start, end, PM_SCAN_WP_MATCHING, &mut regions)?;
         }
         Ok(regions.into_iter().map(|r| (r.start, r.end)).collect())
     }
+
+    /// The final harvest, with the process frozen. Each registered range is scanned with
+    /// `PM_SCAN_CHECK_WPASYNC`, which fails if any VMA in it is no longer registered with our
+    /// userfaultfd (it was unmapped and mapped again, say): such a range is returned as broken,
+    /// and its pages must be copied whole. Returns (written ranges, still-tracked ranges).
+    pub fn final_scan(&mut self) -> Result<(Ranges, Ranges), TrackError> {
+        let mut regions: Vec<PageRegion> = Vec::new();
+        let mut intact = Vec::new();
+        for &(start, end) in &self.ranges {
+            let mut part = Vec::new();
+            match self.scan_range(
+                start,
+                end,
+                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                &mut part,
+            ) {
+                Ok(()) => {
+                    regions.extend(part);
+                    intact.push((start, end));
+                }
+                Err(TrackError::Syscall { source, .. }) if source.errno() == Some(libc::EPERM) => {
+                    tracing::debug!(
+                        pid = self.pid,
+                        start,
+                        end,
+                        "range no longer tracked; copied whole"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((
+            regions.into_iter().map(|r| (r.start, r.end)).collect(),
+            intact,
+        ))
+    }
+
+    fn scan_range(
+        &self,
+        start: u64,
+        end: u64,
+        flags: u64,
+        out: &mut Vec<PageRegion>,
+    ) -> Result<(), TrackError> {
+        let req = ScanRequest {
+            start,
+            end,
+            flags,
+            category_inverted: 0,
+            category_mask: PAGE_IS_WRITTEN,
+            category_anyof_mask: 0,
+            return_mask: PAGE_IS_WRITTEN,
+        };
+        uffd::pagemap_scan(&self.pagemap, &req, out).map_err(|source| TrackError::Syscall {
+            pid: self.pid,
+            step: "PAGEMAP_SCAN",
+            source,
+        })
+    }
+}
+
+/// Whether `addr` lies in one of the sorted, disjoint `ranges`.
+pub fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
+    let i = ranges.partition_point(|&(_, e)| e <= addr);
+    ranges.get(i).is_some_and(|&(s, _)| s <= addr)
 }
 
 /// Total pages in a list of ranges.
@@ -228,5 +284,8 @@ mod tests {
         assert!(!t("1000-2000 rw-s 00000000 00:01 5 /dev/zero (deleted)"));
         assert!(!t("1000-2000 r-xp 00000000 00:00 0 [vdso]"));
         assert_eq!(pages_in(&[(0x1000, 0x3000), (0x8000, 0x9000)]), 3);
+        let r = [(0x1000, 0x3000), (0x8000, 0x9000)];
+        assert!(in_ranges(&r, 0x1000) && in_ranges(&r, 0x2fff) && in_ranges(&r, 0x8000));
+        assert!(!in_ranges(&r, 0x3000) && !in_ranges(&r, 0x0fff) && !in_ranges(&r, 0x9000));
     }
 }

@@ -3,19 +3,20 @@
 //!
 //! The shadow store keeps the newest copy of every page. At the freeze the image's page set is
 //! decided from pagemap exactly as a stop-the-world dump would decide it; a page comes from the
-//! shadow only if its VMA was tracked without a break (smaps still shows the `uw` flag on it)
-//! and it was not written since its copy. Everything else is read right then.
+//! shadow only if its range was tracked without a break (the final `PAGEMAP_SCAN` with
+//! `PM_SCAN_CHECK_WPASYNC` succeeds on it) and it was not written since its copy. Everything
+//! else is read right then.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
+use super::ranges::{intersect, normalize, subtract};
 use super::shadow::Shadow;
 use super::{TrackError, WriteTracker, pages_in};
 use crate::image::mm::Vma;
 use crate::image::pagemap::PagemapImage;
 use crate::mm::dump::{copy_entries, select_pages};
-use crate::proc::maps::MapEntry;
 use crate::stats::micros;
 use crate::sys::PAGE_SIZE;
 
@@ -118,42 +119,37 @@ pub struct FinalPass {
 pub fn finish(
     pc: &mut PreCopy,
     vmas: &[Vma],
-    smaps: &[MapEntry],
 ) -> Result<(PagemapImage, u64, FinalPass), TrackError> {
     let pid = pc.tracker.pid();
     let mut fin = FinalPass::default();
     let t = Instant::now();
-    let residue = pc.tracker.scan()?;
+    let (written, tracked) = pc.tracker.final_scan()?;
     fin.final_scan_us = micros(t.elapsed());
     let t = Instant::now();
-    let written: std::collections::HashSet<u64> = residue
-        .iter()
-        .flat_map(|&(s, e)| (s..e).step_by(PAGE_SIZE as usize))
-        .collect();
-    // A VMA's shadow pages are trusted only if it is still registered with our userfaultfd.
-    let tracked: Vec<(u64, u64)> = smaps
-        .iter()
-        .filter(|e| {
-            e.has_flag("uw")
-                && pc
-                    .tracker
-                    .tracked()
-                    .iter()
-                    .any(|&(s, en)| s <= e.start && e.end <= en)
-        })
-        .map(|e| (e.start, e.end))
-        .collect();
-    let in_tracked = |a: u64| tracked.iter().any(|&(s, e)| s <= a && a < e);
     let sel = select_pages(pid, vmas)?;
+    tracing::debug!(us = micros(t.elapsed()), "final pass: pages selected");
+    // A page comes from the shadow if its range stayed tracked, the shadow holds it, and it was
+    // not written since; everything else the image needs is read now.
+    let trusted = subtract(
+        &intersect(&normalize(tracked), pc.shadow.covered()),
+        &normalize(written),
+    );
+    let selected = normalize(
+        sel.pagemap
+            .entries
+            .iter()
+            .map(|e| (e.vaddr, e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE))
+            .collect(),
+    );
     let mut need = Vec::new();
-    for e in &sel.pagemap.entries {
-        for i in 0..u64::from(e.nr_pages) {
-            let a = e.vaddr + i * PAGE_SIZE;
-            if written.contains(&a) || !in_tracked(a) || pc.shadow.get(a).is_none() {
-                push_single(&mut need, a);
-            }
-        }
+    for (s, e) in subtract(&selected, &trusted) {
+        push_range(&mut need, s, e);
     }
+    tracing::debug!(
+        us = micros(t.elapsed()),
+        runs = need.len(),
+        "final pass: residue decided"
+    );
     let bytes = need.iter().map(|e| e.nr_pages as usize).sum::<usize>() * PAGE_SIZE as usize;
     let mut buf = vec![0u8; bytes];
     copy_entries(pid, vmas, &need, &mut buf)?;
@@ -170,16 +166,10 @@ pub fn finish(
     Ok((sel.pagemap, sel.pages_scanned, fin))
 }
 
-fn push_single(runs: &mut Vec<crate::image::pagemap::PagemapEntry>, addr: u64) {
-    if let Some(last) = runs.last_mut()
-        && last.vaddr + u64::from(last.nr_pages) * PAGE_SIZE == addr
-    {
-        last.nr_pages += 1;
-        return;
-    }
+fn push_range(runs: &mut Vec<crate::image::pagemap::PagemapEntry>, start: u64, end: u64) {
     runs.push(crate::image::pagemap::PagemapEntry {
-        vaddr: addr,
-        nr_pages: 1,
+        vaddr: start,
+        nr_pages: ((end - start) / PAGE_SIZE) as u32,
         flags: crate::image::pagemap::PE_PRESENT,
         crc32: 0,
     });

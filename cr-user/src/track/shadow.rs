@@ -2,6 +2,7 @@
 //! was written since) overwrites its slot, so the store never holds two versions of a page.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::sys::PAGE_SIZE;
 use crate::sys::SyscallError;
@@ -9,11 +10,32 @@ use crate::sys::mem;
 
 const PAGE: usize = PAGE_SIZE as usize;
 
+/// Page addresses are already well spread in their upper bits; a multiply mixes them enough
+/// and costs a fraction of SipHash on the hot final pass.
+#[derive(Default, Clone, Copy)]
+struct PageHasher(u64);
+
+impl Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Pages keyed by address, stored back to back in one arena.
 #[derive(Default)]
 pub struct Shadow {
-    slots: HashMap<u64, u32>,
+    slots: HashMap<u64, u32, BuildHasherDefault<PageHasher>>,
     arena: Vec<u8>,
+    /// Ranges copied, unsorted; see [`Shadow::covered`].
+    covered: Vec<(u64, u64)>,
 }
 
 impl Shadow {
@@ -63,6 +85,7 @@ impl Shadow {
                 Err(e) => return Err(e),
             };
             let whole = got / PAGE;
+            self.covered.push((start, start + (whole * PAGE) as u64));
             for i in 0..whole {
                 let slot = self.slot_for(start + (i * PAGE) as u64);
                 self.arena[slot * PAGE..(slot + 1) * PAGE]
@@ -72,6 +95,7 @@ impl Shadow {
             let mut addr = start + (whole * PAGE) as u64;
             while addr < end {
                 if let Ok(PAGE) = mem::read_remote(pid, &[(addr, PAGE)], &mut page) {
+                    self.covered.push((addr, addr + PAGE_SIZE));
                     let slot = self.slot_for(addr);
                     self.arena[slot * PAGE..(slot + 1) * PAGE].copy_from_slice(&page);
                     copied += 1;
@@ -82,8 +106,15 @@ impl Shadow {
         Ok(copied)
     }
 
+    /// Every address range the store holds pages for, sorted and merged.
+    pub fn covered(&mut self) -> &[(u64, u64)] {
+        self.covered = super::ranges::normalize(std::mem::take(&mut self.covered));
+        &self.covered
+    }
+
     /// Stores one page given by the caller.
     pub fn put(&mut self, addr: u64, data: &[u8]) {
+        self.covered.push((addr, addr + PAGE_SIZE));
         let slot = self.slot_for(addr);
         self.arena[slot * PAGE..(slot + 1) * PAGE].copy_from_slice(&data[..PAGE]);
     }
@@ -103,5 +134,6 @@ mod tests {
         assert_eq!(s.get(0x1000).unwrap()[0], 9);
         assert_eq!(s.get(0x3000).unwrap()[PAGE - 1], 3);
         assert!(s.get(0x2000).is_none());
+        assert_eq!(s.covered(), &[(0x1000, 0x2000), (0x3000, 0x4000)]);
     }
 }
