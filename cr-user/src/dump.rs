@@ -392,7 +392,8 @@ fn with_scratch<T>(
         [
             0,
             LEN,
-            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            // Executable too: core's signal query loop runs from it.
+            (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
             (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
             u64::MAX,
             0,

@@ -88,6 +88,19 @@ impl Injector {
         }
     }
 
+    /// Places `code` at `offset` in scratch (which must be executable) and runs it to its
+    /// `int3` with `r12` = the scratch address of `arg_offset`.
+    pub fn run_code(&self, offset: u64, code: &[u8], arg_offset: u64) -> Result<(), InjectError> {
+        let entry = self.put(offset, code)?;
+        self.remote
+            .run_code(entry, self.scratch_addr(arg_offset))
+            .map_err(|e| InjectError {
+                pid: self.pid(),
+                step: "run injected code".to_string(),
+                source: RemoteCallError::Inject(e),
+            })
+    }
+
     /// Writes `bytes` at `offset` in the scratch area and returns their address in the task.
     pub fn put(&self, offset: u64, bytes: &[u8]) -> Result<u64, InjectError> {
         assert!(

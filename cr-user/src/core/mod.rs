@@ -40,6 +40,33 @@ const SCRATCH_SIGACTION: u64 = 0;
 const SCRATCH_ALTSTACK: u64 = 64;
 const SCRATCH_TIDADDR: u64 = 128;
 const SCRATCH_ITIMER: u64 = 192;
+/// Where the dispositions land: 32 bytes per signal at `table + sig * 32` (sig 1..=64).
+const SCRATCH_SIGACTION_TABLE: u64 = 1024;
+/// Where the query loop is placed (the dump's scratch page is mapped executable).
+const SCRATCH_SIGACTION_CODE: u64 = 3584;
+
+/// x86-64 machine code: for sig in 1..=64, rt_sigaction(sig, NULL, r12 + sig * 32, 8); then int3.
+///
+/// ```text
+///  0: 41 bd 01 00 00 00     mov    r13d, 1
+///  6: b8 0d 00 00 00        mov    eax, 13          ; loop: __NR_rt_sigaction
+/// 11: 44 89 ef              mov    edi, r13d
+/// 14: 31 f6                 xor    esi, esi
+/// 16: 4c 89 ea              mov    rdx, r13
+/// 19: 48 c1 e2 05           shl    rdx, 5
+/// 23: 4c 01 e2              add    rdx, r12
+/// 26: 41 ba 08 00 00 00     mov    r10d, 8
+/// 32: 0f 05                 syscall
+/// 34: 41 ff c5              inc    r13d
+/// 37: 41 83 fd 41           cmp    r13d, 65
+/// 41: 75 db                 jne    6
+/// 43: cc                    int3
+/// ```
+const SIGACTION_QUERY_LOOP: [u8; 44] = [
+    0x41, 0xbd, 0x01, 0x00, 0x00, 0x00, 0xb8, 0x0d, 0x00, 0x00, 0x00, 0x44, 0x89, 0xef, 0x31, 0xf6,
+    0x4c, 0x89, 0xea, 0x48, 0xc1, 0xe2, 0x05, 0x4c, 0x01, 0xe2, 0x41, 0xba, 0x08, 0x00, 0x00, 0x00,
+    0x0f, 0x05, 0x41, 0xff, 0xc5, 0x41, 0x83, 0xfd, 0x41, 0x75, 0xdb, 0xcc,
+];
 const SCRATCH_GROUPS: u64 = 256;
 /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
 const ITIMERS: [u64; 3] = [0, 1, 2];
@@ -76,21 +103,21 @@ pub fn dump(
     let tid = frozen.pid();
     let perr = |step| move |source| CoreError::Ptrace { tid, step, source };
     let xstate = ptrace::get_xstate(tid).map_err(perr("read xstate"))?;
+    // All 64 dispositions in one resume of the task: a default disposition can carry flags and a
+    // mask that the program set and may read back, so every signal is asked.
+    inj.run_code(
+        SCRATCH_SIGACTION_CODE,
+        &SIGACTION_QUERY_LOOP,
+        SCRATCH_SIGACTION_TABLE,
+    )?;
+    let table = inj.get(SCRATCH_SIGACTION_TABLE + 32, 64 * 32)?;
     let mut sigactions = Vec::new();
-    // Every signal is asked: a default disposition can still carry flags and a mask that the
-    // program set and may read back.
     for sig in 1..=64u32 {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
         }
-        let out = inj.scratch_addr(SCRATCH_SIGACTION);
-        inj.call(
-            || format!("rt_sigaction({sig}) query"),
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [u64::from(sig), 0, out, 8, 0, 0],
-        )?;
-        let [handler, flags, restorer, mask] = words::<4>(&inj.get(SCRATCH_SIGACTION, 32)?);
+        let at = (sig as usize - 1) * 32;
+        let [handler, flags, restorer, mask] = words::<4>(&table[at..at + 32]);
         sigactions.push(SigAction {
             sig,
             handler,
