@@ -39,6 +39,10 @@ pub struct DumpOptions {
     pub shell_job: bool,
     /// Copy memory in rounds while the process runs, freezing only for the residue.
     pub pre_copy: Option<Rounds>,
+    /// Do not use BPF: the task set and layout come from `/proc` alone.
+    pub no_bpf: bool,
+    /// Do not use userfaultfd async write-protect: pre-copy becomes a stop-the-world copy.
+    pub no_wp_async: bool,
 }
 
 /// Why a dump failed. The workload is left running as it was in every case.
@@ -238,7 +242,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         source,
     })?;
     let _ = std::fs::remove_file(&probe);
-    let mut tracker = start_tracking(pid);
+    let mut tracker = if opts.no_bpf {
+        None
+    } else {
+        start_tracking(pid)
+    };
     let mut stats = DumpStats {
         task_tracking: if tracker.is_some() { "bpf" } else { "proc" }.into(),
         ..Default::default()
@@ -248,15 +256,34 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         .unwrap_or_default();
 
     let mut precopy = match opts.pre_copy {
+        None => {
+            stats.precopy_mode = "off".into();
+            None
+        }
+        Some(_) if opts.no_wp_async => {
+            stats.precopy_mode =
+                "stop-the-world (userfaultfd write-protect disabled by --no-wp-async)".into();
+            None
+        }
         Some(rounds) => {
             let t = Instant::now();
-            let pc = precopy::run(pid, rounds)?;
-            stats.precopy_time_us = micros(t.elapsed());
-            stats.rounds = pc.rounds.clone();
-            stats.dirty_rate_pages_per_s = pc.dirty_rate;
-            Some(pc)
+            match precopy::run(pid, rounds) {
+                Ok(pc) => {
+                    stats.precopy_time_us = micros(t.elapsed());
+                    stats.rounds = pc.rounds.clone();
+                    stats.dirty_rate_pages_per_s = pc.dirty_rate;
+                    stats.precopy_mode = "uffd-wp-async".into();
+                    Some(pc)
+                }
+                // Tracking is an optimisation: without it the dump is still exact, only its
+                // frozen window is longer. The stats say so.
+                Err(e) => {
+                    tracing::warn!(error = %e, "pre-copy unavailable; copying with the process stopped");
+                    stats.precopy_mode = format!("stop-the-world ({})", error_chain(&e));
+                    None
+                }
+            }
         }
-        None => None,
     };
     // Read the full layout (smaps walks page tables: slow on big processes) while the task
     // still runs; inside the window only the cheap maps is read, unless BPF saw the layout
@@ -377,6 +404,17 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         stats.frozen_time_us = micros(t_frozen.elapsed());
     }
     Ok(stats)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Runs `f` with a scratch page mapped in the task, and unmaps it whatever `f` returned.

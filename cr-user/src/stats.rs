@@ -23,6 +23,9 @@ pub struct DumpStats {
     pub pages_written: u64,
     /// How the task set was known: "bpf" (confirmed against /proc) or "proc" (BPF unavailable).
     pub task_tracking: String,
+    /// How memory was copied: "off" (stop-the-world, as asked), "uffd-wp-async" (pre-copy), or
+    /// "stop-the-world (reason)" when pre-copy was asked for but could not run.
+    pub precopy_mode: String,
     /// Pre-copy rounds (empty for a stop-the-world dump).
     pub rounds: Vec<RoundStat>,
     /// Time spent in pre-copy rounds before the freeze.
@@ -83,6 +86,7 @@ impl DumpStats {
             ("pages_scanned", self.pages_scanned.to_string()),
             ("pages_written", self.pages_written.to_string()),
             ("task_tracking", self.task_tracking.clone()),
+            ("precopy_mode", self.precopy_mode.clone()),
             ("residual_pages", self.residual_pages.to_string()),
             ("  stop", ms(self.frozen_steps.stop_us)),
             ("  registers", ms(self.frozen_steps.registers_us)),

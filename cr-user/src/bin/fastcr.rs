@@ -50,6 +50,12 @@ enum Command {
         /// shrinking), then freeze only to copy what changed since.
         #[arg(long, value_name = "N|auto", num_args = 0..=1, default_missing_value = "auto", value_parser = parse_rounds)]
         pre_copy: Option<Rounds>,
+        /// Do not use BPF (task set and layout from /proc only).
+        #[arg(long)]
+        no_bpf: bool,
+        /// Do not use userfaultfd write-protect: --pre-copy then copies with the process stopped.
+        #[arg(long)]
+        no_wp_async: bool,
         /// Print a stats table.
         #[arg(long)]
         stats: bool,
@@ -146,6 +152,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             leave_running,
             shell_job,
             pre_copy,
+            no_bpf,
+            no_wp_async,
             stats,
             json,
         } => {
@@ -155,6 +163,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 leave_running,
                 shell_job,
                 pre_copy,
+                no_bpf,
+                no_wp_async,
             };
             let s = dump(&opts)
                 .with_context(|| format!("dump of process {pid} into {} failed", dir.display()))?;

@@ -1,0 +1,75 @@
+//! The announced fallbacks of pre-copy, each forced: without BPF (`--no-bpf`) the task set and
+//! layout come from /proc and pre-copy still runs on userfaultfd + PAGEMAP_SCAN; without async
+//! write-protect (`--no-wp-async`) the dump copies with the process stopped. Both say so in the
+//! stats, and both images restore a process that passes its own verification.
+
+use std::os::unix::process::ExitStatusExt;
+
+use serde_json::Value;
+use vmtests::{Scratch, Workload, assert_success, fastcr, require_root};
+
+fn dump_restore(extra: &[&str]) -> Value {
+    require_root();
+    let mut wl = Workload::spawn("wl_dirty", &["64", "10"]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("fallback-img");
+    let pid = wl.pid_arg();
+    let mut args = vec![
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        images.as_str(),
+        "--pre-copy",
+        "2",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = fastcr(&args);
+    assert_success(&out, "dump");
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("dump --json prints JSON");
+    let status = wl.reap();
+    assert!(
+        status.signal().is_some(),
+        "dump should have killed the workload, but it {status}"
+    );
+    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
+    assert_success(&out, "restore -d");
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    stats
+}
+
+#[test]
+fn without_bpf_precopy_runs_on_pagemap_scan_alone() {
+    let s = dump_restore(&["--no-bpf"]);
+    assert_eq!(s["task_tracking"], "proc", "stats: {s}");
+    assert_eq!(s["precopy_mode"], "uffd-wp-async", "stats: {s}");
+    assert_eq!(s["rounds"].as_array().map(Vec::len), Some(2), "stats: {s}");
+}
+
+#[test]
+fn without_wp_async_the_dump_stops_the_world() {
+    let s = dump_restore(&["--no-wp-async"]);
+    let mode = s["precopy_mode"].as_str().unwrap_or_default();
+    assert!(mode.starts_with("stop-the-world"), "stats: {s}");
+    assert_eq!(s["rounds"].as_array().map(Vec::len), Some(0), "stats: {s}");
+    assert_eq!(
+        s["residual_pages"], s["pages_written"],
+        "everything is copied frozen: {s}"
+    );
+}
+
+#[test]
+fn with_everything_precopy_uses_bpf_and_wp_async() {
+    let s = dump_restore(&[]);
+    assert_eq!(s["task_tracking"], "bpf", "stats: {s}");
+    assert_eq!(s["precopy_mode"], "uffd-wp-async", "stats: {s}");
+    let residual = s["residual_pages"].as_u64().unwrap_or(u64::MAX);
+    let written = s["pages_written"].as_u64().unwrap_or(0);
+    assert!(
+        residual < written,
+        "pre-copy copied nothing before the freeze: {s}"
+    );
+}
