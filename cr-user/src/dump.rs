@@ -13,7 +13,7 @@ use crate::core::CoreError;
 use crate::files::FilesError;
 use crate::freeze::{FreezeError, Frozen};
 use crate::image::inventory::Inventory;
-use crate::image::pagemap::PagemapImage;
+use crate::image::pagemap::{PE_IN_PARENT, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
 use crate::inject::{InjectError, Injector};
 use crate::mm::MmError;
@@ -22,9 +22,10 @@ use crate::proc::{self, ProcError};
 use crate::stats::{DumpStats, micros};
 use crate::sys::PAGE_SIZE;
 use crate::sys::remote::Remote;
-use crate::track::TrackError;
+use crate::track::incremental::{self, load_parent};
 use crate::track::precopy::{self, Rounds};
 use crate::track::shadow::Shadow;
+use crate::track::{TrackError, WriteTracker};
 
 /// What to dump and how.
 #[derive(Debug, Clone)]
@@ -43,6 +44,10 @@ pub struct DumpOptions {
     pub no_bpf: bool,
     /// Do not use userfaultfd async write-protect: pre-copy becomes a stop-the-world copy.
     pub no_wp_async: bool,
+    /// Parent image (a `pre-dump`): pages unchanged since it are referenced, not copied.
+    pub prev_images_dir: Option<PathBuf>,
+    /// With `--leave-running`: keep write tracking in the process for a further incremental dump.
+    pub track_mem: bool,
 }
 
 /// Why a dump failed. The workload is left running as it was in every case.
@@ -97,6 +102,14 @@ pub enum DumpError {
     /// The image could not be written.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The parent image left no write tracking to continue from.
+    #[error(
+        "parent image {dir} has no write tracking to continue from (make it with `fastcr pre-dump`)"
+    )]
+    NoTracking {
+        /// The parent dir.
+        dir: PathBuf,
+    },
     /// Write tracking for pre-copy failed.
     #[error(transparent)]
     Track(#[from] TrackError),
@@ -106,7 +119,7 @@ pub enum DumpError {
 }
 
 /// Checks the target before anything touches it.
-fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Status), DumpError> {
+pub(crate) fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Status), DumpError> {
     if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(DumpError::NoSuchProcess { pid });
     }
@@ -136,7 +149,7 @@ fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Status), DumpE
 }
 
 /// This version dumps one single-threaded process without children.
-fn check_single(pid: i32) -> Result<(), DumpError> {
+pub(crate) fn check_single(pid: i32) -> Result<(), DumpError> {
     let threads = proc::threads(pid)?;
     if threads.len() != 1 {
         return Err(DumpError::Unsupported {
@@ -160,7 +173,7 @@ fn check_single(pid: i32) -> Result<(), DumpError> {
 }
 
 /// Starts BPF task tracking; the dump goes on from `/proc` alone if BPF is unavailable.
-fn start_tracking(pid: i32) -> Option<TaskTracker> {
+pub(crate) fn start_tracking(pid: i32) -> Option<TaskTracker> {
     match TaskTracker::attach(pid as u32) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -187,7 +200,7 @@ fn confirm_task_set(pid: i32, tracker: &mut TaskTracker) -> Result<(), DumpError
 }
 
 /// Where the dumped pages are when the image is written.
-enum Pages {
+pub(crate) enum Pages {
     /// Back to back in a buffer, in pagemap order (stop-the-world copy).
     Buffer(Vec<u8>),
     /// In the pre-copy shadow store, by address.
@@ -196,7 +209,7 @@ enum Pages {
 
 impl Pages {
     /// Writes the pages file and fills in each run's checksum.
-    fn write(
+    pub(crate) fn write(
         &self,
         dir: &ImageDir,
         pid: i32,
@@ -205,7 +218,11 @@ impl Pages {
         let path = dir.file(&pages_file_name(pid));
         dir.write_with(&path, |w| {
             let mut off = 0usize;
-            for e in &mut pagemap.entries {
+            for e in pagemap
+                .entries
+                .iter_mut()
+                .filter(|e| e.flags != PE_IN_PARENT)
+            {
                 let mut crc = crc32fast::Hasher::new();
                 for i in 0..u64::from(e.nr_pages) {
                     let page = match self {
@@ -234,14 +251,28 @@ impl Pages {
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let pid = opts.pid;
     let (stat, status) = preflight(pid)?;
-    let dir = ImageDir::create(&opts.dir)?;
-    // Prove the dir is writable before the workload is touched.
-    let probe = dir.file(".fastcr-write-test");
-    std::fs::write(&probe, b"").map_err(|source| ImageError::Io {
-        path: probe.clone(),
-        source,
-    })?;
-    let _ = std::fs::remove_file(&probe);
+    let dir = prepare_dir(&opts.dir)?;
+    if opts.pre_copy.is_some() && opts.prev_images_dir.is_some() {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: "--pre-copy and --prev-images-dir cannot be combined yet".into(),
+        });
+    }
+    let parent = match &opts.prev_images_dir {
+        Some(p) => Some(load_parent(p, pid)?),
+        None => None,
+    };
+    let mut adopted = match &parent {
+        Some(p) => {
+            let link = p
+                .inventory
+                .tracking
+                .ok_or_else(|| DumpError::NoTracking { dir: p.dir.clone() })?;
+            Some((WriteTracker::adopt(pid, link)?, link))
+        }
+        None => None,
+    };
+    let keep_tracking = opts.track_mem && opts.leave_running;
     let mut tracker = if opts.no_bpf {
         None
     } else {
@@ -300,7 +331,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     };
     // Touch the page buffer now so the frozen window does not pay for its page faults.
     let mut buf = Vec::new();
-    if precopy.is_none() {
+    if precopy.is_none() && adopted.is_none() {
         let estimate = (status.rss_anon_kib + status.rss_shmem_kib) as usize * 1024 * 11 / 10;
         buf.resize(estimate, 1);
     }
@@ -333,7 +364,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         _ => proc::maps::smaps(pid)?,
     };
     let vmas = crate::mm::dump::layout(pid, &smaps)?;
-    let files = crate::files::dump(pid, status.umask, opts.shell_job)?;
+    let tracking_fd = adopted.as_ref().map(|(_, link)| link.fd);
+    let files = crate::files::dump(pid, status.umask, opts.shell_job, tracking_fd)?;
     stats.frozen_steps.metadata_us = micros(t.elapsed());
     let t = Instant::now();
     frozen.block_signals()?;
@@ -342,6 +374,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let (brk, core) = with_scratch(&mut inj, |inj| {
         let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
         let core = crate::core::dump(&frozen, inj, &status, &stat, comm)?;
+        // The tracking fd a pre-dump left in the process is not the program's: it goes.
+        if let (Some(fd), false) = (tracking_fd, keep_tracking) {
+            inj.call(
+                || format!("close of tracking fd {fd}"),
+                "close",
+                libc::SYS_close,
+                [fd as u64, 0, 0, 0, 0, 0],
+            )?;
+        }
         Ok((brk, core))
     })?;
     let auxv = proc::auxv(pid)?;
@@ -349,15 +390,34 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let mm = crate::mm::dump::mm_image(exe, &stat, brk, &auxv, vmas);
     stats.frozen_steps.registers_us = micros(t.elapsed());
     let t_mem = Instant::now();
-    let (mut pagemap, pages) = match precopy.as_mut() {
-        None => {
+    let (mut pagemap, pages) = match (precopy.as_mut(), adopted.as_mut(), parent.as_ref()) {
+        (None, Some((tracker, _)), Some(parent)) => {
+            let t = Instant::now();
+            let (written, intact) = tracker.final_scan()?;
+            stats.frozen_steps.final_scan_us = micros(t.elapsed());
+            let sel = crate::mm::dump::select_pages(pid, &mm.vmas)?;
+            stats.pages_scanned = sel.pages_scanned;
+            let (pagemap, stored) = incremental::split(
+                &sel.pagemap,
+                &incremental::trusted(parent, &intact, &written),
+            );
+            buf.resize(pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
+            crate::mm::dump::copy_entries(pid, &mm.vmas, &stored, &mut buf)?;
+            stats.residual_pages = pagemap.stored_pages();
+            if keep_tracking {
+                tracker.retrack(&intact)?;
+            }
+            stats.frozen_steps.residual_copy_us = micros(t.elapsed());
+            (pagemap, Pages::Buffer(buf))
+        }
+        (None, _, _) => {
             let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
             stats.pages_scanned = d.pages_scanned;
             stats.residual_pages = d.pagemap.total_pages();
             stats.frozen_steps.residual_copy_us = micros(t_mem.elapsed());
             (d.pagemap, Pages::Buffer(buf))
         }
-        Some(pc) => {
+        (Some(pc), _, _) => {
             let (pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas)?;
             stats.pages_scanned = scanned;
             stats.residual_pages = fin.residual_pages;
@@ -368,7 +428,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         }
     };
     stats.memdump_time_us = micros(t_mem.elapsed());
-    stats.pages_written = pagemap.total_pages();
+    stats.pages_written = pagemap.stored_pages();
+    stats.pages_in_parent = pagemap.total_pages() - pagemap.stored_pages();
     let still_frozen = if opts.leave_running {
         frozen.thaw()?;
         stats.frozen_time_us = micros(t_frozen.elapsed());
@@ -394,8 +455,17 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         created_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        parent: None,
+        parent: parent
+            .as_ref()
+            .map(|p| p.dir.to_string_lossy().into_owned()),
+        pre_dump: false,
+        tracking: if keep_tracking {
+            adopted.as_ref().map(|(_, link)| *link)
+        } else {
+            None
+        },
     };
+    drop(adopted);
     // The inventory goes last: an image dir without it is incomplete and restore refuses it.
     dir.write(Kind::Inventory, 0, &inventory)?;
     stats.memwrite_time_us = micros(t_write.elapsed());
@@ -415,6 +485,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Creates the image dir and proves it writable before the workload is touched.
+pub(crate) fn prepare_dir(path: &Path) -> Result<ImageDir, DumpError> {
+    let dir = ImageDir::create(path)?;
+    let probe = dir.file(".fastcr-write-test");
+    std::fs::write(&probe, b"").map_err(|source| ImageError::Io {
+        path: probe.clone(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(dir)
 }
 
 /// Runs `f` with a scratch page mapped in the task, and unmaps it whatever `f` returned.

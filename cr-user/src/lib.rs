@@ -14,6 +14,7 @@ pub mod image;
 pub mod inject;
 pub mod kerndat;
 pub mod mm;
+pub mod predump;
 pub mod proc;
 pub mod restore;
 pub mod show;

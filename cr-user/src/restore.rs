@@ -5,7 +5,6 @@
 //! any step fails it is killed and reaped, so a failed restore leaves no process behind. While it
 //! is being built, `PTRACE_O_EXITKILL` also kills it should fastcr itself die.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,10 +18,10 @@ use crate::image::pagemap::PagemapImage;
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
 use crate::inject::{InjectError, Injector};
 use crate::mm::MmError;
+use crate::mm::pages::{PageChain, load_parents};
 use crate::mm::restore as mmr;
 use crate::proc::{self, ProcError};
 use crate::stats::{RestoreStats, micros};
-use crate::sys::mem::MappedFile;
 use crate::sys::ptrace::{self, Stop};
 use crate::sys::remote::Remote;
 use crate::sys::{PAGE_SIZE, SyscallError, process};
@@ -47,6 +46,14 @@ pub enum RestoreError {
     PidInUse {
         /// The pid.
         pid: i32,
+    },
+    /// A pre-dump image holds pages only.
+    #[error(
+        "{path} is a pre-dump image, which holds pages only; dump with --prev-images-dir {path} and restore that"
+    )]
+    PreDumpOnly {
+        /// The image dir.
+        path: PathBuf,
     },
     /// The image holds more than this version restores.
     #[error("image holds {count} processes; only single-process images are supported yet")]
@@ -104,6 +111,8 @@ pub struct LoadedImage {
     pub pagemap: PagemapImage,
     /// Path of the pages file.
     pub pages_path: PathBuf,
+    /// The pages, through the parent chain.
+    pub chain: PageChain,
 }
 
 fn inconsistent(dir: &ImageDir, name: &str, detail: String) -> ImageError {
@@ -117,6 +126,11 @@ fn inconsistent(dir: &ImageDir, name: &str, detail: String) -> ImageError {
 pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
     let dir = ImageDir::open(path)?;
     let inventory: Inventory = dir.read(Kind::Inventory, 0)?;
+    if inventory.pre_dump {
+        return Err(RestoreError::PreDumpOnly {
+            path: path.to_path_buf(),
+        });
+    }
     if inventory.pids.len() != 1 || inventory.pids[0] != inventory.root_pid {
         return Err(RestoreError::Unsupported {
             count: inventory.pids.len(),
@@ -156,22 +170,8 @@ pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
         .validate(&ranges)
         .map_err(|d| inconsistent(&dir, &Kind::Pagemap.file_name(pid), d))?;
     let pages_path = dir.file(&pages_file_name(pid));
-    let len = std::fs::metadata(&pages_path)
-        .map_err(|_| ImageError::Missing {
-            path: pages_path.clone(),
-        })?
-        .len();
-    if len != pagemap.total_pages() * PAGE_SIZE {
-        return Err(inconsistent(
-            &dir,
-            &pages_file_name(pid),
-            format!(
-                "{len} bytes, but the pagemap indexes {} pages",
-                pagemap.total_pages()
-            ),
-        )
-        .into());
-    }
+    let parents = load_parents(&dir, &inventory)?;
+    let chain = PageChain::open(&dir, pid, pagemap.clone(), parents)?;
     Ok(LoadedImage {
         inventory,
         core,
@@ -179,6 +179,7 @@ pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
         files,
         pagemap,
         pages_path,
+        chain,
     })
 }
 
@@ -238,19 +239,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats, RestoreError> {
     if Path::new(&format!("/proc/{pid}")).exists() {
         return Err(RestoreError::PidInUse { pid });
     }
-    let pages_file = File::open(&img.pages_path).map_err(|source| ImageError::Io {
-        path: img.pages_path.clone(),
-        source,
-    })?;
-    let pages = MappedFile::map(
-        &pages_file,
-        (img.pagemap.total_pages() * PAGE_SIZE) as usize,
-    )
-    .map_err(|e| ImageError::Io {
-        path: img.pages_path.clone(),
-        source: e.io_error,
-    })?;
-
     let t_fork = Instant::now();
     let child = process::spawn_traced_with_pid(pid).map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::PidInUse { pid },
@@ -290,7 +278,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats, RestoreError> {
     mmr::move_specials(&inj, &child_maps, &img.mm, trampoline)?;
     let has_pages = mmr::vmas_with_pages(&img.mm, &img.pagemap);
     mmr::map_vmas(&inj, &img.mm, &has_pages)?;
-    let pages_restored = mmr::fill_pages(child, &img.pagemap, pages.as_slice())?;
+    let pages_restored = mmr::fill_pages(child, &img.chain)?;
     mmr::finish_vmas(&inj, &img.mm, &has_pages)?;
     mmr::set_mm_fields(&inj, &img.mm)?;
     crate::files::restore(&inj, &img.files)?;

@@ -5,11 +5,28 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::image::inventory::Inventory;
 use crate::image::mm::VmaKind;
+use crate::image::pagemap::PagemapImage;
+use crate::image::{ImageDir, Kind};
 use crate::restore::{LoadedImage, RestoreError, load};
+
+/// A pre-dump image holds an inventory and pages only.
+fn pre_dump(path: &Path) -> Result<Option<(Inventory, PagemapImage)>, RestoreError> {
+    let dir = ImageDir::open(path)?;
+    let inventory: Inventory = dir.read(Kind::Inventory, 0)?;
+    if !inventory.pre_dump {
+        return Ok(None);
+    }
+    let pagemap: PagemapImage = dir.read(Kind::Pagemap, inventory.root_pid)?;
+    Ok(Some((inventory, pagemap)))
+}
 
 /// Decodes the image dir at `path` as JSON (raw xstate bytes are summarised by length).
 pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
+    if let Some((inventory, pagemap)) = pre_dump(path)? {
+        return Ok(json!({ "inventory": inventory, "pagemap": pagemap }));
+    }
     let img = load(path)?;
     let mut core = serde_json::to_value(&img.core).unwrap_or_default();
     if let Some(obj) = core.as_object_mut() {
@@ -27,6 +44,17 @@ pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
 
 /// A human summary of the image dir at `path`.
 pub fn summary(path: &Path) -> Result<String, RestoreError> {
+    if let Some((inv, pagemap)) = pre_dump(path)? {
+        return Ok(format!(
+            "pre-dump by fastcr {} of pid {}: {} pages stored, {} in the parent chain{}; tracking fd {}\n",
+            inv.tool_version,
+            inv.root_pid,
+            pagemap.stored_pages(),
+            pagemap.total_pages() - pagemap.stored_pages(),
+            inv.parent.map(|p| format!(" ({p})")).unwrap_or_default(),
+            inv.tracking.map_or(-1, |t| t.fd),
+        ));
+    }
     Ok(render(&load(path)?))
 }
 

@@ -21,6 +21,8 @@ pub struct DumpStats {
     pub pages_scanned: u64,
     /// Pages saved in the image.
     pub pages_written: u64,
+    /// Pages an incremental image leaves to its parent chain (unchanged since the parent).
+    pub pages_in_parent: u64,
     /// How the task set was known: "bpf" (confirmed against /proc) or "proc" (BPF unavailable).
     pub task_tracking: String,
     /// How memory was copied: "off" (stop-the-world, as asked), "uffd-wp-async" (pre-copy), or
@@ -85,6 +87,7 @@ impl DumpStats {
             ("memwrite_time", ms(self.memwrite_time_us)),
             ("pages_scanned", self.pages_scanned.to_string()),
             ("pages_written", self.pages_written.to_string()),
+            ("pages_in_parent", self.pages_in_parent.to_string()),
             ("task_tracking", self.task_tracking.clone()),
             ("precopy_mode", self.precopy_mode.clone()),
             ("residual_pages", self.residual_pages.to_string()),

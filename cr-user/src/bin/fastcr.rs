@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cr_user::dump::{DumpOptions, dump};
+use cr_user::predump::{PreDumpOptions, pre_dump};
 use cr_user::restore::{RestoreOptions, restore};
 use cr_user::sys::process;
 use cr_user::track::precopy::Rounds;
@@ -50,12 +51,38 @@ enum Command {
         /// shrinking), then freeze only to copy what changed since.
         #[arg(long, value_name = "N|auto", num_args = 0..=1, default_missing_value = "auto", value_parser = parse_rounds)]
         pre_copy: Option<Rounds>,
+        /// Parent image made by `fastcr pre-dump`: pages unchanged since are referenced, not
+        /// copied (restore reads them through the chain).
+        #[arg(long, value_name = "DIR")]
+        prev_images_dir: Option<PathBuf>,
+        /// With --leave-running: keep tracking writes for a further incremental dump.
+        #[arg(long)]
+        track_mem: bool,
         /// Do not use BPF (task set and layout from /proc only).
         #[arg(long)]
         no_bpf: bool,
         /// Do not use userfaultfd write-protect: --pre-copy then copies with the process stopped.
         #[arg(long)]
         no_wp_async: bool,
+        /// Print a stats table.
+        #[arg(long)]
+        stats: bool,
+        /// Print stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a running process's memory into an image that a later `dump --prev-images-dir`
+    /// builds on (the process is not stopped, and keeps a tracking fd until that dump).
+    PreDump {
+        /// Pid of the process.
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        /// Image directory (created if missing).
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// The previous pre-dump to build on.
+        #[arg(long, value_name = "DIR")]
+        prev_images_dir: Option<PathBuf>,
         /// Print a stats table.
         #[arg(long)]
         stats: bool,
@@ -154,6 +181,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pre_copy,
             no_bpf,
             no_wp_async,
+            prev_images_dir,
+            track_mem,
             stats,
             json,
         } => {
@@ -165,9 +194,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pre_copy,
                 no_bpf,
                 no_wp_async,
+                prev_images_dir,
+                track_mem,
             };
             let s = dump(&opts)
                 .with_context(|| format!("dump of process {pid} into {} failed", dir.display()))?;
+            print_stats(|| s.table(), &s, stats, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PreDump {
+            pid,
+            dir,
+            prev_images_dir,
+            stats,
+            json,
+        } => {
+            let opts = PreDumpOptions {
+                pid,
+                dir: dir.clone(),
+                prev_images_dir,
+            };
+            let s = pre_dump(&opts).with_context(|| {
+                format!("pre-dump of process {pid} into {} failed", dir.display())
+            })?;
             print_stats(|| s.table(), &s, stats, json)?;
             Ok(ExitCode::SUCCESS)
         }

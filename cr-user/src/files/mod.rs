@@ -109,10 +109,16 @@ fn is_reader(flags: u32) -> bool {
 
 /// Saves cwd, umask and the fd table of `pid`. Must run while the process is frozen: the data in
 /// flight in its pipes is read out and written straight back.
-pub fn dump(pid: i32, umask: u32, shell_job: bool) -> Result<FilesImage, FilesError> {
+/// `skip` is an fd that is fastcr's own (the write tracking a pre-dump left), not the program's.
+pub fn dump(
+    pid: i32,
+    umask: u32,
+    shell_job: bool,
+    skip: Option<i32>,
+) -> Result<FilesImage, FilesError> {
     let cwd = proc::read_link(pid, "cwd")?.to_string_lossy().into_owned();
     let mut raw = Vec::new();
-    for fd in proc::fds(pid)? {
+    for fd in proc::fds(pid)?.into_iter().filter(|fd| Some(*fd) != skip) {
         let target = proc::read_link(pid, &format!("fd/{fd}"))?
             .to_string_lossy()
             .into_owned();
@@ -229,6 +235,8 @@ fn classify(
         "a pipe or FIFO leading outside the dump (process trees are not supported yet)"
     } else if target.starts_with("socket:") {
         "sockets are not supported yet"
+    } else if target == "anon_inode:[userfaultfd]" {
+        "a userfaultfd (if `fastcr pre-dump` left it, dump with --prev-images-dir)"
     } else if target.starts_with("anon_inode:") {
         "this kernel object is not supported yet"
     } else {

@@ -285,6 +285,8 @@ mod tests {
             shell_job: false,
             created_unix_ms: 1,
             parent: None,
+            pre_dump: false,
+            tracking: None,
         }
     }
 

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// The pages are present in this image's pages file.
 pub const PE_PRESENT: u32 = 1;
+/// The pages are unchanged since the parent image: read them through the parent chain.
+pub const PE_IN_PARENT: u32 = 2;
 
 /// One run of consecutive dumped pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,9 +32,29 @@ pub struct PagemapImage {
 }
 
 impl PagemapImage {
-    /// Total pages indexed.
+    /// Total pages indexed (stored here or in the parent chain).
     pub fn total_pages(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.nr_pages)).sum()
+    }
+
+    /// Pages stored in this image's own pages file.
+    pub fn stored_pages(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.flags == PE_PRESENT)
+            .map(|e| u64::from(e.nr_pages))
+            .sum()
+    }
+
+    /// The run holding `addr`, with its index.
+    pub fn find(&self, addr: u64) -> Option<(usize, &PagemapEntry)> {
+        let i = self
+            .entries
+            .partition_point(|e| e.vaddr + u64::from(e.nr_pages) * 4096 <= addr);
+        self.entries
+            .get(i)
+            .filter(|e| e.vaddr <= addr)
+            .map(|e| (i, e))
     }
 
     /// Checks ordering and that every run lies inside one of `ranges` (VMA bounds).
@@ -41,7 +63,11 @@ impl PagemapImage {
         for e in &self.entries {
             let len = u64::from(e.nr_pages) * 4096;
             let end = e.vaddr.checked_add(len).ok_or("page run overflows")?;
-            if e.vaddr % 4096 != 0 || e.nr_pages == 0 || e.vaddr < last_end {
+            if e.vaddr % 4096 != 0
+                || e.nr_pages == 0
+                || e.vaddr < last_end
+                || !matches!(e.flags, PE_PRESENT | PE_IN_PARENT)
+            {
                 return Err(format!("bad page run at {:#x}", e.vaddr));
             }
             if !ranges.iter().any(|&(s, en)| e.vaddr >= s && end <= en) {
@@ -85,5 +111,14 @@ mod tests {
             entries: vec![e(0x1001, 1)],
         };
         assert!(unaligned.validate(&[(0, 0x10000)]).is_err());
+        let mut mixed = ok.clone();
+        mixed.entries[1].flags = PE_IN_PARENT;
+        assert!(mixed.validate(&[(0x1000, 0x5000)]).is_ok());
+        assert_eq!((mixed.total_pages(), mixed.stored_pages()), (3, 2));
+        assert_eq!(mixed.find(0x2fff).map(|f| f.0), Some(0));
+        assert_eq!(mixed.find(0x4000).map(|f| f.0), Some(1));
+        assert!(mixed.find(0x3000).is_none());
+        mixed.entries[1].flags = 7;
+        assert!(mixed.validate(&[(0x1000, 0x5000)]).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! half (`restore.rs`).
 
 pub mod dump;
+pub mod pages;
 pub mod restore;
 
 use crate::image::mm::{Vma, VmaKind};
@@ -57,6 +58,17 @@ pub enum MmError {
         /// Run length.
         pages: u32,
     },
+    /// An in-parent page is in no parent image.
+    #[error(
+        "page {vaddr:#x} is marked as unchanged since the parent image, but no parent holds it"
+    )]
+    NotInParent {
+        /// The page.
+        vaddr: u64,
+    },
+    /// A parent image could not be read.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     /// The restorer's kernel lays out special mappings differently from the dump's.
     #[error(
         "special mapping {name} differs between dump and restore (size {dumped} vs {here}); restore on the same kernel"

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::pages::PageChain;
 use super::{MmError, find_gap};
 use crate::image::mm::{MmImage, Vma, VmaKind};
 use crate::image::pagemap::PagemapImage;
@@ -222,35 +223,29 @@ pub fn map_vmas(inj: &Injector, image: &MmImage, has_pages: &[bool]) -> Result<(
     Ok(())
 }
 
-/// Writes the dumped pages into the child, checking each run's checksum first.
-pub fn fill_pages(pid: i32, pagemap: &PagemapImage, pages: &[u8]) -> Result<u64, MmError> {
-    let mut off = 0usize;
-    for e in &pagemap.entries {
-        let len = e.nr_pages as usize * PAGE_SIZE as usize;
-        let run = &pages[off..off + len];
-        if crc32fast::hash(run) != e.crc32 {
-            return Err(MmError::PagesCorrupt {
-                vaddr: e.vaddr,
-                pages: e.nr_pages,
-            });
-        }
-        let n = mem::write_remote(pid, e.vaddr, run).map_err(|err| MmError::Memory {
-            pid,
-            what: "write pages",
-            addr: e.vaddr,
-            source: err.io_error,
-        })?;
-        if n != len {
-            return Err(MmError::Memory {
+/// Writes the dumped pages into the child, through the parent chain where needed; every run's
+/// checksum is checked before its pages are used.
+pub fn fill_pages(pid: i32, chain: &PageChain) -> Result<u64, MmError> {
+    for idx in 0..chain.top().entries.len() {
+        chain.for_each_piece(idx, |addr, bytes| {
+            let n = mem::write_remote(pid, addr, bytes).map_err(|err| MmError::Memory {
                 pid,
-                what: "write pages (short)",
-                addr: e.vaddr,
-                source: std::io::Error::from_raw_os_error(libc::EFAULT),
-            });
-        }
-        off += len;
+                what: "write pages",
+                addr,
+                source: err.io_error,
+            })?;
+            if n != bytes.len() {
+                return Err(MmError::Memory {
+                    pid,
+                    what: "write pages (short)",
+                    addr,
+                    source: std::io::Error::from_raw_os_error(libc::EFAULT),
+                });
+            }
+            Ok(())
+        })?;
     }
-    Ok(pagemap.total_pages())
+    Ok(chain.top().total_pages())
 }
 
 /// Sets final protections where they differ from the initial ones, and madvise flags.

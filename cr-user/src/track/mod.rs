@@ -8,6 +8,7 @@
 //! fastcr holds the userfaultfd for the whole session; dropping the tracker closes it, and the
 //! kernel then removes the registration and every write-protect marker.
 
+pub mod incremental;
 pub mod precopy;
 pub mod ranges;
 pub mod shadow;
@@ -16,6 +17,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::freeze::{FreezeError, Frozen};
+use crate::image::inventory::TrackingLink;
 use crate::inject::{InjectError, Injector, vdso_syscall_ip};
 use crate::proc::maps::MapEntry;
 use crate::proc::{self, ProcError};
@@ -52,6 +54,16 @@ pub enum TrackError {
         #[source]
         source: SyscallError,
     },
+    /// The userfaultfd a previous run left in the process is gone.
+    #[error(
+        "the write tracking left in process {pid} at fd {fd} is gone; dump without --prev-images-dir"
+    )]
+    LinkLost {
+        /// The process.
+        pid: i32,
+        /// The fd recorded in the parent image.
+        fd: i32,
+    },
     /// The kernel lacks asynchronous write-protect.
     #[error(
         "this kernel's userfaultfd has no WP_ASYNC (features {features:#x}); pre-copy needs it"
@@ -61,6 +73,9 @@ pub enum TrackError {
         features: u64,
     },
 }
+
+/// Lowest fd number a kept userfaultfd is moved to in the target.
+const KEPT_FD_MIN: u64 = 512;
 
 /// Address ranges `[start, end)`.
 pub type Ranges = Vec<(u64, u64)>;
@@ -87,8 +102,25 @@ impl WriteTracker {
     /// VMA for async write-protect. Nothing is write-protected yet: the first
     /// [`WriteTracker::harvest`] reports every populated page and protects it.
     pub fn start(pid: i32) -> Result<Self, TrackError> {
+        Self::create(pid, false).map(|(t, _)| t)
+    }
+
+    /// Like [`WriteTracker::start`], but the userfaultfd also stays open *in the target*, at a
+    /// high close-on-exec fd, so tracking outlives this fastcr run: `pre-dump` leaves it there
+    /// for the next incremental dump, which takes it up with [`WriteTracker::adopt`].
+    pub fn start_persistent(pid: i32) -> Result<(Self, TrackingLink), TrackError> {
+        let (t, fd) = Self::create(pid, true)?;
+        Ok((
+            t,
+            TrackingLink {
+                fd: fd.unwrap_or(-1),
+            },
+        ))
+    }
+
+    fn create(pid: i32, keep_in_target: bool) -> Result<(Self, Option<i32>), TrackError> {
         let err = |step| move |source| TrackError::Syscall { pid, step, source };
-        let remote_fd = {
+        let (remote_fd, kept) = {
             let frozen = Frozen::freeze(pid)?;
             frozen.block_signals()?;
             let maps = proc::maps::maps(pid)?;
@@ -104,7 +136,20 @@ impl WriteTracker {
             let taken = process::pidfd_open(pid)
                 .and_then(|pidfd| process::pidfd_getfd(pidfd.as_fd(), fd as i32))
                 .map_err(err("pidfd_getfd of the injected userfaultfd"));
-            // Close it in the target whatever happened: its fd table must stay as it was.
+            // Kept: moved out of the way of the numbers the program itself will be given.
+            let kept = if keep_in_target && taken.is_ok() {
+                let high = inj.call(
+                    || "fcntl(F_DUPFD_CLOEXEC) of the userfaultfd".into(),
+                    "fcntl",
+                    libc::SYS_fcntl,
+                    [fd, libc::F_DUPFD_CLOEXEC as u64, KEPT_FD_MIN, 0, 0, 0],
+                )?;
+                Some(high as i32)
+            } else {
+                None
+            };
+            // The fd the syscall returned is closed whatever happened: the fd table must end as
+            // it was (plus the kept fd, if asked).
             inj.call(
                 || "close of the injected userfaultfd".into(),
                 "close",
@@ -112,13 +157,19 @@ impl WriteTracker {
                 [fd, 0, 0, 0, 0, 0],
             )?;
             frozen.thaw()?;
-            taken?
+            (taken?, kept)
         };
         let wanted = uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED;
         let (features, _) = uffd::api(remote_fd.as_fd(), wanted).map_err(err("UFFDIO_API"))?;
         if features & uffd::FEATURE_WP_ASYNC == 0 {
             return Err(TrackError::NoWpAsync { features });
         }
+        let mut tracker = Self::with_fd(pid, remote_fd)?;
+        tracker.refresh()?;
+        Ok((tracker, kept))
+    }
+
+    fn with_fd(pid: i32, uffd: OwnedFd) -> Result<Self, TrackError> {
         let pagemap =
             File::open(format!("/proc/{pid}/pagemap")).map_err(|e| TrackError::Syscall {
                 pid,
@@ -128,14 +179,46 @@ impl WriteTracker {
                     io_error: e,
                 },
             })?;
-        let mut tracker = Self {
+        Ok(Self {
             pid,
-            uffd: remote_fd,
+            uffd,
             pagemap,
             ranges: Vec::new(),
-        };
-        tracker.refresh()?;
+        })
+    }
+
+    /// Takes up the tracking a previous run left in the target at `link.fd`. The ranges to scan
+    /// are today's trackable VMAs; [`WriteTracker::final_scan`] says which of them stayed
+    /// registered without a break.
+    pub fn adopt(pid: i32, link: TrackingLink) -> Result<Self, TrackError> {
+        let target = proc::read_link(pid, &format!("fd/{}", link.fd))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if target != "anon_inode:[userfaultfd]" {
+            return Err(TrackError::LinkLost { pid, fd: link.fd });
+        }
+        let uffd = process::pidfd_open(pid)
+            .and_then(|pidfd| process::pidfd_getfd(pidfd.as_fd(), link.fd))
+            .map_err(|source| TrackError::Syscall {
+                pid,
+                step: "pidfd_getfd of the tracking userfaultfd",
+                source,
+            })?;
+        let mut tracker = Self::with_fd(pid, uffd)?;
+        let maps = proc::maps::maps(pid)?;
+        tracker.ranges = maps
+            .iter()
+            .filter(|e| trackable(e))
+            .map(|e| (e.start, e.end))
+            .collect();
         Ok(tracker)
+    }
+
+    /// After a [`WriteTracker::final_scan`] of an adopted tracker: keeps tracking the intact
+    /// ranges and registers everything else, so the next incremental dump sees its writes.
+    pub fn retrack(&mut self, intact: &[(u64, u64)]) -> Result<(), TrackError> {
+        self.ranges = intact.to_vec();
+        self.refresh()
     }
 
     /// Registers VMAs that appeared since the last call (mmap, brk, mremap) and forgets the
@@ -167,6 +250,12 @@ impl WriteTracker {
         now.sort_unstable();
         self.ranges = now;
         Ok(())
+    }
+
+    /// Ends this run's use of the tracking; the userfaultfd stays open in the target if a
+    /// copy was kept there ([`WriteTracker::start_persistent`]).
+    pub fn take_fd(self) -> OwnedFd {
+        self.uffd
     }
 
     /// The registered ranges.

@@ -1,0 +1,196 @@
+//! Dumped pages, read through an image and its chain of parents (incremental images).
+//!
+//! Level 0 is the image being restored; level i+1 is the parent of level i. A run flagged
+//! `PE_IN_PARENT` is looked up in the next level, recursively. Every run's CRC is checked once,
+//! the first time any of its pages is used.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::MmError;
+use crate::image::inventory::Inventory;
+use crate::image::pagemap::{PE_IN_PARENT, PagemapEntry, PagemapImage};
+use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
+use crate::sys::PAGE_SIZE;
+use crate::sys::mem::MappedFile;
+
+/// Deepest parent chain accepted (a loop of parent links must not hang a restore).
+pub const MAX_CHAIN: usize = 64;
+
+struct Level {
+    pagemap: PagemapImage,
+    /// File offset of each PRESENT run in this level's pages file.
+    offsets: Vec<u64>,
+    map: MappedFile,
+}
+
+/// The pages of an image and its parents.
+pub struct PageChain {
+    levels: Vec<Level>,
+    verified: RefCell<HashSet<(usize, usize)>>,
+}
+
+fn inconsistent(path: &Path, detail: String) -> ImageError {
+    ImageError::Inconsistent {
+        path: path.to_path_buf(),
+        detail,
+    }
+}
+
+fn open_level(dir: &ImageDir, pid: i32, pagemap: PagemapImage) -> Result<Level, ImageError> {
+    let path = dir.file(&pages_file_name(pid));
+    let len = std::fs::metadata(&path)
+        .map_err(|_| ImageError::Missing { path: path.clone() })?
+        .len();
+    if len != pagemap.stored_pages() * PAGE_SIZE {
+        return Err(inconsistent(
+            &path,
+            format!(
+                "{len} bytes, but the pagemap stores {} pages",
+                pagemap.stored_pages()
+            ),
+        ));
+    }
+    let file = File::open(&path).map_err(|source| ImageError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let map = MappedFile::map(&file, len as usize).map_err(|e| ImageError::Io {
+        path: path.clone(),
+        source: e.io_error,
+    })?;
+    let mut offsets = Vec::with_capacity(pagemap.entries.len());
+    let mut off = 0u64;
+    for e in &pagemap.entries {
+        offsets.push(off);
+        if e.flags != PE_IN_PARENT {
+            off += u64::from(e.nr_pages) * PAGE_SIZE;
+        }
+    }
+    Ok(Level {
+        pagemap,
+        offsets,
+        map,
+    })
+}
+
+/// The parent image dirs of `inventory`, nearest first, with their pagemaps; each must be an
+/// image of the same process.
+pub fn load_parents(
+    dir: &ImageDir,
+    inventory: &Inventory,
+) -> Result<Vec<(ImageDir, PagemapImage)>, ImageError> {
+    let mut out = Vec::new();
+    let mut next = inventory.parent.clone();
+    let mut from = dir.path().to_path_buf();
+    while let Some(p) = next {
+        if out.len() >= MAX_CHAIN {
+            return Err(inconsistent(
+                &from,
+                format!("parent chain longer than {MAX_CHAIN}"),
+            ));
+        }
+        let path = PathBuf::from(&p);
+        let parent = ImageDir::open(&path)?;
+        let inv: Inventory = parent.read(Kind::Inventory, 0)?;
+        if inv.root_pid != inventory.root_pid {
+            return Err(inconsistent(
+                &path,
+                format!(
+                    "parent image is of process {}, not {}",
+                    inv.root_pid, inventory.root_pid
+                ),
+            ));
+        }
+        let pagemap: PagemapImage = parent.read(Kind::Pagemap, inv.root_pid)?;
+        next = inv.parent.clone();
+        from = path;
+        out.push((parent, pagemap));
+    }
+    Ok(out)
+}
+
+impl PageChain {
+    /// Opens the pages of `top` (in `dir`) and of every parent.
+    pub fn open(
+        dir: &ImageDir,
+        pid: i32,
+        top: PagemapImage,
+        parents: Vec<(ImageDir, PagemapImage)>,
+    ) -> Result<Self, ImageError> {
+        let mut levels = vec![open_level(dir, pid, top)?];
+        for (pdir, pm) in parents {
+            levels.push(open_level(&pdir, pid, pm)?);
+        }
+        Ok(Self {
+            levels,
+            verified: RefCell::new(HashSet::new()),
+        })
+    }
+
+    /// The top image's index.
+    pub fn top(&self) -> &PagemapImage {
+        &self.levels[0].pagemap
+    }
+
+    fn run_bytes(&self, level: usize, idx: usize) -> Result<&[u8], MmError> {
+        let l = &self.levels[level];
+        let e = &l.pagemap.entries[idx];
+        let off = l.offsets[idx] as usize;
+        let bytes = &l.map.as_slice()[off..off + e.nr_pages as usize * PAGE_SIZE as usize];
+        if self.verified.borrow_mut().insert((level, idx)) && crc32fast::hash(bytes) != e.crc32 {
+            return Err(MmError::PagesCorrupt {
+                vaddr: e.vaddr,
+                pages: e.nr_pages,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Finds the level and run that hold `addr`, starting at `level` and following in-parent
+    /// runs. Also returns where the answer stops being valid: the nearest end of any run
+    /// crossed on the way (an in-parent run of a middle level may end before the run below).
+    fn locate(
+        &self,
+        mut level: usize,
+        addr: u64,
+    ) -> Result<(usize, usize, PagemapEntry, u64), MmError> {
+        let mut valid_until = u64::MAX;
+        while let Some(l) = self.levels.get(level) {
+            let Some((i, e)) = l.pagemap.find(addr) else {
+                break;
+            };
+            valid_until = valid_until.min(e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE);
+            if e.flags != PE_IN_PARENT {
+                return Ok((level, i, *e, valid_until));
+            }
+            level += 1;
+        }
+        Err(MmError::NotInParent { vaddr: addr })
+    }
+
+    /// Calls `f(addr, bytes)` for the pages of top-level run `idx`, in contiguous pieces.
+    pub fn for_each_piece(
+        &self,
+        idx: usize,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), MmError>,
+    ) -> Result<(), MmError> {
+        let e = self.levels[0].pagemap.entries[idx];
+        if e.flags != PE_IN_PARENT {
+            return f(e.vaddr, self.run_bytes(0, idx)?);
+        }
+        let end = e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE;
+        let mut addr = e.vaddr;
+        while addr < end {
+            let (level, i, run, valid_until) = self.locate(1, addr)?;
+            let bytes = self.run_bytes(level, i)?;
+            let piece_end = end.min(valid_until);
+            let from = (addr - run.vaddr) as usize;
+            f(addr, &bytes[from..from + (piece_end - addr) as usize])?;
+            addr = piece_end;
+        }
+        Ok(())
+    }
+}
