@@ -298,7 +298,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         }
         Some(rounds) => {
             let t = Instant::now();
-            match precopy::run(pid, rounds) {
+            // Write-fault hints schedule the rounds when BPF is there; without it the scans
+            // alone do (the final set is always the scan's).
+            let hinting = tracker.as_mut().is_some_and(|t| t.watch_memory().is_ok());
+            let hints = if hinting { tracker.as_mut() } else { None };
+            match precopy::run(pid, rounds, hints) {
                 Ok(pc) => {
                     stats.precopy_time_us = micros(t.elapsed());
                     stats.rounds = pc.rounds.clone();

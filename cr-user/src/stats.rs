@@ -105,7 +105,12 @@ impl DumpStats {
             .map(|(i, r)| {
                 (
                     format!("round {i}"),
-                    format!("{} pages {}", r.pages, ms(r.time_us)),
+                    format!(
+                        "{} pages ({} hot deferred) {}",
+                        r.pages,
+                        r.deferred,
+                        ms(r.time_us)
+                    ),
                 )
             })
             .collect();

@@ -11,9 +11,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use std::collections::HashMap;
+
 use super::ranges::{intersect, normalize, subtract};
 use super::shadow::Shadow;
 use super::{TrackError, WriteTracker, pages_in};
+use crate::bpf::TaskTracker;
 use crate::image::mm::Vma;
 use crate::image::pagemap::PagemapImage;
 use crate::mm::dump::{copy_entries, select_pages};
@@ -37,8 +40,13 @@ const AUTO_SMALL_SET: u64 = 64;
 /// One pre-copy round.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RoundStat {
-    /// Pages found written (the first round: every populated page) and copied.
+    /// Pages found written (the first round: every populated page).
     pub pages: u64,
+    /// Of those, hot pages (BPF saw them written in this round and the one before) left for
+    /// the final pass instead of being copied again.
+    pub deferred: u64,
+    /// Pages BPF hinted as written in the round.
+    pub hinted: u64,
     /// Duration of the round.
     pub time_us: u64,
 }
@@ -53,10 +61,44 @@ pub struct PreCopy {
     pub rounds: Vec<RoundStat>,
     /// Pages written per second, from the last round.
     pub dirty_rate: f64,
+    /// Hot pages not copied yet: the final pass copies them whatever the last scan says.
+    pub deferred: Vec<(u64, u64)>,
 }
 
-/// Runs the copy rounds while `pid` keeps running.
-pub fn run(pid: i32, rounds: Rounds) -> Result<PreCopy, TrackError> {
+/// Consecutive rounds a page must be hinted in to count as hot.
+const HOT_STREAK: u32 = 2;
+
+/// Which pages BPF saw written, round after round.
+#[derive(Default)]
+struct Heat {
+    streak: HashMap<u64, u32>,
+}
+
+impl Heat {
+    /// Takes one round of hints; returns the hot pages as sorted ranges.
+    fn round(&mut self, hinted: &[u64]) -> Vec<(u64, u64)> {
+        let mut next = HashMap::with_capacity(hinted.len());
+        for &page in hinted {
+            next.insert(page, self.streak.get(&page).copied().unwrap_or(0) + 1);
+        }
+        self.streak = next;
+        normalize(
+            self.streak
+                .iter()
+                .filter(|(_, n)| **n >= HOT_STREAK)
+                .map(|(p, _)| (*p, p + PAGE_SIZE))
+                .collect(),
+        )
+    }
+}
+
+/// Runs the copy rounds while `pid` keeps running. With `hints` (BPF write-fault hints
+/// attached), pages written round after round are deferred to the final pass.
+pub fn run(
+    pid: i32,
+    rounds: Rounds,
+    mut hints: Option<&mut TaskTracker>,
+) -> Result<PreCopy, TrackError> {
     let mut tracker = WriteTracker::start(pid)?;
     let mut shadow = Shadow::new();
     let mut stats: Vec<RoundStat> = Vec::new();
@@ -66,8 +108,27 @@ pub fn run(pid: i32, rounds: Rounds) -> Result<PreCopy, TrackError> {
     };
     let mut last_harvest = Instant::now();
     let mut dirty_rate = 0.0;
+    let mut heat = Heat::default();
+    let mut deferred: Vec<(u64, u64)> = Vec::new();
     for round in 0..limit {
         let t = Instant::now();
+        // Hints first, then the scan: what BPF saw is then always inside what the scan reports.
+        let hinted: Vec<u64> = match hints.as_deref_mut() {
+            Some(bpf) => match bpf.drain_dirty() {
+                Ok(h) => h
+                    .iter()
+                    .filter(|h| h.tgid == pid as u32)
+                    .map(|h| h.page)
+                    .collect(),
+                Err(e) => {
+                    tracing::info!(error = %e, "BPF hints unavailable; scheduling from scans alone");
+                    hints = None;
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let hot = heat.round(&hinted);
         let dirty = tracker.harvest()?;
         let since = last_harvest.elapsed();
         last_harvest = Instant::now();
@@ -75,15 +136,27 @@ pub fn run(pid: i32, rounds: Rounds) -> Result<PreCopy, TrackError> {
         if round > 0 && since.as_secs_f64() > 0.0 {
             dirty_rate = pages as f64 / since.as_secs_f64();
         }
+        let dirty = normalize(dirty);
+        let (copy, defer) = if round + 1 < limit {
+            (subtract(&dirty, &hot), intersect(&dirty, &hot))
+        } else {
+            (dirty.clone(), Vec::new())
+        };
         shadow
-            .copy_from(pid, &dirty)
+            .copy_from(pid, &copy)
             .map_err(|source| TrackError::Syscall {
                 pid,
                 step: "copy of dirty pages",
                 source,
             })?;
+        // A page copied now is fresh; one deferred now waits for the final pass.
+        let mut all = subtract(&deferred, &copy);
+        all.extend_from_slice(&defer);
+        deferred = normalize(all);
         stats.push(RoundStat {
             pages,
+            deferred: pages_in(&defer),
+            hinted: hinted.len() as u64,
             time_us: micros(t.elapsed()),
         });
         if rounds == Rounds::Auto && round > 0 {
@@ -99,6 +172,7 @@ pub fn run(pid: i32, rounds: Rounds) -> Result<PreCopy, TrackError> {
         shadow,
         rounds: stats,
         dirty_rate,
+        deferred,
     })
 }
 
@@ -130,9 +204,11 @@ pub fn finish(
     tracing::debug!(us = micros(t.elapsed()), "final pass: pages selected");
     // A page comes from the shadow if its range stayed tracked, the shadow holds it, and it was
     // not written since; everything else the image needs is read now.
+    let mut stale = written;
+    stale.extend_from_slice(&pc.deferred);
     let trusted = subtract(
         &intersect(&normalize(tracked), pc.shadow.covered()),
-        &normalize(written),
+        &normalize(stale),
     );
     let selected = normalize(
         sel.pagemap
@@ -173,4 +249,18 @@ fn push_range(runs: &mut Vec<crate::image::pagemap::PagemapEntry>, start: u64, e
         flags: crate::image::pagemap::PE_PRESENT,
         crc32: 0,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_turn_hot_after_two_rounds_and_cool_off() {
+        let mut h = Heat::default();
+        assert!(h.round(&[0x1000, 0x2000]).is_empty());
+        assert_eq!(h.round(&[0x2000, 0x3000]), vec![(0x2000, 0x3000)]);
+        assert_eq!(h.round(&[0x2000, 0x3000]), vec![(0x2000, 0x4000)]);
+        assert!(h.round(&[0x5000]).is_empty());
+    }
 }
