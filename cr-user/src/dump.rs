@@ -286,6 +286,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         .map(|s| s.trim_end().to_string())
         .unwrap_or_default();
 
+    // Read the full layout (smaps walks page tables: slow on big processes) while the task
+    // still runs, before any pre-copy round so the last round is followed by the freeze at
+    // once; inside the window only the cheap maps is read, unless BPF saw the layout change.
+    let layout_watch = tracker.as_mut().and_then(|t| {
+        t.watch_memory().ok()?;
+        t.drain_vma_events().ok()?;
+        let lost = t.lost_vma_events().ok()?;
+        Some(lost)
+    });
+    let pre_smaps = match layout_watch {
+        Some(_) => Some(proc::maps::smaps(pid)?),
+        None => None,
+    };
     let mut precopy = match opts.pre_copy {
         None => {
             stats.precopy_mode = "off".into();
@@ -319,19 +332,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
                 }
             }
         }
-    };
-    // Read the full layout (smaps walks page tables: slow on big processes) while the task
-    // still runs; inside the window only the cheap maps is read, unless BPF saw the layout
-    // change since.
-    let layout_watch = tracker.as_mut().and_then(|t| {
-        t.watch_memory().ok()?;
-        t.drain_vma_events().ok()?;
-        let lost = t.lost_vma_events().ok()?;
-        Some(lost)
-    });
-    let pre_smaps = match layout_watch {
-        Some(_) => Some(proc::maps::smaps(pid)?),
-        None => None,
     };
     // Touch the page buffer now so the frozen window does not pay for its page faults.
     let mut buf = Vec::new();
@@ -427,8 +427,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             stats.residual_pages = fin.residual_pages;
             stats.frozen_steps.final_scan_us = fin.final_scan_us;
             stats.frozen_steps.residual_copy_us = fin.residual_copy_us;
-            let shadow = std::mem::take(&mut pc.shadow);
-            (pagemap, Pages::Shadow(shadow))
+            if fin.bulk {
+                stats.precopy_mode = "uffd-wp-async (did not converge: final copy in bulk)".into();
+            }
+            (pagemap, Pages::Shadow(std::mem::take(&mut pc.shadow)))
         }
     };
     stats.memdump_time_us = micros(t_mem.elapsed());

@@ -19,7 +19,8 @@ use super::{TrackError, WriteTracker, pages_in};
 use crate::bpf::TaskTracker;
 use crate::image::mm::Vma;
 use crate::image::pagemap::PagemapImage;
-use crate::mm::dump::{copy_entries, select_pages};
+use crate::mm::MmError;
+use crate::mm::dump::select_pages;
 use crate::stats::micros;
 use crate::sys::PAGE_SIZE;
 
@@ -185,11 +186,13 @@ pub struct FinalPass {
     pub residual_copy_us: u64,
     /// Pages copied inside the freeze (written since the last round, or not tracked).
     pub residual_pages: u64,
+    /// The residue was too large to pay off: everything was copied in one sweep.
+    pub bulk: bool,
 }
 
 /// The final pass, with the process frozen: harvest the residue, decide the page set, read
-/// whatever the shadow cannot supply. Returns the page index; every indexed page is then in the
-/// shadow.
+/// whatever the shadow cannot supply. Returns the page index; every indexed page is then in
+/// the shadow.
 pub fn finish(
     pc: &mut PreCopy,
     vmas: &[Vma],
@@ -217,38 +220,65 @@ pub fn finish(
             .map(|e| (e.vaddr, e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE))
             .collect(),
     );
-    let mut need = Vec::new();
-    for (s, e) in subtract(&selected, &trusted) {
-        push_range(&mut need, s, e);
+    let residue = subtract(&selected, &trusted);
+    let (residue_pages, selected_pages) = (pages_in(&residue), pages_in(&selected));
+    // When writes outran the rounds, the residue is large and scattered, and copying it run by
+    // run would be slower than the plain stop-the-world copy: then every selected page is
+    // read again in one sweep. Otherwise short clean gaps between residue runs are read along
+    // (their pages are present and the process is frozen, so re-reading them is exact).
+    let bulk = residue_pages * BULK_DENOMINATOR >= selected_pages;
+    let copy = if bulk {
+        selected.clone()
+    } else {
+        bridge_gaps(&residue, &selected, MAX_GAP_PAGES * PAGE_SIZE)
+    };
+    tracing::debug!(us = micros(t.elapsed()), runs = copy.len(), pages = pages_in(&copy), bulk, ranges = ?copy.iter().take(20).map(|(s, e)| (e - s) / PAGE_SIZE).collect::<Vec<_>>(), "final pass: residue decided");
+    // Into the shadow's arena: its pages are already faulted in, and round 0 laid the slots
+    // out in address order, so most reads land in place.
+    pc.shadow
+        .copy_from(pid, &copy)
+        .map_err(|source| TrackError::Syscall {
+            pid,
+            step: "copy of the residue",
+            source,
+        })?;
+    tracing::debug!(us = micros(t.elapsed()), "final pass: residue copied");
+    let missing = subtract(&selected, pc.shadow.covered());
+    tracing::debug!(us = micros(t.elapsed()), "final pass: coverage checked");
+    if let Some(&(addr, _)) = missing.first() {
+        return Err(TrackError::Mm(MmError::Memory {
+            pid,
+            what: "read a page of the frozen process",
+            addr,
+            source: std::io::Error::from_raw_os_error(libc::EFAULT),
+        }));
     }
-    tracing::debug!(
-        us = micros(t.elapsed()),
-        runs = need.len(),
-        "final pass: residue decided"
-    );
-    let bytes = need.iter().map(|e| e.nr_pages as usize).sum::<usize>() * PAGE_SIZE as usize;
-    let mut buf = vec![0u8; bytes];
-    copy_entries(pid, vmas, &need, &mut buf)?;
-    let mut off = 0usize;
-    for e in &need {
-        for i in 0..u64::from(e.nr_pages) {
-            pc.shadow
-                .put(e.vaddr + i * PAGE_SIZE, &buf[off..off + PAGE_SIZE as usize]);
-            off += PAGE_SIZE as usize;
-        }
-    }
-    fin.residual_pages = (bytes as u64) / PAGE_SIZE;
+    fin.residual_pages = if bulk { selected_pages } else { residue_pages };
     fin.residual_copy_us = micros(t.elapsed());
+    fin.bulk = bulk;
     Ok((sel.pagemap, sel.pages_scanned, fin))
 }
 
-fn push_range(runs: &mut Vec<crate::image::pagemap::PagemapEntry>, start: u64, end: u64) {
-    runs.push(crate::image::pagemap::PagemapEntry {
-        vaddr: start,
-        nr_pages: ((end - start) / PAGE_SIZE) as u32,
-        flags: crate::image::pagemap::PE_PRESENT,
-        crc32: 0,
-    });
+/// Residue at least 1/BULK_DENOMINATOR of the selected pages is copied in bulk.
+const BULK_DENOMINATOR: u64 = 4;
+/// Longest clean gap read along with the residue around it.
+const MAX_GAP_PAGES: u64 = 16;
+
+/// Merges consecutive `runs` whose gap is at most `max_gap` bytes and lies wholly inside
+/// `within` (both sorted, disjoint).
+fn bridge_gaps(runs: &[(u64, u64)], within: &[(u64, u64)], max_gap: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    for &(s, e) in runs {
+        if let Some(last) = out.last_mut() {
+            let gap = [(last.1, s)];
+            if s - last.1 <= max_gap && subtract(&gap, within).is_empty() {
+                last.1 = e;
+                continue;
+            }
+        }
+        out.push((s, e));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -262,5 +292,16 @@ mod tests {
         assert_eq!(h.round(&[0x2000, 0x3000]), vec![(0x2000, 0x3000)]);
         assert_eq!(h.round(&[0x2000, 0x3000]), vec![(0x2000, 0x4000)]);
         assert!(h.round(&[0x5000]).is_empty());
+    }
+
+    #[test]
+    fn gaps_are_bridged_only_over_present_pages() {
+        let runs = [(0x1000, 0x2000), (0x4000, 0x5000), (0x9000, 0xa000)];
+        let within = [(0x1000, 0x6000), (0x8000, 0xa000)];
+        assert_eq!(
+            bridge_gaps(&runs, &within, 0x4000),
+            vec![(0x1000, 0x5000), (0x9000, 0xa000)]
+        );
+        assert_eq!(bridge_gaps(&runs, &within, 0x1000), runs.to_vec());
     }
 }
