@@ -55,31 +55,8 @@ fn owned_fd(ret: libc::c_long, call: &'static str) -> Result<OwnedFd, SyscallErr
 // ---------------------------------------------------------------------------------------------
 // userfaultfd
 
-/// `struct uffdio_api` from `<linux/userfaultfd.h>`.
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-const _: () = assert!(size_of::<UffdioApi>() == 24);
-
-const UFFD_API: u64 = 0xAA;
-/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
-const UFFDIO_API: libc::c_ulong = ioc(IOC_READ | IOC_WRITE, 0xAA, 0x3F, 24);
 /// `_IO(0xAA, 0x00)` on `/dev/userfaultfd`.
-const USERFAULTFD_IOC_NEW: libc::c_ulong = ioc(0, 0xAA, 0x00, 0);
-
-const IOC_WRITE: libc::c_ulong = 1;
-const IOC_READ: libc::c_ulong = 2;
-
-/// Linux's `_IOC(dir, type, nr, size)` for x86_64.
-const fn ioc(dir: libc::c_ulong, ty: u8, nr: u8, size: usize) -> libc::c_ulong {
-    (dir << 30)
-        | ((size as libc::c_ulong) << 16)
-        | ((ty as libc::c_ulong) << 8)
-        | nr as libc::c_ulong
-}
+const USERFAULTFD_IOC_NEW: libc::c_ulong = super::uffd::ioc(0, 0xAA, 0x00, 0);
 
 /// How a userfaultfd was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,57 +107,16 @@ pub fn uffd_api() -> Result<UffdApi, SyscallError> {
             (owned_fd(ret, "userfaultfd")?, UffdSource::Syscall)
         }
     };
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features: 0,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_API reads and writes exactly one `struct uffdio_api`, which `api` is
-    // (layout asserted above), and `fd` is a live userfaultfd.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &raw mut api) };
-    check(ret.into(), "ioctl(UFFDIO_API)")?;
+    let (features, ioctls) = super::uffd::api(std::os::fd::AsFd::as_fd(&fd), 0)?;
     Ok(UffdApi {
         source,
-        features: api.features,
-        ioctls: api.ioctls,
+        features,
+        ioctls,
     })
 }
 
 // ---------------------------------------------------------------------------------------------
 // PAGEMAP_SCAN
-
-/// `struct pm_scan_arg` from `<linux/fs.h>` (Linux ≥ 6.7).
-#[repr(C)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-const _: () = assert!(size_of::<PmScanArg>() == 96);
-
-/// `struct page_region`.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-const _: () = assert!(size_of::<PageRegion>() == 24);
-
-/// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong = ioc(IOC_READ | IOC_WRITE, b'f', 16, 96);
-/// `PAGE_IS_PRESENT`.
-const PAGE_IS_PRESENT: u64 = 1 << 3;
 
 /// Runs one `PAGEMAP_SCAN` over a page of our own heap that is known to be present, and returns
 /// the number of regions the kernel reported (1 when the ioctl works).
@@ -196,27 +132,17 @@ pub fn pagemap_scan() -> Result<usize, SyscallError> {
     let page = super::PAGE_SIZE;
     let buf = vec![1u8; 2 * 4096];
     let start = (buf.as_ptr() as u64).next_multiple_of(page);
-    let mut regions = [PageRegion::default(); 1];
-    let mut arg = PmScanArg {
-        size: size_of::<PmScanArg>() as u64,
-        flags: 0,
+    let req = super::uffd::ScanRequest {
         start,
         end: start + page,
-        walk_end: 0,
-        vec: regions.as_mut_ptr() as u64,
-        vec_len: regions.len() as u64,
-        max_pages: 0,
-        category_inverted: 0,
-        category_mask: PAGE_IS_PRESENT,
-        category_anyof_mask: 0,
-        return_mask: PAGE_IS_PRESENT,
+        category_mask: super::uffd::PAGE_IS_PRESENT,
+        return_mask: super::uffd::PAGE_IS_PRESENT,
+        ..Default::default()
     };
-    // SAFETY: `arg` is a valid pm_scan_arg (layout asserted); the scanned range lies in `buf`,
-    // and `vec` points to `regions`, which has room for `vec_len` entries; both outlive the call.
-    let ret = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &raw mut arg) };
-    let n = check(ret.into(), "ioctl(PAGEMAP_SCAN)")?;
+    let mut regions = Vec::new();
+    super::uffd::pagemap_scan(&pagemap, &req, &mut regions)?;
     drop(buf);
-    Ok(usize::try_from(n).unwrap_or(0))
+    Ok(regions.len())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,80 +180,13 @@ pub fn pidfd_getfd_self() -> Result<(), SyscallError> {
 // ---------------------------------------------------------------------------------------------
 // clone3 set_tid
 
-/// `struct clone_args` (`CLONE_ARGS_SIZE_VER2`).
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-const _: () = assert!(size_of::<CloneArgs>() == 88);
-
 /// Creates a child with pid `pid` through clone3 `set_tid`; the child exits at once and is
 /// reaped before returning.
 ///
 /// # Errors
 /// The failed clone3 (`EEXIST` if `pid` is taken: pick another one) or wait.
 pub fn clone3_set_tid(pid: i32) -> Result<(), SyscallError> {
-    let tid: libc::pid_t = pid;
-    let args = CloneArgs {
-        flags: 0,
-        pidfd: 0,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: (&raw const tid) as u64,
-        set_tid_size: 1,
-        cgroup: 0,
-    };
-    // SAFETY: clone3 without CLONE_VM is a fork: the child runs on a copy of our memory and only
-    // makes the raw exit_group syscall below, which is async-signal-safe in a forked child of a
-    // multi-threaded process.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
-    if ret == 0 {
-        // SAFETY: terminates the child immediately; no Rust code runs in it.
-        unsafe { libc::syscall(libc::SYS_exit_group, 0) };
-        unreachable!("exit_group returned");
-    }
-    let child = i32::try_from(check(ret, "clone3(set_tid)")?)
-        .map_err(|_| SyscallError::from_errno("clone3(set_tid)", libc::EINVAL))?;
-    reap(child)?;
-    if child == pid {
-        Ok(())
-    } else {
-        // The kernel ignored set_tid: report it as unsupported.
-        Err(SyscallError::from_errno("clone3(set_tid)", libc::EINVAL))
-    }
-}
-
-/// Waits for `pid` to terminate.
-fn reap(pid: i32) -> Result<(), SyscallError> {
-    loop {
-        let mut status = 0;
-        // SAFETY: `status` is a valid out-pointer for the call.
-        let ret = unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL) };
-        if ret == -1 {
-            let err = SyscallError::last("waitpid");
-            if err.errno() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(err);
-        }
-        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            return Ok(());
-        }
-    }
+    super::process::spawn_exiting_with_pid(pid)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,7 +230,7 @@ impl Drop for PausedChild {
     fn drop(&mut self) {
         // SAFETY: plain integers; the pid is our unreaped child, so it cannot have been recycled.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        if let Err(e) = reap(self.pid) {
+        if let Err(e) = super::process::wait_exit(self.pid) {
             tracing::warn!(pid = self.pid, error = %e, "cannot reap probe child");
         }
     }
@@ -379,23 +238,6 @@ impl Drop for PausedChild {
 
 // ---------------------------------------------------------------------------------------------
 // ptrace
-
-/// `NT_X86_XSTATE`.
-const NT_X86_XSTATE: libc::c_int = 0x202;
-/// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux ≥ 5.13).
-const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
-
-/// `struct ptrace_rseq_configuration`.
-#[repr(C)]
-#[derive(Default)]
-struct RseqConfiguration {
-    rseq_abi_pointer: u64,
-    rseq_abi_size: u32,
-    signature: u32,
-    flags: u32,
-    pad: u32,
-}
-const _: () = assert!(size_of::<RseqConfiguration>() == 24);
 
 /// What the ptrace probe measured.
 #[derive(Debug, Clone, Copy)]
@@ -407,65 +249,31 @@ pub struct PtraceProbe {
 }
 
 /// Seizes `child`, interrupts it, waits for the stop, reads its xstate and rseq configuration,
-/// then detaches (the child is left stopped-then-running, and is killed by its owner).
+/// then detaches (the child is left stopped-then-running, and is killed by its owner). Uses the
+/// same calls as the dump, so what it reports is what a dump gets.
 ///
 /// # Errors
 /// The first call that failed, named.
 pub fn ptrace_probe(child: &PausedChild) -> Result<PtraceProbe, SyscallError> {
+    use super::ptrace::{self, Stop};
     let pid = child.pid();
-    // SAFETY: PTRACE_SEIZE with integer arguments on our own child.
-    let ret = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
-    check(ret, "ptrace(PTRACE_SEIZE)")?;
-    // SAFETY: PTRACE_INTERRUPT with integer arguments on a seized tracee.
-    let ret = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0) };
-    check(ret, "ptrace(PTRACE_INTERRUPT)")?;
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer.
-    let ret = unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL) };
-    check(ret.into(), "waitpid(ptrace stop)")?;
-    if !libc::WIFSTOPPED(status) {
-        return Err(SyscallError::from_errno(
-            "waitpid(ptrace stop)",
-            libc::ESRCH,
-        ));
+    ptrace::seize(pid, 0)?;
+    ptrace::interrupt(pid)?;
+    match ptrace::wait_stop(pid)? {
+        Stop::Exited(_) | Stop::Killed(_) => {
+            return Err(SyscallError::from_errno(
+                "waitpid(ptrace stop)",
+                libc::ESRCH,
+            ));
+        }
+        _ => {}
     }
-
-    let mut xstate = vec![0u8; 16 * 1024];
-    let mut iov = libc::iovec {
-        iov_base: xstate.as_mut_ptr().cast(),
-        iov_len: xstate.len(),
-    };
-    // SAFETY: `iov` describes `xstate`, which is writable for `iov_len` bytes and outlives the
-    // call; the kernel shrinks `iov_len` to what it wrote.
-    let ret = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETREGSET,
-            pid,
-            NT_X86_XSTATE as usize as *mut libc::c_void,
-            &raw mut iov,
-        )
-    };
-    check(ret, "ptrace(PTRACE_GETREGSET, NT_X86_XSTATE)")?;
-    let xstate_len = iov.iov_len;
-
-    let mut rseq = RseqConfiguration::default();
-    // SAFETY: the kernel writes at most `addr` bytes (the struct's size) into `rseq`.
-    let ret = unsafe {
-        libc::ptrace(
-            PTRACE_GET_RSEQ_CONFIGURATION,
-            pid,
-            size_of::<RseqConfiguration>(),
-            &raw mut rseq,
-        )
-    };
-    check(ret, "ptrace(PTRACE_GET_RSEQ_CONFIGURATION)")?;
-
-    // SAFETY: PTRACE_DETACH with integer arguments on our stopped tracee.
-    let ret = unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
-    check(ret, "ptrace(PTRACE_DETACH)")?;
+    let xstate_len = ptrace::get_xstate(pid)?.len();
+    let rseq = ptrace::get_rseq(pid)?;
+    ptrace::detach(pid, 0)?;
     Ok(PtraceProbe {
         xstate_len,
-        rseq_size: rseq.rseq_abi_size,
+        rseq_size: rseq.len,
     })
 }
 

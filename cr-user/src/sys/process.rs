@@ -2,10 +2,10 @@
 
 use super::{SyscallError, check};
 
-/// Creates a child whose pid is `pid` (clone3 `set_tid`) that asks to be traced by us and stops
-/// itself with SIGSTOP. Returns once the child is in that stop; it is then ready for syscall
-/// injection. Fails with `EEXIST` if `pid` is in use.
-pub fn spawn_traced_with_pid(pid: i32) -> Result<i32, SyscallError> {
+/// Forks a child whose pid is `pid` (clone3 `set_tid`), which runs `child` and nothing else.
+/// `child` must make only raw syscalls (glibc's cached thread data is stale in the child) and
+/// must not return. Fails with `EEXIST` if `pid` is in use.
+fn clone3_with_pid(pid: i32, child: fn() -> !) -> Result<i32, SyscallError> {
     #[repr(C)]
     struct CloneArgs {
         flags: u64,
@@ -20,6 +20,7 @@ pub fn spawn_traced_with_pid(pid: i32) -> Result<i32, SyscallError> {
         set_tid_size: u64,
         cgroup: u64,
     }
+    const _: () = assert!(size_of::<CloneArgs>() == 88);
     let tid: libc::pid_t = pid;
     let args = CloneArgs {
         flags: 0,
@@ -35,22 +36,53 @@ pub fn spawn_traced_with_pid(pid: i32) -> Result<i32, SyscallError> {
         cgroup: 0,
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of our memory and
-    // runs only the raw, async-signal-safe syscalls below before it is taken over by ptrace; it
-    // never returns into Rust code (it _exits if ever resumed normally).
+    // runs only `child`, which by contract makes raw async-signal-safe syscalls and never
+    // returns into Rust code.
     let ret = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
     if ret == 0 {
-        // SAFETY: raw syscalls only; glibc's cached thread data is stale in this child, so no
-        // libc wrapper that reads it (raise, getpid caches) is used.
-        unsafe {
-            libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
-            let me = libc::syscall(libc::SYS_getpid);
-            libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
-            libc::syscall(libc::SYS_exit_group, 127);
-        }
-        unreachable!("exit_group returned");
+        child();
     }
-    let child = check(ret, "clone3(set_tid)")? as i32;
-    Ok(child)
+    let got = check(ret, "clone3(set_tid)")? as i32;
+    if got != pid {
+        // The kernel ignored set_tid: say so rather than restore under another pid.
+        let _ = kill(got, libc::SIGKILL);
+        let _ = wait_exit(got);
+        return Err(SyscallError::from_errno("clone3(set_tid)", libc::EINVAL));
+    }
+    Ok(got)
+}
+
+/// The restore child: asks to be traced by its parent and stops itself.
+fn traced_child() -> ! {
+    // SAFETY: raw syscalls only; glibc's cached thread data is stale in this child, so no
+    // libc wrapper that reads it (raise, getpid caches) is used.
+    unsafe {
+        libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
+        let me = libc::syscall(libc::SYS_getpid);
+        libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
+        libc::syscall(libc::SYS_exit_group, 127);
+    }
+    unreachable!("exit_group returned");
+}
+
+/// A child that exits at once.
+fn exiting_child() -> ! {
+    // SAFETY: terminates the child immediately.
+    unsafe { libc::syscall(libc::SYS_exit_group, 0) };
+    unreachable!("exit_group returned");
+}
+
+/// Creates a child whose pid is `pid` (clone3 `set_tid`) that asks to be traced by us and stops
+/// itself with SIGSTOP; it is then ready for syscall injection once that stop is waited for.
+/// Fails with `EEXIST` if `pid` is in use.
+pub fn spawn_traced_with_pid(pid: i32) -> Result<i32, SyscallError> {
+    clone3_with_pid(pid, traced_child)
+}
+
+/// Creates a child with pid `pid` that exits at once, and reaps it (a probe of clone3 set_tid).
+pub fn spawn_exiting_with_pid(pid: i32) -> Result<(), SyscallError> {
+    let child = clone3_with_pid(pid, exiting_child)?;
+    wait_exit(child).map(drop)
 }
 
 /// Sends `sig` to process `pid`.
