@@ -160,12 +160,8 @@ pub fn run(
             hinted: hinted.len() as u64,
             time_us: micros(t.elapsed()),
         });
-        if rounds == Rounds::Auto && round > 0 {
-            let prev = stats[stats.len() - 2].pages;
-            // Converged: the set is small, or no longer shrinking by a fifth per round.
-            if pages < AUTO_SMALL_SET || pages * 5 > prev * 4 {
-                break;
-            }
+        if rounds == Rounds::Auto && auto_converged(&stats) {
+            break;
         }
     }
     Ok(PreCopy {
@@ -175,6 +171,20 @@ pub fn run(
         dirty_rate,
         deferred,
     })
+}
+
+/// Whether `auto` pre-copy should stop after the rounds in `stats`: the set is small, or it no
+/// longer shrinks by a fifth from one round to the next. Round 0 is the full copy, and what
+/// round 1 finds is only how much was written while that copy ran, so the trend is judged
+/// from round 2 on.
+fn auto_converged(stats: &[RoundStat]) -> bool {
+    let Some(last) = stats.last() else {
+        return false;
+    };
+    if stats.len() >= 2 && last.pages < AUTO_SMALL_SET {
+        return true;
+    }
+    stats.len() >= 3 && last.pages * 5 > stats[stats.len() - 2].pages * 4
 }
 
 /// Figures of the final pass.
@@ -232,7 +242,13 @@ pub fn finish(
     } else {
         bridge_gaps(&residue, &selected, MAX_GAP_PAGES * PAGE_SIZE)
     };
-    tracing::debug!(us = micros(t.elapsed()), runs = copy.len(), pages = pages_in(&copy), bulk, ranges = ?copy.iter().take(20).map(|(s, e)| (e - s) / PAGE_SIZE).collect::<Vec<_>>(), "final pass: residue decided");
+    tracing::debug!(
+        us = micros(t.elapsed()),
+        runs = copy.len(),
+        pages = pages_in(&copy),
+        bulk,
+        "final pass: residue decided"
+    );
     // Into the shadow's arena: its pages are already faulted in, and round 0 laid the slots
     // out in address order, so most reads land in place.
     pc.shadow
@@ -292,6 +308,25 @@ mod tests {
         assert_eq!(h.round(&[0x2000, 0x3000]), vec![(0x2000, 0x3000)]);
         assert_eq!(h.round(&[0x2000, 0x3000]), vec![(0x2000, 0x4000)]);
         assert!(h.round(&[0x5000]).is_empty());
+    }
+
+    #[test]
+    fn auto_judges_the_trend_from_round_two() {
+        let r = |pages| RoundStat {
+            pages,
+            ..Default::default()
+        };
+        // A long first copy: round 1 finds almost everything again; that is no verdict.
+        assert!(!auto_converged(&[r(1_000_000), r(980_000)]));
+        assert!(!auto_converged(&[r(1_000_000), r(980_000), r(400_000)]));
+        assert!(auto_converged(&[
+            r(1_000_000),
+            r(980_000),
+            r(400_000),
+            r(390_000)
+        ]));
+        assert!(auto_converged(&[r(1_000_000), r(10)]));
+        assert!(!auto_converged(&[r(10)]));
     }
 
     #[test]
