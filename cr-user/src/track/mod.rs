@@ -344,12 +344,6 @@ impl WriteTracker {
     }
 }
 
-/// Whether `addr` lies in one of the sorted, disjoint `ranges`.
-pub fn in_ranges(ranges: &[(u64, u64)], addr: u64) -> bool {
-    let i = ranges.partition_point(|&(_, e)| e <= addr);
-    ranges.get(i).is_some_and(|&(s, _)| s <= addr)
-}
-
 /// Total pages in a list of ranges.
 pub fn pages_in(ranges: &[(u64, u64)]) -> u64 {
     ranges
@@ -373,8 +367,5 @@ mod tests {
         assert!(!t("1000-2000 rw-s 00000000 00:01 5 /dev/zero (deleted)"));
         assert!(!t("1000-2000 r-xp 00000000 00:00 0 [vdso]"));
         assert_eq!(pages_in(&[(0x1000, 0x3000), (0x8000, 0x9000)]), 3);
-        let r = [(0x1000, 0x3000), (0x8000, 0x9000)];
-        assert!(in_ranges(&r, 0x1000) && in_ranges(&r, 0x2fff) && in_ranges(&r, 0x8000));
-        assert!(!in_ranges(&r, 0x3000) && !in_ranges(&r, 0x0fff) && !in_ranges(&r, 0x9000));
     }
 }
