@@ -5,10 +5,8 @@
 //! the wall time of the command, which includes writing the image). Needs root and a release
 //! fastcr; otherwise prints `skipping: <reason>` and measures nothing.
 
-use std::time::Duration;
-
-use benches::{FrozenTime, SIZES_MIB, prerequisites};
-use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use benches::{FrozenTime, SIZES_MIB, one_op_per_sample, prerequisites};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn frozen_time(c: &mut Criterion) {
     let bin = match prerequisites() {
@@ -18,15 +16,7 @@ fn frozen_time(c: &mut Criterion) {
             return;
         }
     };
-    let mut group = c.benchmark_group("frozen_time");
-    // One dump per sample: the target times are tiny on purpose, so criterion runs one warm-up
-    // dump and then exactly `sample_size` dumps (it warns that it cannot fit them in the target
-    // time; that is expected).
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_millis(1));
+    let mut group = one_op_per_sample(c, "frozen_time");
     for &size in SIZES_MIB {
         let scenario = FrozenTime::start(&bin, size);
         group.bench_with_input(

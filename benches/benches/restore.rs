@@ -7,10 +7,8 @@
 //! verifies its memory. Needs root and a release fastcr; otherwise prints `skipping: <reason>`
 //! and measures nothing.
 
-use std::time::Duration;
-
-use benches::{RestoreTime, SIZES_MIB, prerequisites};
-use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use benches::{RestoreTime, SIZES_MIB, one_op_per_sample, prerequisites};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn restore_time(c: &mut Criterion) {
     let bin = match prerequisites() {
@@ -20,13 +18,7 @@ fn restore_time(c: &mut Criterion) {
             return;
         }
     };
-    let mut group = c.benchmark_group("restore_time");
-    // One restore per sample (see freeze.rs for why the target times are tiny).
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_millis(1));
+    let mut group = one_op_per_sample(c, "restore_time");
     for &size in SIZES_MIB {
         let mut scenario = RestoreTime::prepare(&bin, size)
             .unwrap_or_else(|e| panic!("restore_time {size} MiB: dump: {e:#}"));

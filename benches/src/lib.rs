@@ -478,6 +478,22 @@ impl WriteCost {
     }
 }
 
+/// A criterion group that runs one operation per sample: the target times are tiny on purpose,
+/// so criterion runs one warm-up operation and then exactly `sample_size` operations (it warns
+/// that it cannot fit them in the target time; that is expected).
+pub fn one_op_per_sample<'a>(
+    c: &'a mut criterion::Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sampling_mode(criterion::SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(1))
+        .measurement_time(std::time::Duration::from_millis(1));
+    group
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

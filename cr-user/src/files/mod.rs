@@ -370,19 +370,8 @@ pub fn restore(inj: &Injector, files: &FilesImage) -> Result<(), FilesError> {
         )?;
         let fd = f.fd as u64;
         if got != fd {
-            let cloexec = u64::from(f.flags & libc::O_CLOEXEC as u32);
-            inj.call(
-                || format!("dup3 to fd {fd}"),
-                "dup3",
-                libc::SYS_dup3,
-                [got, fd, cloexec, 0, 0, 0],
-            )?;
-            inj.call(
-                || "close".into(),
-                "close",
-                libc::SYS_close,
-                [got, 0, 0, 0, 0, 0],
-            )?;
+            place_fd(inj, got, f)?;
+            close(inj, got)?;
         }
         if f.pos != 0 {
             inj.call(
@@ -438,12 +427,7 @@ fn restore_pipe(
             libc::SYS_fcntl,
             [fd, libc::F_DUPFD as u64, (top + 1) as u64, 0, 0, 0],
         )?;
-        inj.call(
-            || "close".into(),
-            "close",
-            libc::SYS_close,
-            [fd, 0, 0, 0, 0, 0],
-        )?;
+        close(inj, fd)?;
         Ok(hi)
     };
     let (r, w) = (park(r0)?, park(w0)?);
@@ -471,13 +455,7 @@ fn restore_pipe(
     for f in users {
         let src = if is_reader(f.flags) { r } else { w };
         let fd = f.fd as u64;
-        let cloexec = u64::from(f.flags & libc::O_CLOEXEC as u32);
-        inj.call(
-            || format!("dup3 of a pipe end to fd {fd}"),
-            "dup3",
-            libc::SYS_dup3,
-            [src, fd, cloexec, 0, 0, 0],
-        )?;
+        place_fd(inj, src, f)?;
         let status = u64::from(f.flags & libc::O_NONBLOCK as u32);
         if status != 0 {
             inj.call(
@@ -489,12 +467,31 @@ fn restore_pipe(
         }
     }
     for fd in [r, w] {
-        inj.call(
-            || "close".into(),
-            "close",
-            libc::SYS_close,
-            [fd, 0, 0, 0, 0, 0],
-        )?;
+        close(inj, fd)?;
     }
+    Ok(())
+}
+
+/// Puts descriptor `src` of the task at `f`'s number, with `f`'s close-on-exec flag.
+fn place_fd(inj: &Injector, src: u64, f: &Fd) -> Result<(), FilesError> {
+    let fd = f.fd as u64;
+    let cloexec = u64::from(f.flags & libc::O_CLOEXEC as u32);
+    inj.call(
+        || format!("dup3 to fd {fd}"),
+        "dup3",
+        libc::SYS_dup3,
+        [src, fd, cloexec, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+/// Closes descriptor `fd` of the task.
+fn close(inj: &Injector, fd: u64) -> Result<(), FilesError> {
+    inj.call(
+        || format!("close of fd {fd}"),
+        "close",
+        libc::SYS_close,
+        [fd, 0, 0, 0, 0, 0],
+    )?;
     Ok(())
 }
