@@ -24,17 +24,6 @@ pub const SIZES_MIB: &[u64] = &[64, 256, 1024];
 /// The workload the benches checkpoint: `wl_heap STATEDIR SIZE_MIB`.
 pub const WORKLOAD: &str = "wl_heap";
 
-/// The effective uid, from /proc/self/status.
-fn euid() -> Result<u32> {
-    let status = fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .and_then(|id| id.parse().ok())
-        .context("no effective uid in /proc/self/status")
-}
-
 /// The `fastcr` binary to measure: `$FASTCR_BIN` (set by `cargo xtask bench`), else the release
 /// build in the workspace's target directory. A debug build is never used: its figures would
 /// mean nothing.
@@ -60,14 +49,11 @@ fn fastcr_bin() -> Result<PathBuf> {
 /// Returns the fastcr binary to measure, or why the benches cannot run here (to be printed as
 /// `skipping: <reason>`).
 pub fn prerequisites() -> Result<PathBuf, String> {
-    match euid() {
-        Ok(0) => {}
-        Ok(uid) => {
-            return Err(format!(
-                "the benches dump and restore real processes and need root (uid is {uid})"
-            ));
-        }
-        Err(e) => return Err(format!("{e:#}")),
+    let uid = vmtests::euid();
+    if uid != 0 {
+        return Err(format!(
+            "the benches dump and restore real processes and need root (uid is {uid})"
+        ));
     }
     fastcr_bin().map_err(|e| format!("{e:#}"))
 }

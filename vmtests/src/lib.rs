@@ -78,9 +78,15 @@ pub fn fastcr_bin() -> PathBuf {
 
 /// Panics unless running as root: vmtests are never skipped silently.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert!(euid == 0, "vmtests need root: run cargo xtask test as root");
+    assert!(
+        euid() == 0,
+        "vmtests need root: run cargo xtask test as root"
+    );
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    cr_user::sys::process::geteuid()
 }
 
 /// Makes this process a child subreaper (once), so restored processes become our children.
