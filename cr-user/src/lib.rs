@@ -13,6 +13,7 @@ pub mod freeze;
 pub mod image;
 pub mod inject;
 pub mod kerndat;
+pub mod migrate;
 pub mod mm;
 pub mod predump;
 pub mod proc;
