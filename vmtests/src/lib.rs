@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 mod cli;
+pub mod netns;
 mod state;
 
 pub use cli::{assert_one_line_error, assert_success, fastcr, run};
@@ -52,6 +53,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_pipe",
     "wl_dirty",
     "wl_writer",
+    "wl_lazy",
 ];
 
 /// The cargo workspace root.
