@@ -33,6 +33,23 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     /// Hand the image's terminal/pipe standard streams our own.
     pub shell_job: bool,
+    /// Resume before the private anonymous memory is in place; the caller then serves it
+    /// with [`crate::lazy::serve`].
+    pub lazy: bool,
+    /// Restore into a new pid namespace (same pids inside it), so the original may still run.
+    pub pidns_new: bool,
+}
+
+/// A restored process, running.
+pub struct Restored {
+    /// What was measured.
+    pub stats: RestoreStats,
+    /// Its pid here (in fastcr's pid namespace); the image's pid inside its own namespace.
+    pub pid_here: i32,
+    /// The lazy phase still to serve (`lazy`): the first address space for the placer.
+    pub lazy: Option<crate::lazy::Space>,
+    /// The namespace it lives in (`pidns_new`); release it once the restore is complete.
+    pub pidns: Option<crate::pidns::PidNs>,
 }
 
 /// Why a restore failed. No restored process is left behind in any case.
@@ -95,6 +112,12 @@ pub enum RestoreError {
     /// `/proc` could not be read.
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// The lazy phase could not be set up.
+    #[error(transparent)]
+    Lazy(#[from] crate::lazy::LazyError),
+    /// The new pid namespace could not be made.
+    #[error("cannot create a new pid namespace")]
+    PidNs(#[source] SyscallError),
 }
 
 /// Everything read from an image dir, checked for consistency.
@@ -229,18 +252,56 @@ impl Drop for Building {
     }
 }
 
-/// Restores the image in `opts.dir`. Returns once the restored process runs.
-pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats, RestoreError> {
+/// Restores the image in `opts.dir` and leaves the process running (lazy phase not served).
+pub fn restore(opts: &RestoreOptions) -> Result<(Restored, LoadedImage), RestoreError> {
     let t0 = Instant::now();
     let img = load(&opts.dir)?;
+    let restored = restore_loaded(&img, opts, t0)?;
+    Ok((restored, img))
+}
+
+/// Restores an already loaded image; `t0` is when the restore began (for the stats).
+pub fn restore_loaded(
+    img: &LoadedImage,
+    opts: &RestoreOptions,
+    t0: Instant,
+) -> Result<Restored, RestoreError> {
     let pid = img.inventory.root_pid;
     crate::files::validate(&img.files, opts.shell_job)?;
     check_mapped_files(&img.mm)?;
-    if Path::new(&format!("/proc/{pid}")).exists() {
-        return Err(RestoreError::PidInUse { pid });
+    let lazy_plan = crate::lazy::register::plan(&img.mm, &img.pagemap, opts.lazy).map_err(|d| {
+        ImageError::Inconsistent {
+            path: img.pages_path.clone(),
+            detail: d,
+        }
+    })?;
+    if !opts.lazy && !lazy_plan.pending.is_empty() {
+        return Err(ImageError::Inconsistent {
+            path: img.pages_path.clone(),
+            detail:
+                "the image leaves pages with a migration source; only `fastcr receive` restores it"
+                    .into(),
+        }
+        .into());
     }
+    let mut pidns = if opts.pidns_new {
+        Some(crate::pidns::PidNs::create().map_err(RestoreError::PidNs)?)
+    } else {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(RestoreError::PidInUse { pid });
+        }
+        None
+    };
     let t_fork = Instant::now();
-    let child = process::spawn_traced_with_pid(pid).map_err(|source| match source.errno() {
+    let spawned = match &pidns {
+        Some(ns) => {
+            let child = process::spawn_traced_in_pidns(pid);
+            ns.leave().map_err(RestoreError::PidNs)?;
+            child
+        }
+        None => process::spawn_traced_with_pid(pid),
+    };
+    let child = spawned.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::PidInUse { pid },
         _ => RestoreError::Child {
             pid,
@@ -278,23 +339,78 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreStats, RestoreError> {
     mmr::move_specials(&inj, &child_maps, &img.mm, trampoline)?;
     let has_pages = mmr::vmas_with_pages(&img.mm, &img.pagemap);
     mmr::map_vmas(&inj, &img.mm, &has_pages)?;
-    let pages_restored = mmr::fill_pages(child, &img.chain)?;
+    let pages_restored = mmr::fill_pages(child, &img.chain, |vaddr| lazy_plan.is_lazy(vaddr))?;
     mmr::finish_vmas(&inj, &img.mm, &has_pages)?;
     mmr::set_mm_fields(&inj, &img.mm)?;
+    let uffd = if opts.lazy {
+        Some(crate::lazy::register::setup(&inj, child)?)
+    } else {
+        None
+    };
     crate::files::restore(&inj, &img.files)?;
     crate::core::restore_identity(&inj, &img.core)?;
     crate::core::restore_signals(&inj, &img.core)?;
     crate::core::restore_task_links(&inj, &img.core)?;
     crate::core::restore_creds(&inj, &img.core)?;
     crate::core::restore_timers(&inj, &img.core)?;
+    if let Some(uffd) = &uffd {
+        crate::lazy::register::register(uffd, child, &lazy_plan)?;
+    }
     mmr::remove_trampoline(&inj, trampoline)?;
     crate::core::restore_cpu(child, &img.core)?;
     ptrace::detach(child, 0).map_err(err("detach"))?;
     guard.armed = false;
-    Ok(RestoreStats {
-        forking_time_us,
-        restore_time_us: micros(t0.elapsed()),
-        pages_restored,
-        pid,
+    let lazy = uffd.map(|u| crate::lazy::Space::new(u, lazy_plan.pending));
+    if lazy.is_none()
+        && let Some(ns) = pidns.as_mut()
+    {
+        ns.release();
+    }
+    Ok(Restored {
+        stats: RestoreStats {
+            forking_time_us,
+            restore_time_us: micros(t0.elapsed()),
+            pages_restored,
+            pid,
+        },
+        pid_here: child,
+        lazy,
+        pidns,
     })
+}
+
+/// Serves the lazy phase of `r` (if any) from `feed`, then lets the process run on without
+/// fastcr. On failure the restored tree is killed: it never runs on with memory missing.
+pub fn finish_lazy(
+    r: &mut Restored,
+    feed: &mut dyn crate::lazy::Feed,
+) -> Result<Option<crate::stats::LazyStats>, RestoreError> {
+    let Some(space) = r.lazy.take() else {
+        return Ok(None);
+    };
+    let placer = crate::lazy::Placer::new(r.stats.pid, space);
+    let served = crate::lazy::serve(placer, feed).and_then(|stats| {
+        crate::lazy::register::release(r.pid_here)?;
+        Ok(stats)
+    });
+    match served {
+        Ok(stats) => {
+            if let Some(ns) = r.pidns.as_mut() {
+                ns.release();
+            }
+            Ok(Some(stats))
+        }
+        Err(e) => {
+            abort(r);
+            Err(e.into())
+        }
+    }
+}
+
+/// Kills a restored tree that cannot be completed, and its namespace.
+pub fn abort(r: &mut Restored) {
+    let _ = process::kill(r.pid_here, libc::SIGKILL);
+    let _ = process::wait_exit(r.pid_here);
+    // Dropping an unreleased namespace kills whatever else is in it.
+    r.pidns = None;
 }

@@ -68,6 +68,29 @@ pub struct RestoreStats {
     pub pid: i32,
 }
 
+/// What the handler measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LazyStats {
+    /// Pages that were missing when the process resumed.
+    pub lazy_pages: u64,
+    /// Pages placed (in any address space).
+    pub pages_placed: u64,
+    /// Faults on missing pages that had to be fetched.
+    pub demand_faults: u64,
+    /// Faults answered with zeros (pages the image never had, or the process dropped).
+    pub zero_faults: u64,
+    /// Demand fault latency, from reading the fault to placing its page: median.
+    pub fault_p50_us: u64,
+    /// ... and 99th percentile.
+    pub fault_p99_us: u64,
+    /// From resume to the last page in place.
+    pub time_to_all_pages_us: u64,
+    /// Address spaces created by fork during the lazy phase.
+    pub forks: u64,
+    /// mremap, MADV_DONTNEED and munmap events honoured.
+    pub layout_events: u64,
+}
+
 /// Microseconds of a duration, saturating.
 pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
@@ -138,6 +161,24 @@ impl RestoreStats {
             ("pages_restored", self.pages_restored.to_string()),
         ];
         render("restore", &rows)
+    }
+}
+
+impl LazyStats {
+    /// A human table.
+    pub fn table(&self) -> String {
+        let rows = [
+            ("lazy_pages", self.lazy_pages.to_string()),
+            ("pages_placed", self.pages_placed.to_string()),
+            ("demand_faults", self.demand_faults.to_string()),
+            ("zero_faults", self.zero_faults.to_string()),
+            ("fault_p50", format!("{} us", self.fault_p50_us)),
+            ("fault_p99", format!("{} us", self.fault_p99_us)),
+            ("time_to_all_pages", ms(self.time_to_all_pages_us)),
+            ("forks", self.forks.to_string()),
+            ("layout_events", self.layout_events.to_string()),
+        ];
+        render("lazy", &rows)
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cr_user::dump::{DumpOptions, dump};
 use cr_user::predump::{PreDumpOptions, pre_dump};
-use cr_user::restore::{RestoreOptions, restore};
+use cr_user::restore::{RestoreOptions, finish_lazy, restore};
 use cr_user::sys::process;
 use cr_user::track::precopy::Rounds;
 
@@ -102,6 +102,14 @@ enum Command {
         /// Hand the image's terminal/pipe standard streams this process's own.
         #[arg(long)]
         shell_job: bool,
+        /// Resume the process before its anonymous memory is in place; fastcr serves its page
+        /// faults and fills the rest in the background (with -d it returns once all is in).
+        #[arg(long)]
+        lazy: bool,
+        /// `new`: restore into a new pid namespace (same pids inside it), e.g. while the
+        /// original still runs.
+        #[arg(long, value_name = "new", value_parser = ["new"])]
+        pidns: Option<String>,
         /// Print a stats table.
         #[arg(long)]
         stats: bool,
@@ -224,24 +232,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             detach,
             shell_job,
+            lazy,
+            pidns,
             stats,
             json,
         } => {
             let opts = RestoreOptions {
                 dir: dir.clone(),
                 shell_job,
+                lazy,
+                pidns_new: pidns.is_some(),
             };
-            let s =
-                restore(&opts).with_context(|| format!("restore from {} failed", dir.display()))?;
-            print_stats(|| s.table(), &s, stats, json)?;
+            let failed = || format!("restore from {} failed", dir.display());
+            let (mut r, img) = restore(&opts).with_context(failed)?;
+            let mut feed = cr_user::lazy::local::ImageFeed::new(&img.chain);
+            let lazy_stats = finish_lazy(&mut r, &mut feed).with_context(failed)?;
+            let both = serde_json::json!({ "restore": &r.stats, "lazy": &lazy_stats });
+            let table = || {
+                let mut t = r.stats.table();
+                if let Some(l) = &lazy_stats {
+                    t.push_str(&l.table());
+                }
+                t
+            };
+            print_stats(table, &both, stats, json)?;
             if detach {
                 return Ok(ExitCode::SUCCESS);
             }
             let code =
-                match process::wait_exit(s.pid).context("waiting for the restored process")? {
+                match process::wait_exit(r.pid_here).context("waiting for the restored process")? {
                     process::ExitStatus::Exited(c) => c,
                     process::ExitStatus::Killed(sig) => 128 + sig,
                 };
+            if let Some(ns) = &r.pidns {
+                // Init ends once the namespace is empty.
+                let _ = process::wait_exit(ns.init_pid());
+            }
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Show { dir, json } => {

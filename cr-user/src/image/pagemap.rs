@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub const PE_PRESENT: u32 = 1;
 /// The pages are unchanged since the parent image: read them through the parent chain.
 pub const PE_IN_PARENT: u32 = 2;
+/// The pages are not in this image: a migration source holds them and sends them after the
+/// restored process resumes (lazy migration). Only `fastcr receive` restores such an image.
+pub const PE_LAZY: u32 = 4;
 
 /// One run of consecutive dumped pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +49,15 @@ impl PagemapImage {
             .sum()
     }
 
+    /// Pages that a migration source still holds (`PE_LAZY`).
+    pub fn lazy_pages(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.flags == PE_LAZY)
+            .map(|e| u64::from(e.nr_pages))
+            .sum()
+    }
+
     /// The run holding `addr`, with its index.
     pub fn find(&self, addr: u64) -> Option<(usize, &PagemapEntry)> {
         let i = self
@@ -66,7 +78,7 @@ impl PagemapImage {
             if e.vaddr % 4096 != 0
                 || e.nr_pages == 0
                 || e.vaddr < last_end
-                || !matches!(e.flags, PE_PRESENT | PE_IN_PARENT)
+                || !matches!(e.flags, PE_PRESENT | PE_IN_PARENT | PE_LAZY)
             {
                 return Err(format!("bad page run at {:#x}", e.vaddr));
             }

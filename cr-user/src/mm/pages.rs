@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::MmError;
 use crate::image::inventory::Inventory;
-use crate::image::pagemap::{PE_IN_PARENT, PagemapEntry, PagemapImage};
+use crate::image::pagemap::{PE_IN_PARENT, PE_PRESENT, PagemapEntry, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
 use crate::sys::PAGE_SIZE;
 use crate::sys::mem::MappedFile;
@@ -65,7 +65,7 @@ fn open_level(dir: &ImageDir, pid: i32, pagemap: PagemapImage) -> Result<Level, 
     let mut off = 0u64;
     for e in &pagemap.entries {
         offsets.push(off);
-        if e.flags != PE_IN_PARENT {
+        if e.flags == PE_PRESENT {
             off += u64::from(e.nr_pages) * PAGE_SIZE;
         }
     }
@@ -163,8 +163,11 @@ impl PageChain {
                 break;
             };
             valid_until = valid_until.min(e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE);
-            if e.flags != PE_IN_PARENT {
+            if e.flags == PE_PRESENT {
                 return Ok((level, i, *e, valid_until));
+            }
+            if e.flags != PE_IN_PARENT {
+                break;
             }
             level += 1;
         }
@@ -178,7 +181,7 @@ impl PageChain {
         mut f: impl FnMut(u64, &[u8]) -> Result<(), MmError>,
     ) -> Result<(), MmError> {
         let e = self.levels[0].pagemap.entries[idx];
-        if e.flags != PE_IN_PARENT {
+        if e.flags == PE_PRESENT {
             return f(e.vaddr, self.run_bytes(0, idx)?);
         }
         let end = e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE;
@@ -192,5 +195,18 @@ impl PageChain {
             addr = piece_end;
         }
         Ok(())
+    }
+
+    /// The image's bytes from `addr` (page-aligned) to at most `max_len` further, contiguous
+    /// in one stored run (through the parent chain); `None` if the image holds no page there.
+    pub fn bytes_at(&self, addr: u64, max_len: u64) -> Result<Option<&[u8]>, MmError> {
+        if self.levels[0].pagemap.find(addr).is_none() {
+            return Ok(None);
+        }
+        let (level, i, run, valid_until) = self.locate(0, addr)?;
+        let bytes = self.run_bytes(level, i)?;
+        let from = (addr - run.vaddr) as usize;
+        let end = valid_until.min(addr.saturating_add(max_len));
+        Ok(Some(&bytes[from..from + (end - addr) as usize]))
     }
 }

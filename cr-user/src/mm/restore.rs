@@ -223,10 +223,17 @@ pub fn map_vmas(inj: &Injector, image: &MmImage, has_pages: &[bool]) -> Result<(
     Ok(())
 }
 
-/// Writes the dumped pages into the child, through the parent chain where needed; every run's
-/// checksum is checked before its pages are used.
-pub fn fill_pages(pid: i32, chain: &PageChain) -> Result<u64, MmError> {
+/// Writes the dumped pages into the child, through the parent chain where needed, except the
+/// runs `skip` names by address (left for lazy restore); every run's checksum is checked before
+/// its pages are used. Returns the number of pages written.
+pub fn fill_pages(pid: i32, chain: &PageChain, skip: impl Fn(u64) -> bool) -> Result<u64, MmError> {
+    let mut written = 0;
     for idx in 0..chain.top().entries.len() {
+        let e = chain.top().entries[idx];
+        if skip(e.vaddr) {
+            continue;
+        }
+        written += u64::from(e.nr_pages);
         chain.for_each_piece(idx, |addr, bytes| {
             let n = mem::write_remote(pid, addr, bytes).map_err(|err| MmError::Memory {
                 pid,
@@ -245,7 +252,7 @@ pub fn fill_pages(pid: i32, chain: &PageChain) -> Result<u64, MmError> {
             Ok(())
         })?;
     }
-    Ok(chain.top().total_pages())
+    Ok(written)
 }
 
 /// Sets final protections where they differ from the initial ones, and madvise flags.

@@ -11,6 +11,7 @@ pub mod process;
 pub mod ptrace;
 pub mod remote;
 pub mod uffd;
+pub mod uffd_lazy;
 
 use std::io;
 

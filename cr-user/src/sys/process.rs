@@ -6,6 +6,20 @@ use super::{SyscallError, check};
 /// `child` must make only raw syscalls (glibc's cached thread data is stale in the child) and
 /// must not return. Fails with `EEXIST` if `pid` is in use.
 fn clone3_with_pid(pid: i32, child: fn() -> !) -> Result<i32, SyscallError> {
+    let got = clone3_raw(0, Some(pid), child)?;
+    if got != pid {
+        // The kernel ignored set_tid: say so rather than restore under another pid.
+        let _ = kill(got, libc::SIGKILL);
+        let _ = wait_exit(got);
+        return Err(SyscallError::from_errno("clone3(set_tid)", libc::EINVAL));
+    }
+    Ok(got)
+}
+
+/// clone3 without CLONE_VM (a fork) with `flags`, and with the pid `pid` in the innermost pid
+/// namespace of the new task when given. The child runs `child` only. Returns the child's pid
+/// as seen from here.
+fn clone3_raw(flags: u64, pid: Option<i32>, child: fn() -> !) -> Result<i32, SyscallError> {
     #[repr(C)]
     struct CloneArgs {
         flags: u64,
@@ -21,9 +35,9 @@ fn clone3_with_pid(pid: i32, child: fn() -> !) -> Result<i32, SyscallError> {
         cgroup: u64,
     }
     const _: () = assert!(size_of::<CloneArgs>() == 88);
-    let tid: libc::pid_t = pid;
+    let tid: libc::pid_t = pid.unwrap_or(0);
     let args = CloneArgs {
-        flags: 0,
+        flags,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -31,8 +45,12 @@ fn clone3_with_pid(pid: i32, child: fn() -> !) -> Result<i32, SyscallError> {
         stack: 0,
         stack_size: 0,
         tls: 0,
-        set_tid: (&raw const tid) as u64,
-        set_tid_size: 1,
+        set_tid: if pid.is_some() {
+            (&raw const tid) as u64
+        } else {
+            0
+        },
+        set_tid_size: u64::from(pid.is_some()),
         cgroup: 0,
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of our memory and
@@ -42,14 +60,7 @@ fn clone3_with_pid(pid: i32, child: fn() -> !) -> Result<i32, SyscallError> {
     if ret == 0 {
         child();
     }
-    let got = check(ret, "clone3(set_tid)")? as i32;
-    if got != pid {
-        // The kernel ignored set_tid: say so rather than restore under another pid.
-        let _ = kill(got, libc::SIGKILL);
-        let _ = wait_exit(got);
-        return Err(SyscallError::from_errno("clone3(set_tid)", libc::EINVAL));
-    }
-    Ok(got)
+    Ok(check(ret, "clone3")? as i32)
 }
 
 /// The restore child: asks to be traced by its parent and stops itself.
@@ -77,6 +88,113 @@ fn exiting_child() -> ! {
 /// Fails with `EEXIST` if `pid` is in use.
 pub fn spawn_traced_with_pid(pid: i32) -> Result<i32, SyscallError> {
     clone3_with_pid(pid, traced_child)
+}
+
+/// Like [`spawn_traced_with_pid`], in the pid namespace this thread creates children in (see
+/// [`enter_pidns_for_children`]); `pid` is the pid inside that namespace. Returns the child's pid
+/// as seen from here (in our own namespace).
+pub fn spawn_traced_in_pidns(pid: i32) -> Result<i32, SyscallError> {
+    clone3_raw(0, Some(pid), traced_child)
+}
+
+/// The read end of the release pipe of the init being spawned (see [`spawn_pidns_init`]).
+static INIT_RELEASE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Creates a new pid namespace whose init (pid 1) is a child of ours running [`pidns_init`]:
+/// it reaps every orphan of the namespace and exits when nothing else is left in it, which ends
+/// the namespace. Until it reads one byte from `release` it only waits: if `release` reaches
+/// EOF first (its writer, fastcr, died or gave up), init exits at once, and the kernel kills
+/// every process in the namespace. Returns init's pid as seen from here.
+pub fn spawn_pidns_init(release: std::os::fd::BorrowedFd<'_>) -> Result<i32, SyscallError> {
+    use std::os::fd::AsRawFd;
+    INIT_RELEASE_FD.store(release.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    clone3_raw(libc::CLONE_NEWPID as u64, None, pidns_init)
+}
+
+/// Pid 1 of a restore's pid namespace. Raw syscalls only (this is a fork of fastcr).
+fn pidns_init() -> ! {
+    let release = INIT_RELEASE_FD.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: raw syscalls on integers and on locals that outlive each call; this child never
+    // returns into Rust code.
+    unsafe {
+        // Keep only the release pipe: inherited descriptors (a caller's stdout pipe) must not
+        // be held open by a process that can live for as long as the restored tree.
+        if release > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, (release - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (release + 1) as u32, u32::MAX, 0u32);
+        let mut byte = 0u8;
+        loop {
+            let n = libc::syscall(libc::SYS_read, release, &raw mut byte, 1usize);
+            if n == 1 {
+                break;
+            }
+            if n == -1 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            // EOF or error before the release: fastcr is gone; take the namespace down.
+            libc::syscall(libc::SYS_exit_group, 1);
+        }
+        libc::syscall(libc::SYS_close, release);
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
+        loop {
+            let mut status = 0i32;
+            let r = libc::syscall(libc::SYS_wait4, -1, &raw mut status, libc::__WALL, 0usize);
+            if r > 0 {
+                continue;
+            }
+            // No child of ours right now: the tree may still run under fastcr, its parent.
+            if libc::syscall(libc::SYS_kill, -1, 0) == -1
+                && *libc::__errno_location() == libc::ESRCH
+            {
+                libc::syscall(libc::SYS_exit_group, 0);
+            }
+            libc::syscall(libc::SYS_nanosleep, &raw const pause, 0usize);
+        }
+    }
+}
+
+/// Makes the children this thread creates from now on start in the pid namespace of the
+/// process behind `pidfd` (`setns(CLONE_NEWPID)`; our own pid namespace is unchanged).
+pub fn enter_pidns_for_children(pidfd: std::os::fd::BorrowedFd<'_>) -> Result<(), SyscallError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a live pidfd and a namespace flag.
+    let ret = unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWPID) };
+    check(ret.into(), "setns(CLONE_NEWPID)").map(drop)
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), SyscallError> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(ret.into(), "pipe2")?;
+    // SAFETY: the kernel just returned these two descriptors and nothing else owns them.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Reaps `pid` if it has ended; `Ok(None)` while it runs.
+pub fn waitpid_nohang(pid: i32) -> Result<Option<ExitStatus>, SyscallError> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a live c_int the kernel writes into.
+    let ret = unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL | libc::WNOHANG) };
+    check(ret.into(), "waitpid")?;
+    if ret == 0 {
+        return Ok(None);
+    }
+    if libc::WIFSIGNALED(status) {
+        return Ok(Some(ExitStatus::Killed(libc::WTERMSIG(status))));
+    }
+    Ok(Some(ExitStatus::Exited(libc::WEXITSTATUS(status))))
 }
 
 /// Creates a child with pid `pid` that exits at once, and reaps it (a probe of clone3 set_tid).
