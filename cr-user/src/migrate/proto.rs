@@ -22,6 +22,8 @@
 //! 10    Failed        either     either     message: str (≤ 4096 bytes)
 //! 11    Ping          either     either     (empty)
 //! 12    Pong          either     either     (empty)
+//! 13    Ready         dst → src  control    (empty): restored, held stopped until Go
+//! 14    Go            src → dst  control    (empty): the source commits; the copy may resume
 //! ```
 //!
 //! **Buffers.** [`Frame`] borrows its strings and byte slices. [`read_frame`] reads the whole
@@ -72,6 +74,8 @@ mod ty {
     pub(super) const FAILED: u8 = 10;
     pub(super) const PING: u8 = 11;
     pub(super) const PONG: u8 = 12;
+    pub(super) const READY: u8 = 13;
+    pub(super) const GO: u8 = 14;
 }
 
 /// Why a frame or a handshake could not be sent or was refused.
@@ -267,6 +271,12 @@ pub enum Frame<'a> {
     Ping,
     /// Keepalive answer.
     Pong,
+    /// The tree is restored and held stopped, waiting for [`Frame::Go`] (dst → src, control).
+    Ready,
+    /// The source commits to the migration: the destination may resume (src → dst, control).
+    /// Before it, a destination that loses the link kills its copy; after it, a source that
+    /// loses the link waits for the destination's link timeout before thawing its original.
+    Go,
 }
 
 impl Frame<'_> {
@@ -285,6 +295,8 @@ impl Frame<'_> {
             Frame::Failed { .. } => "Failed",
             Frame::Ping => "Ping",
             Frame::Pong => "Pong",
+            Frame::Ready => "Ready",
+            Frame::Go => "Go",
         }
     }
 
@@ -302,6 +314,8 @@ impl Frame<'_> {
             Frame::Failed { .. } => ty::FAILED,
             Frame::Ping => ty::PING,
             Frame::Pong => ty::PONG,
+            Frame::Ready => ty::READY,
+            Frame::Go => ty::GO,
         }
     }
 }
@@ -510,7 +524,7 @@ pub fn write_frame<W: Write>(w: &mut W, f: &Frame<'_>) -> Result<(), ProtoError>
             pre = &message_len;
             message.as_bytes()
         }
-        Frame::Bye | Frame::Ping | Frame::Pong => &[],
+        Frame::Bye | Frame::Ping | Frame::Pong | Frame::Ready | Frame::Go => &[],
     };
     let total = (head.len - 4 + pre.len() + body.len()) as u64;
     if total > u64::from(MAX_FRAME_LEN) {
@@ -746,6 +760,8 @@ fn decode(buf: &[u8]) -> Result<Frame<'_>, ProtoError> {
         ty::FAILED => "Failed",
         ty::PING => "Ping",
         ty::PONG => "Pong",
+        ty::READY => "Ready",
+        ty::GO => "Go",
         other => return Err(ProtoError::UnknownFrame(other)),
     };
     let mut d = Dec {
@@ -822,6 +838,8 @@ fn decode(buf: &[u8]) -> Result<Frame<'_>, ProtoError> {
         }
         ty::BYE => Frame::Bye,
         ty::PING => Frame::Ping,
+        ty::READY => Frame::Ready,
+        ty::GO => Frame::Go,
         _ => Frame::Pong,
     };
     d.end()?;
@@ -900,6 +918,8 @@ mod tests {
             Frame::Failed { message: "" },
             Frame::Ping,
             Frame::Pong,
+            Frame::Ready,
+            Frame::Go,
         ]
     }
 
@@ -914,7 +934,7 @@ mod tests {
         // All types are covered.
         let mut types: Vec<u8> = frames.iter().map(Frame::type_byte).collect();
         types.dedup();
-        assert_eq!(types, (1..=12).collect::<Vec<u8>>());
+        assert_eq!(types, (1..=14).collect::<Vec<u8>>());
     }
 
     #[test]
@@ -1118,7 +1138,7 @@ mod tests {
 
     #[test]
     fn unknown_type_is_reported() {
-        for t in [0u8, 13, 255] {
+        for t in [0u8, 15, 255] {
             let bytes = [1, 0, 0, 0, t];
             let mut buf = Vec::new();
             let err = read_frame(&mut Cursor::new(&bytes), &mut buf).unwrap_err();
