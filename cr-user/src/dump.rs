@@ -13,7 +13,7 @@ use crate::core::CoreError;
 use crate::files::FilesError;
 use crate::freeze::{FreezeError, Frozen};
 use crate::image::inventory::Inventory;
-use crate::image::pagemap::{PE_IN_PARENT, PagemapImage};
+use crate::image::pagemap::{PE_LAZY, PE_PRESENT, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
 use crate::inject::{InjectError, Injector};
 use crate::mm::MmError;
@@ -48,6 +48,16 @@ pub struct DumpOptions {
     pub prev_images_dir: Option<PathBuf>,
     /// With `--leave-running`: keep write tracking in the process for a further incremental dump.
     pub track_mem: bool,
+    /// Leave the pages of private anonymous VMAs out of the image (`PE_LAZY`): a migration
+    /// source sends them after the destination resumed.
+    pub lazy_pages: bool,
+}
+
+/// What happens to the process once its image is complete.
+enum After {
+    Thaw,
+    Kill,
+    Hold,
 }
 
 /// Why a dump failed. The workload is left running as it was in every case.
@@ -218,11 +228,7 @@ impl Pages {
         let path = dir.file(&pages_file_name(pid));
         dir.write_with(&path, |w| {
             let mut off = 0usize;
-            for e in pagemap
-                .entries
-                .iter_mut()
-                .filter(|e| e.flags != PE_IN_PARENT)
-            {
+            for e in pagemap.entries.iter_mut().filter(|e| e.flags == PE_PRESENT) {
                 let mut crc = crc32fast::Hasher::new();
                 for i in 0..u64::from(e.nr_pages) {
                     let page = match self {
@@ -249,6 +255,27 @@ impl Pages {
 
 /// Checkpoints `opts.pid` into `opts.dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    let after = if opts.leave_running {
+        After::Thaw
+    } else {
+        After::Kill
+    };
+    dump_with(opts, after).map(|(stats, _)| stats)
+}
+
+/// Checkpoints `opts.pid` into `opts.dir` and returns with the process still frozen (a
+/// migration source hands it over, or thaws it if the destination fails).
+pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, Frozen), DumpError> {
+    match dump_with(opts, After::Hold)? {
+        (stats, Some(frozen)) => Ok((stats, frozen)),
+        (_, None) => Err(DumpError::Unsupported {
+            pid: opts.pid,
+            what: "the dump released the process it was asked to hold".into(),
+        }),
+    }
+}
+
+fn dump_with(opts: &DumpOptions, after: After) -> Result<(DumpStats, Option<Frozen>), DumpError> {
     let pid = opts.pid;
     let (stat, status) = preflight(pid)?;
     let dir = prepare_dir(&opts.dir)?;
@@ -335,7 +362,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     };
     // Touch the page buffer now so the frozen window does not pay for its page faults.
     let mut buf = Vec::new();
-    if precopy.is_none() && adopted.is_none() {
+    if precopy.is_none() && adopted.is_none() && !opts.lazy_pages {
         let estimate = (status.rss_anon_kib + status.rss_shmem_kib) as usize * 1024 * 11 / 10;
         buf.resize(estimate, 1);
     }
@@ -414,6 +441,30 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             stats.frozen_steps.residual_copy_us = micros(t.elapsed());
             (pagemap, Pages::Buffer(buf))
         }
+        (None, _, _) if opts.lazy_pages => {
+            let mut sel = crate::mm::dump::select_pages(pid, &mm.vmas)?;
+            stats.pages_scanned = sel.pages_scanned;
+            for e in &mut sel.pagemap.entries {
+                let anon = crate::mm::dump::vma_of(&mm.vmas, e.vaddr).is_some_and(|v| {
+                    matches!(v.kind, crate::image::mm::VmaKind::Anon) && !v.shared
+                });
+                if anon {
+                    e.flags = PE_LAZY;
+                }
+            }
+            let stored: Vec<_> = sel
+                .pagemap
+                .entries
+                .iter()
+                .filter(|e| e.flags == PE_PRESENT)
+                .copied()
+                .collect();
+            buf.resize(sel.pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
+            crate::mm::dump::copy_entries(pid, &mm.vmas, &stored, &mut buf)?;
+            stats.residual_pages = sel.pagemap.stored_pages();
+            stats.frozen_steps.residual_copy_us = micros(t_mem.elapsed());
+            (sel.pagemap, Pages::Buffer(buf))
+        }
         (None, _, _) => {
             let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
             stats.pages_scanned = d.pages_scanned;
@@ -435,8 +486,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     };
     stats.memdump_time_us = micros(t_mem.elapsed());
     stats.pages_written = pagemap.stored_pages();
-    stats.pages_in_parent = pagemap.total_pages() - pagemap.stored_pages();
-    let still_frozen = if opts.leave_running {
+    stats.pages_in_parent = pagemap.total_pages() - pagemap.stored_pages() - pagemap.lazy_pages();
+    let still_frozen = if matches!(after, After::Thaw) {
         frozen.thaw()?;
         stats.frozen_time_us = micros(t_frozen.elapsed());
         None
@@ -475,11 +526,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     // The inventory goes last: an image dir without it is incomplete and restore refuses it.
     dir.write(Kind::Inventory, 0, &inventory)?;
     stats.memwrite_time_us = micros(t_write.elapsed());
-    if let Some(frozen) = still_frozen {
-        frozen.kill()?;
-        stats.frozen_time_us = micros(t_frozen.elapsed());
+    match (after, still_frozen) {
+        (After::Kill, Some(frozen)) => {
+            frozen.kill()?;
+            stats.frozen_time_us = micros(t_frozen.elapsed());
+            Ok((stats, None))
+        }
+        (After::Hold, held) => {
+            // Frozen until now; the caller's hand-over adds to it.
+            stats.frozen_time_us = micros(t_frozen.elapsed());
+            Ok((stats, held))
+        }
+        (_, held) => Ok((stats, held)),
     }
-    Ok(stats)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

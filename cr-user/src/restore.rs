@@ -115,6 +115,14 @@ pub enum RestoreError {
     /// The lazy phase could not be set up.
     #[error(transparent)]
     Lazy(#[from] crate::lazy::LazyError),
+    /// The restore was called off before the process resumed.
+    #[error("restore of process {pid} called off before it resumed: {why}")]
+    Aborted {
+        /// The pid.
+        pid: i32,
+        /// Why.
+        why: String,
+    },
     /// The new pid namespace could not be made.
     #[error("cannot create a new pid namespace")]
     PidNs(#[source] SyscallError),
@@ -256,15 +264,18 @@ impl Drop for Building {
 pub fn restore(opts: &RestoreOptions) -> Result<(Restored, LoadedImage), RestoreError> {
     let t0 = Instant::now();
     let img = load(&opts.dir)?;
-    let restored = restore_loaded(&img, opts, t0)?;
+    let restored = restore_loaded(&img, opts, t0, &mut || Ok(()))?;
     Ok((restored, img))
 }
 
-/// Restores an already loaded image; `t0` is when the restore began (for the stats).
+/// Restores an already loaded image; `t0` is when the restore began (for the stats). `gate`
+/// runs when the process is complete but still stopped, just before it resumes: an error from
+/// it kills the process instead (a migration destination waits there for the source's `Go`).
 pub fn restore_loaded(
     img: &LoadedImage,
     opts: &RestoreOptions,
     t0: Instant,
+    gate: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<Restored, RestoreError> {
     let pid = img.inventory.root_pid;
     crate::files::validate(&img.files, opts.shell_job)?;
@@ -358,6 +369,8 @@ pub fn restore_loaded(
     }
     mmr::remove_trampoline(&inj, trampoline)?;
     crate::core::restore_cpu(child, &img.core)?;
+    let restore_time_us = micros(t0.elapsed());
+    gate().map_err(|why| RestoreError::Aborted { pid, why })?;
     ptrace::detach(child, 0).map_err(err("detach"))?;
     guard.armed = false;
     let lazy = uffd.map(|u| crate::lazy::Space::new(u, lazy_plan.pending));
@@ -369,7 +382,7 @@ pub fn restore_loaded(
     Ok(Restored {
         stats: RestoreStats {
             forking_time_us,
-            restore_time_us: micros(t0.elapsed()),
+            restore_time_us,
             pages_restored,
             pid,
         },

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cr_user::dump::{DumpOptions, dump};
+use cr_user::migrate::dest::{ReceiveOptions, receive};
+use cr_user::migrate::source::{MigrateOptions, migrate};
 use cr_user::predump::{PreDumpOptions, pre_dump};
 use cr_user::restore::{RestoreOptions, finish_lazy, restore};
 use cr_user::sys::process;
@@ -117,6 +119,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move a running process to a `fastcr receive` on another host (or namespace).
+    Migrate {
+        /// Pid of the process.
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        /// Destination `HOST:PORT` (where `fastcr receive` listens).
+        #[arg(long)]
+        to: String,
+        /// Resume on the destination at once and send the memory afterwards (post-copy).
+        #[arg(long)]
+        lazy: bool,
+        /// Copy memory while the process runs before the final stop-and-copy (not with --lazy).
+        #[arg(long, value_name = "N|auto", num_args = 0..=1, default_missing_value = "auto", value_parser = parse_rounds)]
+        pre_copy: Option<Rounds>,
+        /// File holding the token shared with the destination (at least 16 bytes).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Do not use BPF.
+        #[arg(long)]
+        no_bpf: bool,
+        /// Print a stats table.
+        #[arg(long)]
+        stats: bool,
+        /// Print stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for one migration (`fastcr migrate`) and run the process here.
+    Receive {
+        /// `HOST:PORT` to listen on.
+        #[arg(long)]
+        listen: String,
+        /// File holding the token shared with the source (at least 16 bytes).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// `new`: restore into a new pid namespace (needed when the source runs on this host).
+        #[arg(long, value_name = "new", value_parser = ["new"])]
+        pidns: Option<String>,
+        /// Print a stats table.
+        #[arg(long)]
+        stats: bool,
+        /// Print stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Decode an image directory.
     Show {
         /// Image directory.
@@ -204,6 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 no_wp_async,
                 prev_images_dir,
                 track_mem,
+                lazy_pages: false,
             };
             let s = dump(&opts)
                 .with_context(|| format!("dump of process {pid} into {} failed", dir.display()))?;
@@ -269,6 +317,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let _ = process::wait_exit(ns.init_pid());
             }
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Migrate {
+            pid,
+            to,
+            lazy,
+            pre_copy,
+            token_file,
+            no_bpf,
+            stats,
+            json,
+        } => {
+            let opts = MigrateOptions {
+                pid,
+                to: to.clone(),
+                lazy,
+                pre_copy,
+                token_file,
+                no_bpf,
+            };
+            let s = migrate(&opts)
+                .with_context(|| format!("migration of process {pid} to {to} failed"))?;
+            print_stats(|| s.table(), &s, stats, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Receive {
+            listen,
+            token_file,
+            pidns,
+            stats,
+            json,
+        } => {
+            let opts = ReceiveOptions {
+                listen: listen.clone(),
+                token_file,
+                pidns_new: pidns.is_some(),
+            };
+            let mut announce = |addr: &str| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "listening on {addr}");
+                let _ = out.flush();
+            };
+            let s = receive(&opts, &mut announce)
+                .with_context(|| format!("receiving a migration on {listen} failed"))?;
+            print_stats(|| s.table(), &s, stats, json)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Show { dir, json } => {
             let mut out = std::io::stdout().lock();

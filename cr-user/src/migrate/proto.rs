@@ -192,7 +192,7 @@ pub enum ProtoError {
 }
 
 /// Counters the destination reports when every page is in place.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DoneStats {
     /// Pages written into the restored processes (demand and background).
     pub pages_placed: u64,

@@ -123,6 +123,9 @@ fn pidns_init() -> ! {
             libc::syscall(libc::SYS_close_range, 0u32, (release - 1) as u32, 0u32);
         }
         libc::syscall(libc::SYS_close_range, (release + 1) as u32, u32::MAX, 0u32);
+        // Named for what it is, not for the fastcr command it was forked from.
+        let name = b"fastcr-pidns-init\0";
+        libc::syscall(libc::SYS_prctl, libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
         let mut byte = 0u8;
         loop {
             let n = libc::syscall(libc::SYS_read, release, &raw mut byte, 1usize);
@@ -288,4 +291,15 @@ fn owned(ret: libc::c_long, call: &'static str) -> Result<std::os::fd::OwnedFd, 
     let fd = i32::try_from(fd).map_err(|_| SyscallError::from_errno(call, libc::EBADF))?;
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets `O_NONBLOCK` on the open file behind `fd` (shared by its duplicates).
+pub fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), SyscallError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a live descriptor with integer arguments.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    check(flags.into(), "fcntl(F_GETFL)")?;
+    // SAFETY: as above.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    check(ret.into(), "fcntl(F_SETFL)").map(drop)
 }

@@ -1,0 +1,428 @@
+//! `fastcr migrate`: the source side. Dump with the process held frozen, send the image, let
+//! the destination resume (`Go`), then (lazy) serve page requests on the control connection
+//! and stream every remaining page on the bulk connection, hottest first.
+
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::auth::{self, Role, SessionId, Token};
+use super::proto::{self, DoneStats, Frame, MAX_DATA_LEN, ProtoError};
+use super::{LINK_TIMEOUT, MigrateError, PING_PERIOD, TempImages, io_err, tune};
+use crate::dump::{DumpOptions, dump_held};
+use crate::image::mm::MmImage;
+use crate::image::pagemap::{PE_LAZY, PagemapImage};
+use crate::image::{ImageDir, Kind};
+use crate::stats::{DumpStats, micros};
+use crate::sys::mem;
+use crate::track::precopy::Rounds;
+
+/// What to migrate, where, how.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// The process.
+    pub pid: i32,
+    /// Destination `HOST:PORT`.
+    pub to: String,
+    /// Resume on the destination before the memory is there.
+    pub lazy: bool,
+    /// Pre-copy rounds before the freeze (non-lazy).
+    pub pre_copy: Option<Rounds>,
+    /// The shared token.
+    pub token_file: PathBuf,
+    /// Do not use BPF.
+    pub no_bpf: bool,
+}
+
+/// What the migration measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrateStats {
+    /// Lazy or not.
+    pub lazy: bool,
+    /// The dump on the source (frozen_time runs until the image was complete).
+    pub dump: DumpStats,
+    /// Source freeze to the first instruction on the destination (estimated as the arrival of
+    /// `Resumed` minus half the round-trip time).
+    pub downtime_us: u64,
+    /// Destination restore time, as it reported.
+    pub restore_us: u64,
+    /// Resume to every page in place on the destination (0 if not lazy).
+    pub time_to_all_pages_us: u64,
+    /// Bytes sent: image files plus pages.
+    pub bytes_sent: u64,
+    /// Pages sent in the background stream.
+    pub bulk_pages: u64,
+    /// Page requests answered (demand faults on the destination).
+    pub requests_served: u64,
+    /// The destination's figures.
+    pub dest: DoneStats,
+    /// Background throughput, MiB/s.
+    pub background_mib_s: f64,
+    /// Measured round-trip time of the control connection.
+    pub rtt_us: u64,
+}
+
+impl MigrateStats {
+    /// A human table.
+    pub fn table(&self) -> String {
+        let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
+        let rows = [
+            (
+                "mode",
+                if self.lazy { "lazy" } else { "stop-and-copy" }.to_string(),
+            ),
+            ("downtime", ms(self.downtime_us)),
+            ("  frozen_dump", ms(self.dump.frozen_time_us)),
+            ("  dest_restore", ms(self.restore_us)),
+            ("time_to_all_pages", ms(self.time_to_all_pages_us)),
+            ("bytes_sent", self.bytes_sent.to_string()),
+            ("bulk_pages", self.bulk_pages.to_string()),
+            ("demand_faults", self.dest.demand_faults.to_string()),
+            ("fault_p50", format!("{} us", self.dest.fault_p50_us)),
+            ("fault_p99", format!("{} us", self.dest.fault_p99_us)),
+            ("background", format!("{:.0} MiB/s", self.background_mib_s)),
+            ("rtt", format!("{} us", self.rtt_us)),
+        ];
+        let mut out = String::from("migration stats\n");
+        for (k, v) in rows {
+            out.push_str(&format!("  {k:<18} {v:>16}\n"));
+        }
+        out
+    }
+}
+
+fn connect(
+    to: &str,
+    token: &Token,
+    role: Role,
+    session: SessionId,
+) -> Result<TcpStream, MigrateError> {
+    let cerr = |source| MigrateError::Connect {
+        addr: to.to_string(),
+        source,
+    };
+    let addr = to
+        .to_socket_addrs()
+        .map_err(cerr)?
+        .next()
+        .ok_or_else(|| cerr(std::io::Error::from(std::io::ErrorKind::AddrNotAvailable)))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(cerr)?;
+    tune(&s)?;
+    auth::client_handshake(&mut s, token, role, session)?;
+    Ok(s)
+}
+
+/// The lazy page runs of the image, hottest first: the stack, then the rest ascending.
+fn lazy_runs(pagemap: &PagemapImage, mm: &MmImage) -> Vec<(u64, u64)> {
+    let stack = mm
+        .vmas
+        .iter()
+        .find(|v| v.name == "[stack]")
+        .map(|v| (v.start, v.end));
+    let mut hot = Vec::new();
+    let mut rest = Vec::new();
+    for e in pagemap.entries.iter().filter(|e| e.flags == PE_LAZY) {
+        let run = (e.vaddr, e.vaddr + u64::from(e.nr_pages) * 4096);
+        match stack {
+            Some((s, en)) if run.0 >= s && run.1 <= en => hot.push(run),
+            _ => rest.push(run),
+        }
+    }
+    hot.extend(rest);
+    hot
+}
+
+/// Reads `len` bytes of the frozen process at `addr` into `buf`.
+fn read_pages(pid: i32, addr: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), MigrateError> {
+    buf.resize(len, 0);
+    let n = mem::read_remote(pid, &[(addr, len)], buf).map_err(|e| {
+        io_err(format!("read of {len} bytes at {addr:#x} in process {pid}"))(e.io_error)
+    })?;
+    if n != len {
+        return Err(io_err(format!("short read at {addr:#x} in process {pid}"))(
+            std::io::Error::from_raw_os_error(libc::EFAULT),
+        ));
+    }
+    Ok(())
+}
+
+/// Streams every lazy run on the bulk connection, then `BulkEnd`. Returns pages sent.
+fn stream_bulk(pid: i32, runs: Vec<(u64, u64)>, mut bulk: TcpStream) -> Result<u64, MigrateError> {
+    let mut buf = Vec::with_capacity(MAX_DATA_LEN);
+    let chunk = 2 << 20;
+    let mut pages = 0u64;
+    for (start, end) in runs {
+        let mut a = start;
+        while a < end {
+            let len = (end - a).min(chunk);
+            read_pages(pid, a, len as usize, &mut buf)?;
+            proto::write_pages(&mut bulk, a, &buf)?;
+            pages += len / 4096;
+            a += len;
+        }
+    }
+    proto::write_frame(&mut bulk, &Frame::BulkEnd { pages_sent: pages })?;
+    Ok(pages)
+}
+
+/// Sends every file of the image dir, the inventory last, then `ImagesEnd`. Returns bytes.
+fn send_images(
+    ctl: &mut TcpStream,
+    dir: &std::path::Path,
+    lazy: bool,
+) -> Result<u64, MigrateError> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io_err(format!("cannot list {}", dir.display())))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_by_key(|n| (n == "inventory.img", n.clone()));
+    let mut bytes = 0;
+    let mut buf = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        let mut f = std::fs::File::open(&path)
+            .map_err(io_err(format!("cannot open {}", path.display())))?;
+        let len = f
+            .metadata()
+            .map_err(io_err(format!("cannot stat {}", path.display())))?
+            .len();
+        if len as usize <= MAX_DATA_LEN {
+            buf.clear();
+            f.read_to_end(&mut buf)
+                .map_err(io_err(format!("cannot read {}", path.display())))?;
+            proto::write_frame(
+                ctl,
+                &Frame::ImageFile {
+                    name: &name,
+                    data: &buf,
+                },
+            )?;
+            bytes += len;
+        } else {
+            bytes += proto::write_file_chunks(ctl, &name, &mut f, &mut buf)?;
+        }
+    }
+    proto::write_frame(ctl, &Frame::ImagesEnd { lazy })?;
+    Ok(bytes)
+}
+
+/// Reads the next control frame, answering nothing; for the steps before `Go`.
+fn expect<'b>(
+    ctl: &mut TcpStream,
+    buf: &'b mut Vec<u8>,
+    expected: &'static str,
+) -> Result<Frame<'b>, MigrateError> {
+    match proto::read_frame(ctl, buf)? {
+        Frame::Failed { message } => Err(MigrateError::Peer(message.to_string())),
+        f if f.name() == expected => Ok(f),
+        f => Err(MigrateError::Unexpected {
+            got: f.name(),
+            expected,
+        }),
+    }
+}
+
+/// Migrates `opts.pid` to `opts.to`.
+pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
+    let pid = opts.pid;
+    let token = auth::load_token(&opts.token_file)?;
+    let session = auth::new_session_id()?;
+    let t = Instant::now();
+    let mut ctl = connect(&opts.to, &token, Role::Control, session)?;
+    // The handshake is two round trips.
+    let rtt_us = micros(t.elapsed()) / 2;
+    // Always made (the destination pairs it before it knows the mode); used when lazy.
+    let bulk = connect(&opts.to, &token, Role::Bulk, session)?;
+    let bulk = opts.lazy.then_some(bulk);
+    let images = TempImages::new("migrate")?;
+    let dopts = DumpOptions {
+        pid,
+        dir: images.path().to_path_buf(),
+        leave_running: false,
+        shell_job: false,
+        pre_copy: if opts.lazy { None } else { opts.pre_copy },
+        no_bpf: opts.no_bpf,
+        no_wp_async: false,
+        prev_images_dir: None,
+        track_mem: false,
+        lazy_pages: opts.lazy,
+    };
+    if opts.lazy && opts.pre_copy.is_some() {
+        return Err(MigrateError::Dump(crate::dump::DumpError::Unsupported {
+            pid,
+            what: "--lazy with --pre-copy is not supported yet: lazy migration sends the memory after the resume".into(),
+        }));
+    }
+    let (dump_stats, frozen) = dump_held(&dopts)?;
+    let t_frozen = Instant::now() - Duration::from_micros(dump_stats.frozen_time_us);
+    let mut stats = MigrateStats {
+        lazy: opts.lazy,
+        dump: dump_stats,
+        rtt_us,
+        ..MigrateStats::default()
+    };
+    // Until `Go` is sent, any failure thaws the original.
+    let handover = (|| -> Result<(), MigrateError> {
+        stats.bytes_sent = send_images(&mut ctl, images.path(), opts.lazy)?;
+        let mut buf = Vec::new();
+        expect(&mut ctl, &mut buf, "Ready")?;
+        Ok(())
+    })();
+    if let Err(e) = handover {
+        frozen.thaw()?;
+        return Err(MigrateError::Thawed {
+            pid,
+            why: error_chain(&e),
+        });
+    }
+    let dir = ImageDir::open(images.path()).map_err(|e| MigrateError::Peer(e.to_string()))?;
+    let pagemap: PagemapImage = dir
+        .read(Kind::Pagemap, pid)
+        .map_err(|e| MigrateError::Peer(e.to_string()))?;
+    let mm: MmImage = dir
+        .read(Kind::Mm, pid)
+        .map_err(|e| MigrateError::Peer(e.to_string()))?;
+    drop(images);
+    // Should this fastcr die from here on, the original must not run on beside the copy: a
+    // queued SIGSTOP keeps it stopped once ptrace lets go of it.
+    crate::sys::process::kill(pid, libc::SIGSTOP)
+        .map_err(|e| io_err(format!("SIGSTOP of process {pid}"))(e.io_error))?;
+    if let Err(e) = proto::write_frame(&mut ctl, &Frame::Go) {
+        thaw_stopped(frozen, pid)?;
+        return Err(MigrateError::Thawed {
+            pid,
+            why: error_chain(&e),
+        });
+    }
+    // Committed: the destination runs the process from here on.
+    match after_go(&mut ctl, bulk, pid, &pagemap, &mm, &mut stats, t_frozen) {
+        Ok(()) => {
+            frozen.kill()?;
+            let _ = proto::write_frame(&mut ctl, &Frame::Bye);
+            Ok(stats)
+        }
+        Err(e) => {
+            // The destination kills its copy after LINK_TIMEOUT without us; wait longer than
+            // that before the original runs again, so two copies never run.
+            thread::sleep(LINK_TIMEOUT + Duration::from_secs(2));
+            thaw_stopped(frozen, pid)?;
+            Err(MigrateError::LostAfterResume {
+                pid,
+                why: error_chain(&e),
+                timeout_s: LINK_TIMEOUT.as_secs(),
+            })
+        }
+    }
+}
+
+fn after_go(
+    ctl: &mut TcpStream,
+    bulk: Option<TcpStream>,
+    pid: i32,
+    pagemap: &PagemapImage,
+    mm: &MmImage,
+    stats: &mut MigrateStats,
+    t_frozen: Instant,
+) -> Result<(), MigrateError> {
+    let mut buf = Vec::new();
+    match expect(ctl, &mut buf, "Resumed")? {
+        Frame::Resumed { restore_us, .. } => {
+            stats.restore_us = restore_us;
+            stats.downtime_us = micros(t_frozen.elapsed()).saturating_sub(stats.rtt_us / 2);
+        }
+        _ => unreachable_frame()?,
+    }
+    let streamer = bulk.map(|b| {
+        let runs = lazy_runs(pagemap, mm);
+        thread::spawn(move || {
+            let t = Instant::now();
+            stream_bulk(pid, runs, b).map(|pages| (pages, t.elapsed()))
+        })
+    });
+    let mut out = Vec::with_capacity(MAX_DATA_LEN);
+    ctl.set_read_timeout(Some(PING_PERIOD))
+        .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
+    let mut last_heard = Instant::now();
+    let done = loop {
+        match proto::read_frame(ctl, &mut buf) {
+            Ok(Frame::PageRequest { addr, npages }) => {
+                read_pages(pid, addr, npages as usize * 4096, &mut out)?;
+                proto::write_pages(ctl, addr, &out)?;
+                stats.requests_served += 1;
+                stats.bytes_sent += out.len() as u64;
+            }
+            Ok(Frame::Done(d)) => break d,
+            Ok(Frame::Ping) => proto::write_frame(ctl, &Frame::Pong)?,
+            Ok(Frame::Pong) => {}
+            Ok(Frame::Failed { message }) => return Err(MigrateError::Peer(message.to_string())),
+            Ok(f) => {
+                return Err(MigrateError::Unexpected {
+                    got: f.name(),
+                    expected: "PageRequest or Done",
+                });
+            }
+            Err(ProtoError::TimedOut) => {
+                // Quiet for a ping period: say we are alive; the peer's pings keep us sure
+                // of it (a silence of LINK_TIMEOUT is a lost link).
+                if last_heard.elapsed() >= LINK_TIMEOUT {
+                    return Err(MigrateError::Peer(format!(
+                        "nothing heard from the destination for {} s",
+                        LINK_TIMEOUT.as_secs()
+                    )));
+                }
+                proto::write_frame(ctl, &Frame::Ping)?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        last_heard = Instant::now();
+    };
+    stats.dest = done;
+    stats.time_to_all_pages_us = if stats.lazy {
+        done.time_to_all_pages_us
+    } else {
+        0
+    };
+    if let Some(h) = streamer {
+        let (pages, took) = h
+            .join()
+            .map_err(|_| MigrateError::Peer("bulk sender panicked".into()))??;
+        stats.bulk_pages = pages;
+        stats.bytes_sent += pages * 4096;
+        let secs = took.as_secs_f64();
+        if secs > 0.0 {
+            stats.background_mib_s = pages as f64 * 4096.0 / (1 << 20) as f64 / secs;
+        }
+    }
+    Ok(())
+}
+
+/// Thaws an original that also has a SIGSTOP queued: detach, then continue it.
+fn thaw_stopped(frozen: crate::freeze::Frozen, pid: i32) -> Result<(), MigrateError> {
+    frozen.thaw()?;
+    crate::sys::process::kill(pid, libc::SIGCONT)
+        .map_err(|e| io_err(format!("SIGCONT of process {pid}"))(e.io_error))
+}
+
+fn unreachable_frame() -> Result<(), MigrateError> {
+    Err(MigrateError::Unexpected {
+        got: "another frame",
+        expected: "Resumed",
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
