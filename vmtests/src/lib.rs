@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 
 mod cli;
 pub mod netns;
+pub mod restored;
 mod state;
 
 pub use cli::{assert_one_line_error, assert_success, fastcr, run};
@@ -490,35 +491,39 @@ impl Workload {
     /// Waits until the counter has changed twice, the second time upwards: the process is
     /// running its loop (a restored copy may start below a value its original published later).
     pub fn wait_counter_advances(&self) {
-        let first = self.counter();
-        let changed = self.wait_counter(|c| c != first);
-        self.wait_counter(|c| c > changed);
+        self.wait_counter_advances_as(self.pid);
     }
 
-    fn wait_counter(&self, done: impl Fn(u64) -> bool) -> u64 {
+    /// Like [`Workload::wait_counter_advances`], for a copy of the workload that runs under
+    /// another PID (e.g. restored into a new pid namespace) and writes the same STATEDIR.
+    pub fn wait_counter_advances_as(&self, pid: i32) {
+        let first = self.counter();
+        let changed = self.wait_counter(pid, |c| c != first);
+        self.wait_counter(pid, |c| c > changed);
+    }
+
+    fn wait_counter(&self, pid: i32, done: impl Fn(u64) -> bool) -> u64 {
         let deadline = Instant::now() + COUNTER_TIMEOUT;
         loop {
             let c = self.counter();
             if done(c) {
                 return c;
             }
-            if let Some(stat) = ProcStat::read(self.pid) {
+            if let Some(stat) = ProcStat::read(pid) {
                 assert!(
                     stat.state != 'Z',
-                    "{} (pid {}) died; log: {}",
+                    "{} (pid {pid}) died; log: {}",
                     self.name,
-                    self.pid,
                     self.log()
                 );
             } else {
-                panic!("{} (pid {}) is gone", self.name, self.pid);
+                panic!("{} (pid {pid}) is gone", self.name);
             }
             assert!(
                 Instant::now() < deadline,
-                "{} (pid {}) counter stuck at {c} for {COUNTER_TIMEOUT:?}, state {:?}",
+                "{} (pid {pid}) counter stuck at {c} for {COUNTER_TIMEOUT:?}, state {:?}",
                 self.name,
-                self.pid,
-                ProcStat::read(self.pid)
+                ProcStat::read(pid)
             );
             sleep(POLL);
         }
