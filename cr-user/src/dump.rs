@@ -442,28 +442,32 @@ fn dump_with(opts: &DumpOptions, after: After) -> Result<(DumpStats, Option<Froz
             (pagemap, Pages::Buffer(buf))
         }
         (None, _, _) if opts.lazy_pages => {
-            let mut sel = crate::mm::dump::select_pages(pid, &mm.vmas)?;
+            // Readable private anonymous VMAs are left to the migration source, whole: which
+            // of their pages exist is worked out after the hand-over (`Absent` frames), so the
+            // frozen window does not grow with memory size. Everything else is copied now.
+            let (lazy, eager): (Vec<_>, Vec<_>) = mm.vmas.iter().cloned().partition(lazy_candidate);
+            let sel = crate::mm::dump::select_pages(pid, &eager)?;
             stats.pages_scanned = sel.pages_scanned;
-            for e in &mut sel.pagemap.entries {
-                let anon = crate::mm::dump::vma_of(&mm.vmas, e.vaddr).is_some_and(|v| {
-                    matches!(v.kind, crate::image::mm::VmaKind::Anon) && !v.shared
-                });
-                if anon {
-                    e.flags = PE_LAZY;
+            let mut pagemap = sel.pagemap;
+            buf.resize(pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
+            crate::mm::dump::copy_entries(pid, &mm.vmas, &pagemap.entries, &mut buf)?;
+            stats.residual_pages = pagemap.stored_pages();
+            for v in &lazy {
+                let mut a = v.start;
+                while a < v.end {
+                    let n = ((v.end - a) / PAGE_SIZE).min(u64::from(u32::MAX >> 1));
+                    pagemap.entries.push(crate::image::pagemap::PagemapEntry {
+                        vaddr: a,
+                        nr_pages: n as u32,
+                        flags: PE_LAZY,
+                        crc32: 0,
+                    });
+                    a += n * PAGE_SIZE;
                 }
             }
-            let stored: Vec<_> = sel
-                .pagemap
-                .entries
-                .iter()
-                .filter(|e| e.flags == PE_PRESENT)
-                .copied()
-                .collect();
-            buf.resize(sel.pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
-            crate::mm::dump::copy_entries(pid, &mm.vmas, &stored, &mut buf)?;
-            stats.residual_pages = sel.pagemap.stored_pages();
+            pagemap.entries.sort_by_key(|e| e.vaddr);
             stats.frozen_steps.residual_copy_us = micros(t_mem.elapsed());
-            (sel.pagemap, Pages::Buffer(buf))
+            (pagemap, Pages::Buffer(buf))
         }
         (None, _, _) => {
             let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
@@ -539,6 +543,14 @@ fn dump_with(opts: &DumpOptions, after: After) -> Result<(DumpStats, Option<Froz
         }
         (_, held) => Ok((stats, held)),
     }
+}
+
+/// Whether a VMA's pages can be left to a migration source: private, anonymous, readable
+/// (the source reads them from the frozen process with `process_vm_readv`).
+pub fn lazy_candidate(v: &crate::image::mm::Vma) -> bool {
+    matches!(v.kind, crate::image::mm::VmaKind::Anon)
+        && !v.shared
+        && v.prot & libc::PROT_READ as u32 != 0
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -183,6 +183,27 @@ impl Placer {
         Ok(())
     }
 
+    /// The source says the pages from `src` for `len` bytes never existed: wherever they are
+    /// still pending they are dropped (a later fault there gets zeros), and any thread waiting
+    /// on one of them retries its fault.
+    pub fn absent(&mut self, src: u64, len: u64) -> Result<(), LazyError> {
+        for i in 0..self.spaces.len() {
+            if !self.spaces[i].live {
+                continue;
+            }
+            for (start, end, _) in self.spaces[i].pending.by_source(src, len) {
+                self.spaces[i].pending.remove(start, end);
+                self.wake(i, start, end - start)?;
+            }
+        }
+        let mut a = src;
+        while a < src + len && !self.waiting.is_empty() {
+            self.waiting.remove(&a);
+            a += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
     fn note_placed(&mut self, src: u64, len: u64) {
         if self.waiting.is_empty() {
             return;

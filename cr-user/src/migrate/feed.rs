@@ -28,6 +28,8 @@ enum Msg {
         off: usize,
         len: usize,
     },
+    /// Pages the process never had.
+    Absent(u64, u64),
     /// The background stream is complete.
     BulkEnd,
     /// The source is done (`Bye`) or failed.
@@ -75,7 +77,7 @@ fn spawn_reader(
                 Err(Some(m)) => m,
             };
             last_heard = Instant::now();
-            let last = !matches!(msg, Msg::Pages { .. });
+            let last = matches!(msg, Msg::BulkEnd | Msg::Ended(_) | Msg::Lost(_));
             if tx.send(msg).is_err() {
                 return;
             }
@@ -91,6 +93,7 @@ fn spawn_reader(
 fn frame_msg(f: Frame<'_>, what: &str, last_heard: &mut Instant) -> Option<Msg> {
     Some(match f {
         Frame::BulkEnd { .. } => Msg::BulkEnd,
+        Frame::Absent { addr, npages } => Msg::Absent(addr, npages.saturating_mul(PAGE_SIZE)),
         Frame::Bye => Msg::Ended("source said Bye".into()),
         Frame::Failed { message } => Msg::Ended(format!("source failed: {message}")),
         Frame::Ping | Frame::Pong => {
@@ -293,7 +296,7 @@ impl NetFeed {
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.demand.rx.recv_timeout(left) {
-                Ok(Msg::Pages { .. } | Msg::BulkEnd) => {}
+                Ok(Msg::Pages { .. } | Msg::BulkEnd | Msg::Absent(..)) => {}
                 Ok(Msg::Ended(_) | Msg::Lost(_)) | Err(_) => return,
             }
         }
@@ -387,7 +390,7 @@ impl Feed for NetFeed {
                     }
                     return Err(LazyError::Feed(why));
                 }
-                Ok(Msg::BulkEnd) => {}
+                Ok(Msg::BulkEnd | Msg::Absent(..)) => {}
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     return self.reconnect("control reader ended", placer);
@@ -409,6 +412,10 @@ impl Feed for NetFeed {
                 }) => {
                     placer.place(addr, &buf[off..off + len])?;
                     self.recycle(buf);
+                    self.more_bulk = true;
+                }
+                Ok(Msg::Absent(addr, len)) => {
+                    placer.absent(addr, len)?;
                     self.more_bulk = true;
                 }
                 Ok(Msg::BulkEnd) => {

@@ -24,6 +24,7 @@
 //! 12    Pong          either     either     (empty)
 //! 13    Ready         dst → src  control    (empty): restored, held stopped until Go
 //! 14    Go            src → dst  control    (empty): the source commits; the copy may resume
+//! 15    Absent        src → dst  bulk       addr: u64, npages: u64: pages the process never had
 //! ```
 //!
 //! **Buffers.** [`Frame`] borrows its strings and byte slices. [`read_frame`] reads the whole
@@ -76,6 +77,7 @@ mod ty {
     pub(super) const PONG: u8 = 12;
     pub(super) const READY: u8 = 13;
     pub(super) const GO: u8 = 14;
+    pub(super) const ABSENT: u8 = 15;
 }
 
 /// Why a frame or a handshake could not be sent or was refused.
@@ -267,6 +269,14 @@ pub enum Frame<'a> {
         /// Why, at most [`MAX_MESSAGE_LEN`] bytes.
         message: &'a str,
     },
+    /// `npages` pages from `addr` hold nothing (never populated): the destination leaves
+    /// them to read as zeros instead of waiting for them (src → dst, bulk).
+    Absent {
+        /// First page.
+        addr: u64,
+        /// Number of pages.
+        npages: u64,
+    },
     /// Keepalive request.
     Ping,
     /// Keepalive answer.
@@ -297,6 +307,7 @@ impl Frame<'_> {
             Frame::Pong => "Pong",
             Frame::Ready => "Ready",
             Frame::Go => "Go",
+            Frame::Absent { .. } => "Absent",
         }
     }
 
@@ -316,6 +327,7 @@ impl Frame<'_> {
             Frame::Pong => ty::PONG,
             Frame::Ready => ty::READY,
             Frame::Go => ty::GO,
+            Frame::Absent { .. } => ty::ABSENT,
         }
     }
 }
@@ -375,6 +387,19 @@ fn check_pages(addr: u64, len: usize) -> Result<(), ProtoError> {
     check_data_len("Pages", len)?;
     if addr.checked_add(len as u64).is_none() {
         return Err(invalid("Pages", format!("{addr:#x} + {len} overflows")));
+    }
+    Ok(())
+}
+
+fn check_absent(addr: u64, npages: u64) -> Result<(), ProtoError> {
+    let end = npages
+        .checked_mul(PAGE_SIZE as u64)
+        .and_then(|len| addr.checked_add(len));
+    if !addr.is_multiple_of(PAGE_SIZE as u64) || npages == 0 || end.is_none() {
+        return Err(invalid(
+            "Absent",
+            format!("{npages} pages at {addr:#x} is not a page-aligned, non-empty range"),
+        ));
     }
     Ok(())
 }
@@ -504,6 +529,12 @@ pub fn write_frame<W: Write>(w: &mut W, f: &Frame<'_>) -> Result<(), ProtoError>
         }
         Frame::BulkEnd { pages_sent } => {
             head.put(&pages_sent.to_le_bytes());
+            &[]
+        }
+        Frame::Absent { addr, npages } => {
+            check_absent(addr, npages)?;
+            head.put(&addr.to_le_bytes());
+            head.put(&npages.to_le_bytes());
             &[]
         }
         Frame::Done(s) => {
@@ -762,6 +793,7 @@ fn decode(buf: &[u8]) -> Result<Frame<'_>, ProtoError> {
         ty::PONG => "Pong",
         ty::READY => "Ready",
         ty::GO => "Go",
+        ty::ABSENT => "Absent",
         other => return Err(ProtoError::UnknownFrame(other)),
     };
     let mut d = Dec {
@@ -812,6 +844,12 @@ fn decode(buf: &[u8]) -> Result<Frame<'_>, ProtoError> {
             let data = d.rest();
             check_pages(addr, data.len())?;
             Frame::Pages { addr, data }
+        }
+        ty::ABSENT => {
+            let addr = d.u64("addr")?;
+            let npages = d.u64("npages")?;
+            check_absent(addr, npages)?;
+            Frame::Absent { addr, npages }
         }
         ty::BULK_END => Frame::BulkEnd {
             pages_sent: d.u64("pages_sent")?,
@@ -920,6 +958,10 @@ mod tests {
             Frame::Pong,
             Frame::Ready,
             Frame::Go,
+            Frame::Absent {
+                addr: 0x7000_0000,
+                npages: 1 << 20,
+            },
         ]
     }
 
@@ -934,7 +976,7 @@ mod tests {
         // All types are covered.
         let mut types: Vec<u8> = frames.iter().map(Frame::type_byte).collect();
         types.dedup();
-        assert_eq!(types, (1..=14).collect::<Vec<u8>>());
+        assert_eq!(types, (1..=15).collect::<Vec<u8>>());
     }
 
     #[test]
@@ -1138,7 +1180,7 @@ mod tests {
 
     #[test]
     fn unknown_type_is_reported() {
-        for t in [0u8, 15, 255] {
+        for t in [0u8, 16, 255] {
             let bytes = [1, 0, 0, 0, t];
             let mut buf = Vec::new();
             let err = read_frame(&mut Cursor::new(&bytes), &mut buf).unwrap_err();

@@ -116,24 +116,51 @@ fn connect(
     Ok(s)
 }
 
-/// The lazy page runs of the image, hottest first: the stack, then the rest ascending.
-fn lazy_runs(pagemap: &PagemapImage, mm: &MmImage) -> Vec<(u64, u64)> {
+/// What the background stream sends: the lazy VMAs' pages that exist, hottest first (the
+/// stack, then ascending), and the ranges that hold nothing.
+struct BulkPlan {
+    present: Vec<(u64, u64)>,
+    absent: Vec<(u64, u64)>,
+}
+
+/// Finds, in the frozen process, which pages of the lazy ranges exist (a `PAGEMAP_SCAN` done
+/// after the hand-over, outside the frozen window).
+fn bulk_plan(pid: i32, pagemap: &PagemapImage, mm: &MmImage) -> Result<BulkPlan, MigrateError> {
+    let lazy: Vec<(u64, u64)> = pagemap
+        .entries
+        .iter()
+        .filter(|e| e.flags == PE_LAZY)
+        .map(|e| (e.vaddr, e.vaddr + u64::from(e.nr_pages) * 4096))
+        .collect();
+    let vmas: Vec<_> = mm
+        .vmas
+        .iter()
+        .filter(|v| lazy.iter().any(|&(s, e)| s < v.end && e > v.start))
+        .cloned()
+        .collect();
+    let sel = crate::mm::dump::select_pages(pid, &vmas)
+        .map_err(|e| MigrateError::Peer(format!("page scan of process {pid}: {e}")))?;
+    let present: Vec<(u64, u64)> = sel
+        .pagemap
+        .entries
+        .iter()
+        .map(|e| (e.vaddr, e.vaddr + u64::from(e.nr_pages) * 4096))
+        .filter(|&(s, e)| lazy.iter().any(|&(ls, le)| s >= ls && e <= le))
+        .collect();
+    let absent = crate::track::ranges::subtract(&lazy, &present);
     let stack = mm
         .vmas
         .iter()
         .find(|v| v.name == "[stack]")
         .map(|v| (v.start, v.end));
-    let mut hot = Vec::new();
-    let mut rest = Vec::new();
-    for e in pagemap.entries.iter().filter(|e| e.flags == PE_LAZY) {
-        let run = (e.vaddr, e.vaddr + u64::from(e.nr_pages) * 4096);
-        match stack {
-            Some((s, en)) if run.0 >= s && run.1 <= en => hot.push(run),
-            _ => rest.push(run),
-        }
-    }
+    let (mut hot, rest): (Vec<_>, Vec<_>) = present
+        .into_iter()
+        .partition(|r| stack.is_some_and(|(s, e)| r.0 >= s && r.1 <= e));
     hot.extend(rest);
-    hot
+    Ok(BulkPlan {
+        present: hot,
+        absent,
+    })
 }
 
 /// Reads `len` bytes of the frozen process at `addr` into `buf`.
@@ -150,12 +177,22 @@ fn read_pages(pid: i32, addr: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), 
     Ok(())
 }
 
-/// Streams every lazy run on the bulk connection, then `BulkEnd`. Returns pages sent.
-fn stream_bulk(pid: i32, runs: Vec<(u64, u64)>, mut bulk: TcpStream) -> Result<u64, MigrateError> {
+/// Streams the bulk plan: `Absent` ranges first (they free the destination from waiting on
+/// memory that never existed), then the pages, then `BulkEnd`. Returns pages sent.
+fn stream_bulk(pid: i32, plan: BulkPlan, mut bulk: TcpStream) -> Result<u64, MigrateError> {
+    for (s, e) in plan.absent {
+        proto::write_frame(
+            &mut bulk,
+            &Frame::Absent {
+                addr: s,
+                npages: (e - s) / 4096,
+            },
+        )?;
+    }
     let mut buf = Vec::with_capacity(MAX_DATA_LEN);
     let chunk = 2 << 20;
     let mut pages = 0u64;
-    for (start, end) in runs {
+    for (start, end) in plan.present {
         let mut a = start;
         while a < end {
             let len = (end - a).min(chunk);
@@ -337,11 +374,13 @@ fn after_go(
         }
         _ => unreachable_frame()?,
     }
+    // The scan runs on the streaming thread: demand requests are answered from the start.
     let streamer = bulk.map(|b| {
-        let runs = lazy_runs(pagemap, mm);
+        let (pagemap, mm) = (pagemap.clone(), mm.clone());
         thread::spawn(move || {
             let t = Instant::now();
-            stream_bulk(pid, runs, b).map(|pages| (pages, t.elapsed()))
+            let plan = bulk_plan(pid, &pagemap, &mm)?;
+            stream_bulk(pid, plan, b).map(|pages| (pages, t.elapsed()))
         })
     });
     let mut out = Vec::with_capacity(MAX_DATA_LEN);
