@@ -337,7 +337,32 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         });
     }
     // Committed: the destination runs the process from here on.
-    match after_go(&mut ctl, bulk, pid, &pagemap, &mm, &mut stats, t_frozen) {
+    let mut outcome = after_go(&mut ctl, bulk, pid, &pagemap, &mm, &mut stats, t_frozen);
+    let mut lost_at = Instant::now();
+    // A lost link may come back: reconnect (same session) while the destination still waits
+    // for us, and answer its requests for whatever it still misses.
+    while let Err(MigrateError::Proto(_) | MigrateError::Io { .. }) = &outcome {
+        if lost_at.elapsed() + Duration::from_secs(1) >= LINK_TIMEOUT {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+        let again = connect(&opts.to, &token, Role::Control, session).and_then(|c| {
+            let mut b = connect(&opts.to, &token, Role::Bulk, session)?;
+            proto::write_frame(&mut b, &Frame::BulkEnd { pages_sent: 0 })?;
+            Ok((c, b))
+        });
+        if let Ok((c, b)) = again {
+            tracing::warn!(pid, "reconnected to the destination");
+            ctl = c;
+            outcome = serve_requests(&mut ctl, pid, &mut stats).map(|done| {
+                stats.dest = done;
+                stats.time_to_all_pages_us = done.time_to_all_pages_us;
+            });
+            drop(b);
+            lost_at = Instant::now();
+        }
+    }
+    match outcome {
         Ok(()) => {
             frozen.kill()?;
             let _ = proto::write_frame(&mut ctl, &Frame::Bye);
@@ -346,7 +371,8 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         Err(e) => {
             // The destination kills its copy after LINK_TIMEOUT without us; wait longer than
             // that before the original runs again, so two copies never run.
-            thread::sleep(LINK_TIMEOUT + Duration::from_secs(2));
+            let wait = (LINK_TIMEOUT + Duration::from_secs(2)).saturating_sub(lost_at.elapsed());
+            thread::sleep(wait);
             thaw_stopped(frozen, pid)?;
             Err(MigrateError::LostAfterResume {
                 pid,
@@ -383,44 +409,7 @@ fn after_go(
             stream_bulk(pid, plan, b).map(|pages| (pages, t.elapsed()))
         })
     });
-    let mut out = Vec::with_capacity(MAX_DATA_LEN);
-    ctl.set_read_timeout(Some(PING_PERIOD))
-        .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
-    let mut last_heard = Instant::now();
-    let done = loop {
-        match proto::read_frame(ctl, &mut buf) {
-            Ok(Frame::PageRequest { addr, npages }) => {
-                read_pages(pid, addr, npages as usize * 4096, &mut out)?;
-                proto::write_pages(ctl, addr, &out)?;
-                stats.requests_served += 1;
-                stats.bytes_sent += out.len() as u64;
-            }
-            Ok(Frame::Done(d)) => break d,
-            Ok(Frame::Ping) => proto::write_frame(ctl, &Frame::Pong)?,
-            Ok(Frame::Pong) => {}
-            Ok(Frame::Failed { message }) => return Err(MigrateError::Peer(message.to_string())),
-            Ok(f) => {
-                return Err(MigrateError::Unexpected {
-                    got: f.name(),
-                    expected: "PageRequest or Done",
-                });
-            }
-            Err(ProtoError::TimedOut) => {
-                // Quiet for a ping period: say we are alive; the peer's pings keep us sure
-                // of it (a silence of LINK_TIMEOUT is a lost link).
-                if last_heard.elapsed() >= LINK_TIMEOUT {
-                    return Err(MigrateError::Peer(format!(
-                        "nothing heard from the destination for {} s",
-                        LINK_TIMEOUT.as_secs()
-                    )));
-                }
-                proto::write_frame(ctl, &Frame::Ping)?;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        last_heard = Instant::now();
-    };
+    let done = serve_requests(ctl, pid, stats)?;
     stats.dest = done;
     stats.time_to_all_pages_us = if stats.lazy {
         done.time_to_all_pages_us
@@ -439,6 +428,54 @@ fn after_go(
         }
     }
     Ok(())
+}
+
+/// Answers page requests on `ctl` until the destination says `Done`.
+fn serve_requests(
+    ctl: &mut TcpStream,
+    pid: i32,
+    stats: &mut MigrateStats,
+) -> Result<DoneStats, MigrateError> {
+    let mut buf = Vec::new();
+    let mut out = Vec::with_capacity(MAX_DATA_LEN);
+    ctl.set_read_timeout(Some(PING_PERIOD))
+        .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
+    let mut last_heard = Instant::now();
+    loop {
+        match proto::read_frame(ctl, &mut buf) {
+            Ok(Frame::PageRequest { addr, npages }) => {
+                read_pages(pid, addr, npages as usize * 4096, &mut out)?;
+                proto::write_pages(ctl, addr, &out)?;
+                stats.requests_served += 1;
+                stats.bytes_sent += out.len() as u64;
+            }
+            Ok(Frame::Done(d)) => return Ok(d),
+            Ok(Frame::Ping) => proto::write_frame(ctl, &Frame::Pong)?,
+            Ok(Frame::Pong) => {}
+            Ok(Frame::Failed { message }) => return Err(MigrateError::Peer(message.to_string())),
+            Ok(f) => {
+                return Err(MigrateError::Unexpected {
+                    got: f.name(),
+                    expected: "PageRequest or Done",
+                });
+            }
+            Err(ProtoError::TimedOut) => {
+                // Quiet for a ping period: say we are alive; the peer's pings keep us sure
+                // of it (a silence of LINK_TIMEOUT is a lost link).
+                if last_heard.elapsed() >= LINK_TIMEOUT {
+                    return Err(ProtoError::Io {
+                        op: "waiting for the destination",
+                        source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                    }
+                    .into());
+                }
+                proto::write_frame(ctl, &Frame::Ping)?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        last_heard = Instant::now();
+    }
 }
 
 /// Thaws an original that also has a SIGSTOP queued: detach, then continue it.
