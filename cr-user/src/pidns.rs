@@ -5,8 +5,9 @@
 //! holds the namespace open until fastcr says the restore is complete; if fastcr dies or fails
 //! before that, init exits and the kernel kills everything in the namespace, so nothing
 //! half-restored survives. Once released, init reaps orphans and exits when the namespace is
-//! empty. What the restored root sees as its parent: pid 0 (its parent, fastcr, is outside the
-//! namespace) while fastcr waits for it, then init (pid 1) once fastcr has exited.
+//! empty. What the restored root sees as its parent: pid 0, always. Its parent is fastcr, outside
+//! the namespace; when fastcr exits the kernel reparents it in fastcr's namespace (to the nearest
+//! child subreaper, else the host's init), not to the namespace's init.
 
 use std::fs::File;
 use std::io::Write;
