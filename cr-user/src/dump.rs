@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::bpf::{BpfError, TaskEventKind, TaskTracker};
 use crate::core::CoreError;
 use crate::files::FilesError;
-use crate::freeze::{FreezeError, Frozen};
+use crate::freeze::{FreezeError, FrozenProcess};
 use crate::image::inventory::Inventory;
 use crate::image::pagemap::{PE_LAZY, PE_PRESENT, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
@@ -158,18 +158,8 @@ pub(crate) fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Sta
     Ok((stat, status))
 }
 
-/// This version dumps one single-threaded process without children.
+/// This version dumps one process (with any number of threads) without children.
 pub(crate) fn check_single(pid: i32) -> Result<(), DumpError> {
-    let threads = proc::threads(pid)?;
-    if threads.len() != 1 {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: format!(
-                "it has {} threads; multi-threaded processes are not supported yet",
-                threads.len()
-            ),
-        });
-    }
     let children = proc::children(pid)?;
     if !children.is_empty() {
         return Err(DumpError::Unsupported {
@@ -195,11 +185,18 @@ pub(crate) fn start_tracking(pid: i32) -> Option<TaskTracker> {
     }
 }
 
-/// Fails if BPF saw the task set change (a fork or new thread) before the freeze completed.
-fn confirm_task_set(pid: i32, tracker: &mut TaskTracker) -> Result<(), DumpError> {
+/// Fails if BPF saw the task set change before the freeze completed: a fork, an exec, or a
+/// thread that is neither frozen nor gone.
+fn confirm_task_set(pid: i32, tracker: &mut TaskTracker, frozen: &[i32]) -> Result<(), DumpError> {
     for ev in tracker.drain()? {
         let what = match TaskEventKind::from_u32(ev.kind) {
             Some(TaskEventKind::Fork) => format!("it forked child {} during the dump", ev.tgid),
+            Some(TaskEventKind::Thread)
+                if frozen.contains(&(ev.pid as i32))
+                    || !Path::new(&format!("/proc/{pid}/task/{}", ev.pid)).exists() =>
+            {
+                continue;
+            }
             Some(TaskEventKind::Thread) => format!("it created thread {} during the dump", ev.pid),
             Some(TaskEventKind::Exec) => "it called execve during the dump".to_string(),
             _ => continue,
@@ -265,7 +262,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
 
 /// Checkpoints `opts.pid` into `opts.dir` and returns with the process still frozen (a
 /// migration source hands it over, or thaws it if the destination fails).
-pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, Frozen), DumpError> {
+pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, FrozenProcess), DumpError> {
     match dump_with(opts, After::Hold)? {
         (stats, Some(frozen)) => Ok((stats, frozen)),
         (_, None) => Err(DumpError::Unsupported {
@@ -275,7 +272,10 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, Frozen), DumpError> {
     }
 }
 
-fn dump_with(opts: &DumpOptions, after: After) -> Result<(DumpStats, Option<Frozen>), DumpError> {
+fn dump_with(
+    opts: &DumpOptions,
+    after: After,
+) -> Result<(DumpStats, Option<FrozenProcess>), DumpError> {
     let pid = opts.pid;
     let (stat, status) = preflight(pid)?;
     let dir = prepare_dir(&opts.dir)?;
@@ -368,12 +368,12 @@ fn dump_with(opts: &DumpOptions, after: After) -> Result<(DumpStats, Option<Froz
     }
 
     let t_freeze = Instant::now();
-    let frozen = Frozen::freeze(pid)?;
+    let frozen = FrozenProcess::freeze(pid)?;
     let t_frozen = Instant::now();
     stats.freezing_time_us = micros(t_frozen - t_freeze);
     stats.frozen_steps.stop_us = stats.freezing_time_us;
     if let Some(t) = tracker.as_mut() {
-        confirm_task_set(pid, t)?;
+        confirm_task_set(pid, t, &frozen.tids())?;
     }
     check_single(pid)?;
     let t = Instant::now();
@@ -401,10 +401,11 @@ fn dump_with(opts: &DumpOptions, after: After) -> Result<(DumpStats, Option<Froz
     let t = Instant::now();
     frozen.block_signals()?;
     let ip = crate::inject::vdso_syscall_ip(pid, &smaps)?;
-    let mut inj = Injector::new(Remote::new(pid, *frozen.regs(), ip));
-    let (brk, core) = with_scratch(&mut inj, |inj| {
+    let mut inj = Injector::new(Remote::new(pid, *frozen.main().regs(), ip));
+    let (brk, core, threads) = with_scratch(&mut inj, |inj| {
         let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
-        let core = crate::core::dump(&frozen, inj, &status, &stat, comm)?;
+        let core = crate::core::dump(frozen.main(), inj, &status, &stat, comm)?;
+        let threads = crate::core::threads::dump(pid, frozen.others(), inj, ip)?;
         // The tracking fd a pre-dump left in the process is not the program's: it goes.
         if let (Some(fd), false) = (tracking_fd, keep_tracking) {
             inj.call(
@@ -414,7 +415,7 @@ fn dump_with(opts: &DumpOptions, after: After) -> Result<(DumpStats, Option<Froz
                 [fd as u64, 0, 0, 0, 0, 0],
             )?;
         }
-        Ok((brk, core))
+        Ok((brk, core, threads))
     })?;
     let auxv = proc::auxv(pid)?;
     let exe = proc::read_link(pid, "exe")?.to_string_lossy().into_owned();
@@ -507,6 +508,9 @@ fn dump_with(opts: &DumpOptions, after: After) -> Result<(DumpStats, Option<Froz
     dir.write(Kind::Pagemap, pid, &pagemap)?;
     dir.write(Kind::Mm, pid, &mm)?;
     dir.write(Kind::Core, pid, &core)?;
+    if !threads.threads.is_empty() {
+        dir.write(Kind::Threads, pid, &threads)?;
+    }
     dir.write(Kind::Files, pid, &files)?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -203,6 +203,103 @@ impl Frozen {
     }
 }
 
+impl Frozen {
+    /// Lets go of the guard without touching the task (it is being killed with its process).
+    pub fn forget(mut self) {
+        self.armed = false;
+    }
+}
+
+/// Every thread of a process held in a ptrace stop: the main thread, then the others.
+pub struct FrozenProcess {
+    main: Frozen,
+    others: Vec<Frozen>,
+}
+
+impl FrozenProcess {
+    /// Freezes the main thread `pid`, then every other thread, listing `/proc/PID/task` again
+    /// until no thread appears that is not frozen (a running thread may create one until it is
+    /// stopped itself). A thread that exits meanwhile is skipped.
+    pub fn freeze(pid: i32) -> Result<Self, FreezeError> {
+        let main = Frozen::freeze(pid)?;
+        let mut others: Vec<Frozen> = Vec::new();
+        loop {
+            let tids = crate::proc::threads(pid).map_err(|_| FreezeError::NoSuchProcess { pid })?;
+            let new: Vec<i32> = tids
+                .into_iter()
+                .filter(|&t| t != pid && !others.iter().any(|f| f.pid == t))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                match Frozen::freeze(tid) {
+                    Ok(f) => others.push(f),
+                    Err(FreezeError::NoSuchProcess { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        others.sort_by_key(|f| f.pid);
+        Ok(Self { main, others })
+    }
+
+    /// The main thread.
+    pub fn main(&self) -> &Frozen {
+        &self.main
+    }
+
+    /// The other threads, by tid.
+    pub fn others(&self) -> &[Frozen] {
+        &self.others
+    }
+
+    /// Every frozen thread id.
+    pub fn tids(&self) -> Vec<i32> {
+        std::iter::once(self.main.pid)
+            .chain(self.others.iter().map(|f| f.pid))
+            .collect()
+    }
+
+    /// Blocks every signal in every thread.
+    pub fn block_signals(&self) -> Result<(), FreezeError> {
+        self.others.iter().try_for_each(Frozen::block_signals)?;
+        self.main.block_signals()
+    }
+
+    /// Releases every thread as it was.
+    pub fn thaw(self) -> Result<(), FreezeError> {
+        for f in self.others {
+            f.thaw()?;
+        }
+        self.main.thaw()
+    }
+
+    /// Kills the process and waits until it is gone (every traced thread is reaped by us, the
+    /// main thread last: the kernel reports it only once the others are gone).
+    pub fn kill(self) -> Result<(), FreezeError> {
+        let pid = self.main.pid;
+        process::kill(pid, libc::SIGKILL).map_err(|source| FreezeError::Ptrace {
+            pid,
+            step: "kill",
+            source,
+        })?;
+        for f in self.others {
+            let tid = f.pid;
+            f.forget();
+            loop {
+                match ptrace::wait_stop(tid) {
+                    Ok(Stop::Exited(_) | Stop::Killed(_)) | Err(_) => break,
+                    Ok(_) => {
+                        let _ = ptrace::cont(tid, 0);
+                    }
+                }
+            }
+        }
+        self.main.kill()
+    }
+}
+
 impl Drop for Frozen {
     fn drop(&mut self) {
         if self.armed

@@ -71,6 +71,33 @@ impl Injector {
             })
     }
 
+    /// The scratch area, `(addr, len)`.
+    pub fn scratch_range(&self) -> (u64, u64) {
+        (self.scratch, self.scratch_len)
+    }
+
+    /// Runs a `clone3` that must succeed in a task traced with `PTRACE_O_TRACECLONE`; returns
+    /// the new thread's id as seen from here.
+    pub fn clone_thread(
+        &self,
+        step: impl FnOnce() -> String,
+        args: [u64; 6],
+    ) -> Result<i32, InjectError> {
+        let fail = |source| InjectError {
+            pid: self.pid(),
+            step: step(),
+            source,
+        };
+        match self.remote.syscall_clone(libc::SYS_clone3, args) {
+            Ok((ret, Some(tid))) if ret > 0 => Ok(tid),
+            Ok((ret, _)) => Err(fail(RemoteCallError::Failed(SyscallError::from_errno(
+                "clone3",
+                if ret < 0 { (-ret) as i32 } else { libc::EPROTO },
+            )))),
+            Err(e) => Err(fail(RemoteCallError::Inject(e))),
+        }
+    }
+
     /// Runs a syscall and returns the raw result (negative errno on failure).
     pub fn raw(&self, step: &str, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
         self.remote.syscall(nr, args).map_err(|e| InjectError {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::core::CoreError;
 use crate::files::FilesError;
-use crate::image::core::CoreImage;
+use crate::image::core::{CoreImage, ThreadsImage};
 use crate::image::files::FilesImage;
 use crate::image::inventory::Inventory;
 use crate::image::mm::{MmImage, VmaKind};
@@ -134,6 +134,8 @@ pub struct LoadedImage {
     pub inventory: Inventory,
     /// Root task state.
     pub core: CoreImage,
+    /// The root's other threads.
+    pub threads: ThreadsImage,
     /// Root address space.
     pub mm: MmImage,
     /// Root files.
@@ -172,6 +174,19 @@ pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
         return Err(inconsistent(&dir, "inventory.img", format!("invalid root pid {pid}")).into());
     }
     let core: CoreImage = dir.read(Kind::Core, pid)?;
+    let threads: ThreadsImage = if dir.file(&Kind::Threads.file_name(pid)).exists() {
+        dir.read(Kind::Threads, pid)?
+    } else {
+        ThreadsImage::default()
+    };
+    if let Some(t) = threads.threads.iter().find(|t| t.tid <= 0 || t.tid == pid) {
+        return Err(inconsistent(
+            &dir,
+            &Kind::Threads.file_name(pid),
+            format!("invalid thread id {}", t.tid),
+        )
+        .into());
+    }
     let mm: MmImage = dir.read(Kind::Mm, pid)?;
     let files: FilesImage = dir.read(Kind::Files, pid)?;
     let pagemap: PagemapImage = dir.read(Kind::Pagemap, pid)?;
@@ -206,6 +221,7 @@ pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
     Ok(LoadedImage {
         inventory,
         core,
+        threads,
         mm,
         files,
         pagemap,
@@ -255,6 +271,13 @@ impl Drop for Building {
     fn drop(&mut self) {
         if self.armed {
             let _ = process::kill(self.pid, libc::SIGKILL);
+            // Threads created so far are traced by us: reap them first, or the main thread's
+            // exit is never reported.
+            for tid in proc::threads(self.pid).unwrap_or_default() {
+                if tid != self.pid {
+                    let _ = process::wait_exit(tid);
+                }
+            }
             let _ = process::wait_exit(self.pid);
         }
     }
@@ -333,8 +356,11 @@ pub fn restore_loaded(
         stop => return Err(RestoreError::ChildLost { pid, stop }),
     }
     let err = |step| move |source| RestoreError::Child { pid, step, source };
-    ptrace::set_options(child, ptrace::OPT_TRACESYSGOOD | ptrace::OPT_EXITKILL)
-        .map_err(err("ptrace options"))?;
+    ptrace::set_options(
+        child,
+        ptrace::OPT_TRACESYSGOOD | ptrace::OPT_EXITKILL | ptrace::OPT_TRACECLONE,
+    )
+    .map_err(err("ptrace options"))?;
     let forking_time_us = micros(t_fork.elapsed());
     ptrace::set_sigmask(child, !0).map_err(err("block signals"))?;
 
@@ -361,16 +387,24 @@ pub fn restore_loaded(
     crate::files::restore(&inj, &img.files)?;
     crate::core::restore_identity(&inj, &img.core)?;
     crate::core::restore_signals(&inj, &img.core)?;
-    crate::core::restore_task_links(&inj, &img.core)?;
-    crate::core::restore_creds(&inj, &img.core)?;
+    let main_thread = img.core.main_thread();
+    crate::core::restore_task_links(&inj, &main_thread)?;
+    let threads = crate::core::threads::create(&inj, &img.threads, &img.core.creds)?;
+    crate::core::restore_creds(&inj, &img.core.creds)?;
     crate::core::restore_timers(&inj, &img.core)?;
     if let Some(uffd) = &uffd {
         crate::lazy::register::register(uffd, child, &lazy_plan)?;
     }
     mmr::remove_trampoline(&inj, trampoline)?;
-    crate::core::restore_cpu(child, &img.core)?;
+    for t in &threads {
+        crate::core::restore_cpu(t.tid_here, t.core)?;
+    }
+    crate::core::restore_cpu(child, &main_thread)?;
     let restore_time_us = micros(t0.elapsed());
     gate().map_err(|why| RestoreError::Aborted { pid, why })?;
+    for t in &threads {
+        ptrace::detach(t.tid_here, 0).map_err(err("detach of a thread"))?;
+    }
     ptrace::detach(child, 0).map_err(err("detach"))?;
     guard.armed = false;
     let lazy = uffd.map(|u| crate::lazy::Space::new(u, lazy_plan.pending));

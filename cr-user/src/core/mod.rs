@@ -5,7 +5,9 @@
 //! into the task.
 
 use crate::freeze::Frozen;
-use crate::image::core::{AltStack, CoreImage, Creds, Regs, Rseq, SigAction};
+pub mod threads;
+
+use crate::image::core::{AltStack, CoreImage, Creds, Regs, Rseq, SigAction, ThreadCore};
 use crate::inject::{InjectError, Injector, to_bytes, words};
 use crate::proc::stat::Stat;
 use crate::proc::status::Status;
@@ -92,7 +94,8 @@ pub fn regs_from_image(r: &Regs) -> UserRegs {
     regs_fields!(conv)
 }
 
-/// Saves the task's CPU and signal state. Signals must be blocked and scratch memory set.
+/// Saves the process's CPU and signal state (its main thread's, plus what is process-wide).
+/// Signals must be blocked and scratch memory set.
 pub fn dump(
     frozen: &Frozen,
     inj: &Injector,
@@ -100,9 +103,8 @@ pub fn dump(
     stat: &Stat,
     comm: String,
 ) -> Result<CoreImage, CoreError> {
-    let tid = frozen.pid();
-    let perr = |step| move |source| CoreError::Ptrace { tid, step, source };
-    let xstate = ptrace::get_xstate(tid).map_err(perr("read xstate"))?;
+    let t = dump_thread(frozen, inj, comm)?;
+    let tid = t.tid;
     // All 64 dispositions in one resume of the task: a default disposition can carry flags and a
     // mask that the program set and may read back, so every signal is asked.
     inj.run_code(
@@ -126,6 +128,45 @@ pub fn dump(
             mask,
         });
     }
+    let mut itimers = Vec::with_capacity(ITIMERS.len());
+    for which in ITIMERS {
+        let out = inj.scratch_addr(SCRATCH_ITIMER);
+        inj.call(
+            || format!("getitimer({which})"),
+            "getitimer",
+            libc::SYS_getitimer,
+            [which, out, 0, 0, 0, 0],
+        )?;
+        itimers.push(words::<4>(&inj.get(SCRATCH_ITIMER, 32)?));
+    }
+    Ok(CoreImage {
+        tid,
+        comm: t.comm,
+        regs: t.regs,
+        xstate: t.xstate,
+        sigmask: t.sigmask,
+        sigactions,
+        altstack: t.altstack,
+        rseq: t.rseq,
+        robust_list: t.robust_list,
+        clear_child_tid: t.clear_child_tid,
+        itimers,
+        creds: Creds {
+            uid: status.uid,
+            gid: status.gid,
+            groups: status.groups.clone(),
+        },
+        session_leader: stat.sid == tid,
+        pgrp_leader: stat.pgid == tid,
+    })
+}
+
+/// Saves what one thread has of its own. Its signals must be blocked and the injector's scratch
+/// memory set (any thread of the process can use the same scratch page).
+pub fn dump_thread(frozen: &Frozen, inj: &Injector, comm: String) -> Result<ThreadCore, CoreError> {
+    let tid = frozen.pid();
+    let perr = |step| move |source| CoreError::Ptrace { tid, step, source };
+    let xstate = ptrace::get_xstate(tid).map_err(perr("read xstate"))?;
     let ss = inj.scratch_addr(SCRATCH_ALTSTACK);
     inj.call(
         || "sigaltstack query".into(),
@@ -151,36 +192,16 @@ pub fn dump(
         [PR_GET_TID_ADDRESS, tidp, 0, 0, 0, 0],
     )?;
     let [clear_child_tid] = words::<1>(&inj.get(SCRATCH_TIDADDR, 8)?);
-    let mut itimers = Vec::with_capacity(ITIMERS.len());
-    for which in ITIMERS {
-        let out = inj.scratch_addr(SCRATCH_ITIMER);
-        inj.call(
-            || format!("getitimer({which})"),
-            "getitimer",
-            libc::SYS_getitimer,
-            [which, out, 0, 0, 0, 0],
-        )?;
-        itimers.push(words::<4>(&inj.get(SCRATCH_ITIMER, 32)?));
-    }
-    Ok(CoreImage {
+    Ok(ThreadCore {
         tid,
         comm,
         regs: regs_to_image(frozen.regs()),
         xstate,
         sigmask: frozen.sigmask(),
-        sigactions,
         altstack,
         rseq,
         robust_list,
         clear_child_tid,
-        itimers,
-        creds: Creds {
-            uid: status.uid,
-            gid: status.gid,
-            groups: status.groups.clone(),
-        },
-        session_leader: stat.sid == tid,
-        pgrp_leader: stat.pgid == tid,
     })
 }
 
@@ -211,8 +232,7 @@ pub fn unregister_inherited_rseq(inj: &Injector) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Puts back every signal disposition (default for the ones the image does not list) and the
-/// alternate signal stack.
+/// Puts back every signal disposition (default for the ones the image does not list).
 pub fn restore_signals(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
     for sig in 1..=64u32 {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
@@ -231,6 +251,12 @@ pub fn restore_signals(inj: &Injector, core: &CoreImage) -> Result<(), CoreError
             [u64::from(sig), addr, 0, 8, 0, 0],
         )?;
     }
+    Ok(())
+}
+
+/// Puts back what one thread has of its own but its CPU state: the alternate signal stack, the
+/// robust list, the tid address and the rseq registration.
+pub fn restore_task_links(inj: &Injector, core: &ThreadCore) -> Result<(), CoreError> {
     let ss = match core.altstack {
         Some(a) => [a.sp, a.flags as u32 as u64, a.size],
         None => [0, SS_DISABLE as u64, 0],
@@ -242,11 +268,6 @@ pub fn restore_signals(inj: &Injector, core: &CoreImage) -> Result<(), CoreError
         libc::SYS_sigaltstack,
         [addr, 0, 0, 0, 0, 0],
     )?;
-    Ok(())
-}
-
-/// Puts back the robust list, the tid address and the rseq registration.
-pub fn restore_task_links(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
     let (head, len) = core.robust_list;
     if head != 0 {
         inj.call(
@@ -273,9 +294,9 @@ pub fn restore_task_links(inj: &Injector, core: &CoreImage) -> Result<(), CoreEr
     Ok(())
 }
 
-/// Sets the name, session and process group.
-pub fn restore_identity(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
-    let mut comm = core.comm.as_bytes().to_vec();
+/// Sets the calling thread's name.
+pub fn restore_name(inj: &Injector, comm: &str) -> Result<(), CoreError> {
+    let mut comm = comm.as_bytes().to_vec();
     comm.truncate(15);
     comm.push(0);
     let addr = inj.put(SCRATCH_GROUPS, &comm)?;
@@ -285,6 +306,12 @@ pub fn restore_identity(inj: &Injector, core: &CoreImage) -> Result<(), CoreErro
         libc::SYS_prctl,
         [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0],
     )?;
+    Ok(())
+}
+
+/// Sets the name, session and process group.
+pub fn restore_identity(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
+    restore_name(inj, &core.comm)?;
     if core.session_leader {
         inj.call(|| "setsid".into(), "setsid", libc::SYS_setsid, [0; 6])?;
     } else if core.pgrp_leader {
@@ -293,9 +320,9 @@ pub fn restore_identity(inj: &Injector, core: &CoreImage) -> Result<(), CoreErro
     Ok(())
 }
 
-/// Drops to the dumped credentials (last, since earlier steps need root).
-pub fn restore_creds(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
-    let c = &core.creds;
+/// Drops the calling thread to the dumped credentials (last, since earlier steps need root;
+/// credentials are per thread, so every thread does it).
+pub fn restore_creds(inj: &Injector, c: &Creds) -> Result<(), CoreError> {
     if c.uid == [0; 4] && c.gid == [0; 4] && c.groups.is_empty() {
         return Ok(());
     }
@@ -355,7 +382,8 @@ pub fn restore_timers(inj: &Injector, core: &CoreImage) -> Result<(), CoreError>
 }
 
 /// Final step: xstate, registers and signal mask, at a syscall-exit stop, ready to detach.
-pub fn restore_cpu(tid: i32, core: &CoreImage) -> Result<(), CoreError> {
+/// `tid` is the thread as seen from here.
+pub fn restore_cpu(tid: i32, core: &ThreadCore) -> Result<(), CoreError> {
     let perr = |step| move |source| CoreError::Ptrace { tid, step, source };
     ptrace::set_xstate(tid, &core.xstate).map_err(perr("write xstate"))?;
     let mut regs = regs_from_image(&core.regs);

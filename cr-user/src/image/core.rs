@@ -116,3 +116,52 @@ pub struct CoreImage {
     /// The task led its process group.
     pub pgrp_leader: bool,
 }
+
+/// The state of one thread of a process: what each thread has of its own (the process-wide
+/// part, dispositions, timers, credentials, lives in the main thread's [`CoreImage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadCore {
+    /// Thread id (as seen in the process's pid namespace).
+    pub tid: i32,
+    /// Thread name.
+    pub comm: String,
+    /// Registers, with an interrupted syscall already set up to restart.
+    pub regs: Regs,
+    /// The XSAVE area.
+    pub xstate: Vec<u8>,
+    /// Blocked signals.
+    pub sigmask: u64,
+    /// Alternate signal stack, if one is set.
+    pub altstack: Option<AltStack>,
+    /// rseq registration, if any.
+    pub rseq: Option<Rseq>,
+    /// Robust futex list head and length.
+    pub robust_list: (u64, u64),
+    /// `clear_child_tid`.
+    pub clear_child_tid: u64,
+}
+
+/// `threads-<pid>.img`: the threads of process `pid` other than its main thread, in creation
+/// order. Absent for a single-threaded process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadsImage {
+    /// The other threads.
+    pub threads: Vec<ThreadCore>,
+}
+
+impl CoreImage {
+    /// The main thread's own part.
+    pub fn main_thread(&self) -> ThreadCore {
+        ThreadCore {
+            tid: self.tid,
+            comm: self.comm.clone(),
+            regs: self.regs,
+            xstate: self.xstate.clone(),
+            sigmask: self.sigmask,
+            altstack: self.altstack,
+            rseq: self.rseq,
+            robust_list: self.robust_list,
+            clear_child_tid: self.clear_child_tid,
+        }
+    }
+}

@@ -48,6 +48,8 @@ pub enum Kind {
     Files,
     /// `pagemap-<pid>.img`.
     Pagemap,
+    /// `threads-<pid>.img` (multi-threaded processes only).
+    Threads,
 }
 
 impl Kind {
@@ -59,6 +61,7 @@ impl Kind {
             Kind::Mm => b"FCMM",
             Kind::Files => b"FCFI",
             Kind::Pagemap => b"FCPM",
+            Kind::Threads => b"FCTH",
         };
         u32::from_le_bytes(*tag)
     }
@@ -71,6 +74,7 @@ impl Kind {
             Kind::Mm => format!("mm-{pid}.img"),
             Kind::Files => format!("files-{pid}.img"),
             Kind::Pagemap => format!("pagemap-{pid}.img"),
+            Kind::Threads => format!("threads-{pid}.img"),
         }
     }
 }

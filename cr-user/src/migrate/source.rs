@@ -479,7 +479,7 @@ fn serve_requests(
 }
 
 /// Thaws an original that also has a SIGSTOP queued: detach, then continue it.
-fn thaw_stopped(frozen: crate::freeze::Frozen, pid: i32) -> Result<(), MigrateError> {
+fn thaw_stopped(frozen: crate::freeze::FrozenProcess, pid: i32) -> Result<(), MigrateError> {
     frozen.thaw()?;
     crate::sys::process::kill(pid, libc::SIGCONT)
         .map_err(|e| io_err(format!("SIGCONT of process {pid}"))(e.io_error))

@@ -24,6 +24,10 @@ pub enum Stop {
 pub const OPT_TRACESYSGOOD: u64 = libc::PTRACE_O_TRACESYSGOOD as u64;
 /// `PTRACE_O_EXITKILL`: the tracee is killed if the tracer dies (used while building a restore).
 pub const OPT_EXITKILL: u64 = libc::PTRACE_O_EXITKILL as u64;
+/// `PTRACE_O_TRACECLONE`: threads the tracee creates are traced from their first instruction.
+pub const OPT_TRACECLONE: u64 = libc::PTRACE_O_TRACECLONE as u64;
+/// `PTRACE_EVENT_CLONE`: the tracee created a thread (its tid: [`get_event_msg`]).
+pub const EVENT_CLONE: i32 = libc::PTRACE_EVENT_CLONE;
 /// `PTRACE_EVENT_STOP`: the stop `PTRACE_INTERRUPT` produces.
 pub const EVENT_STOP: i32 = libc::PTRACE_EVENT_STOP;
 
@@ -51,6 +55,19 @@ fn ptrace_raw(
         )
     };
     check(ret, call)
+}
+
+/// `PTRACE_GETEVENTMSG`: e.g. the new thread's id at a `PTRACE_EVENT_CLONE` stop.
+pub fn get_event_msg(pid: i32) -> Result<u64, SyscallError> {
+    let mut msg: libc::c_ulong = 0;
+    ptrace_raw(
+        libc::PTRACE_GETEVENTMSG,
+        pid,
+        0,
+        (&raw mut msg) as u64,
+        "ptrace(PTRACE_GETEVENTMSG)",
+    )?;
+    Ok(msg)
 }
 
 /// `PTRACE_SEIZE`: attach without stopping the task.

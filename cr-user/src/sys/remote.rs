@@ -90,6 +90,46 @@ impl Remote {
         Ok(out.rax as i64)
     }
 
+    /// Runs a `clone`-family syscall in a task traced with `PTRACE_O_TRACECLONE`: returns the
+    /// raw result and the new thread's id as seen from here (from the clone event).
+    pub fn syscall_clone(
+        &self,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Result<(i64, Option<i32>), InjectError> {
+        let mut regs = self.base;
+        regs.rax = nr as u64;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        let map = |source| InjectError::Ptrace { nr, source };
+        ptrace::set_regs(self.pid, &regs).map_err(map)?;
+        let mut new_tid = None;
+        let mut syscall_stops = 0;
+        while syscall_stops < 2 {
+            ptrace::resume_to_syscall(self.pid, 0).map_err(map)?;
+            match ptrace::wait_stop(self.pid).map_err(map)? {
+                Stop::Syscall => syscall_stops += 1,
+                Stop::Event { event, .. } if event == ptrace::EVENT_CLONE => {
+                    let tid = ptrace::get_event_msg(self.pid).map_err(map)?;
+                    new_tid = i32::try_from(tid).ok();
+                }
+                stop => {
+                    return Err(InjectError::UnexpectedStop {
+                        pid: self.pid,
+                        nr,
+                        stop,
+                    });
+                }
+            }
+        }
+        let out = ptrace::get_regs(self.pid).map_err(map)?;
+        Ok((out.rax as i64, new_tid))
+    }
+
     /// Runs code already placed in the task at `entry` until it executes `int3`, with `r12`
     /// set to `arg`. Used for loops of syscalls that would otherwise cost one injection each.
     pub fn run_code(&self, entry: u64, arg: u64) -> Result<(), InjectError> {
