@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::bpf::{BpfError, TaskEventKind, TaskTracker};
 use crate::core::CoreError;
 use crate::files::FilesError;
-use crate::freeze::{FreezeError, FrozenProcess};
+use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
 use crate::image::inventory::Inventory;
 use crate::image::pagemap::{PE_LAZY, PE_PRESENT, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
@@ -54,7 +54,7 @@ pub struct DumpOptions {
 }
 
 /// What happens to the process once its image is complete.
-enum After {
+pub(crate) enum After {
     Thaw,
     Kill,
     Hold,
@@ -154,7 +154,6 @@ pub(crate) fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Sta
             tgid: status.tgid,
         });
     }
-    check_single(pid)?;
     Ok((stat, status))
 }
 
@@ -185,15 +184,25 @@ pub(crate) fn start_tracking(pid: i32) -> Option<TaskTracker> {
     }
 }
 
-/// Fails if BPF saw the task set change before the freeze completed: a fork, an exec, or a
-/// thread that is neither frozen nor gone.
-fn confirm_task_set(pid: i32, tracker: &mut TaskTracker, frozen: &[i32]) -> Result<(), DumpError> {
+/// Fails if BPF saw the task set change before the freeze completed: an exec, a fork whose
+/// child is not in `tree`, or a thread that is neither frozen nor gone.
+pub(crate) fn confirm_task_set(
+    pid: i32,
+    tracker: &mut TaskTracker,
+    frozen: &[i32],
+    tree: &[i32],
+) -> Result<(), DumpError> {
     for ev in tracker.drain()? {
+        let gone = |tgid: u32, tid: u32| !Path::new(&format!("/proc/{tgid}/task/{tid}")).exists();
         let what = match TaskEventKind::from_u32(ev.kind) {
+            Some(TaskEventKind::Fork)
+                if tree.contains(&(ev.tgid as i32)) || gone(ev.tgid, ev.tgid) =>
+            {
+                continue;
+            }
             Some(TaskEventKind::Fork) => format!("it forked child {} during the dump", ev.tgid),
             Some(TaskEventKind::Thread)
-                if frozen.contains(&(ev.pid as i32))
-                    || !Path::new(&format!("/proc/{pid}/task/{}", ev.pid)).exists() =>
+                if frozen.contains(&(ev.pid as i32)) || gone(ev.tgid, ev.pid) =>
             {
                 continue;
             }
@@ -262,7 +271,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
 
 /// Checkpoints `opts.pid` into `opts.dir` and returns with the process still frozen (a
 /// migration source hands it over, or thaws it if the destination fails).
-pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, FrozenProcess), DumpError> {
+pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, FrozenTree), DumpError> {
     match dump_with(opts, After::Hold)? {
         (stats, Some(frozen)) => Ok((stats, frozen)),
         (_, None) => Err(DumpError::Unsupported {
@@ -275,9 +284,12 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, FrozenProcess), DumpE
 fn dump_with(
     opts: &DumpOptions,
     after: After,
-) -> Result<(DumpStats, Option<FrozenProcess>), DumpError> {
+) -> Result<(DumpStats, Option<FrozenTree>), DumpError> {
     let pid = opts.pid;
     let (stat, status) = preflight(pid)?;
+    if crate::tree::has_children(pid)? {
+        return crate::tree::dump::dump(opts, after);
+    }
     let dir = prepare_dir(&opts.dir)?;
     if opts.pre_copy.is_some() && opts.prev_images_dir.is_some() {
         return Err(DumpError::Unsupported {
@@ -373,7 +385,7 @@ fn dump_with(
     stats.freezing_time_us = micros(t_frozen - t_freeze);
     stats.frozen_steps.stop_us = stats.freezing_time_us;
     if let Some(t) = tracker.as_mut() {
-        confirm_task_set(pid, t, &frozen.tids())?;
+        confirm_task_set(pid, t, &frozen.tids(), &[pid])?;
     }
     check_single(pid)?;
     let t = Instant::now();
@@ -394,32 +406,19 @@ fn dump_with(
         }
         _ => proc::maps::smaps(pid)?,
     };
-    let vmas = crate::mm::dump::layout(pid, &smaps)?;
     let tracking_fd = adopted.as_ref().map(|(_, link)| link.fd);
-    let files = crate::files::dump(pid, status.umask, opts.shell_job, tracking_fd)?;
+    let (vmas, files) = dump_layout_files(
+        pid,
+        &smaps,
+        status.umask,
+        opts.shell_job,
+        tracking_fd,
+        &crate::files::TreePipes::new(),
+    )?;
     stats.frozen_steps.metadata_us = micros(t.elapsed());
     let t = Instant::now();
-    frozen.block_signals()?;
-    let ip = crate::inject::vdso_syscall_ip(pid, &smaps)?;
-    let mut inj = Injector::new(Remote::new(pid, *frozen.main().regs(), ip));
-    let (brk, core, threads) = with_scratch(&mut inj, |inj| {
-        let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
-        let core = crate::core::dump(frozen.main(), inj, &status, &stat, comm)?;
-        let threads = crate::core::threads::dump(pid, frozen.others(), inj, ip)?;
-        // The tracking fd a pre-dump left in the process is not the program's: it goes.
-        if let (Some(fd), false) = (tracking_fd, keep_tracking) {
-            inj.call(
-                || format!("close of tracking fd {fd}"),
-                "close",
-                libc::SYS_close,
-                [fd as u64, 0, 0, 0, 0, 0],
-            )?;
-        }
-        Ok((brk, core, threads))
-    })?;
-    let auxv = proc::auxv(pid)?;
-    let exe = proc::read_link(pid, "exe")?.to_string_lossy().into_owned();
-    let mm = crate::mm::dump::mm_image(exe, &stat, brk, &auxv, vmas);
+    let close_fd = tracking_fd.filter(|_| !keep_tracking);
+    let (mm, core, threads) = dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
     stats.frozen_steps.registers_us = micros(t.elapsed());
     let t_mem = Instant::now();
     let (mut pagemap, pages) = match (precopy.as_mut(), adopted.as_mut(), parent.as_ref()) {
@@ -543,9 +542,9 @@ fn dump_with(
         (After::Hold, held) => {
             // Frozen until now; the caller's hand-over adds to it.
             stats.frozen_time_us = micros(t_frozen.elapsed());
-            Ok((stats, held))
+            Ok((stats, held.map(FrozenTree::single)))
         }
-        (_, held) => Ok((stats, held)),
+        (_, held) => Ok((stats, held.map(FrozenTree::single))),
     }
 }
 
@@ -566,6 +565,63 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Reads a frozen process's layout and fd table. `tracking_fd` is fastcr's own, not saved.
+pub(crate) fn dump_layout_files(
+    pid: i32,
+    smaps: &[crate::proc::maps::MapEntry],
+    umask: u32,
+    shell_job: bool,
+    tracking_fd: Option<i32>,
+    tree_pipes: &crate::files::TreePipes,
+) -> Result<(Vec<crate::image::mm::Vma>, crate::image::files::FilesImage), DumpError> {
+    let vmas = crate::mm::dump::layout(pid, smaps)?;
+    let files = crate::files::dump(pid, umask, shell_job, tracking_fd, tree_pipes)?;
+    Ok((vmas, files))
+}
+
+/// Saves a frozen process's CPU, signal and mm state by syscalls injected into its threads;
+/// `close_fd` (fastcr's own tracking fd) is closed in it on the way.
+pub(crate) fn dump_cpu(
+    frozen: &FrozenProcess,
+    smaps: &[crate::proc::maps::MapEntry],
+    vmas: Vec<crate::image::mm::Vma>,
+    stat: &proc::stat::Stat,
+    status: &proc::status::Status,
+    comm: String,
+    close_fd: Option<i32>,
+) -> Result<
+    (
+        crate::image::mm::MmImage,
+        crate::image::core::CoreImage,
+        crate::image::core::ThreadsImage,
+    ),
+    DumpError,
+> {
+    let pid = frozen.main().pid();
+    frozen.block_signals()?;
+    let ip = crate::inject::vdso_syscall_ip(pid, smaps)?;
+    let mut inj = Injector::new(Remote::new(pid, *frozen.main().regs(), ip));
+    let (brk, core, threads) = with_scratch(&mut inj, |inj| {
+        let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
+        let core = crate::core::dump(frozen.main(), inj, status, stat, comm)?;
+        let threads = crate::core::threads::dump(pid, frozen.others(), inj, ip)?;
+        // The tracking fd a pre-dump left in the process is not the program's: it goes.
+        if let Some(fd) = close_fd {
+            inj.call(
+                || format!("close of tracking fd {fd}"),
+                "close",
+                libc::SYS_close,
+                [fd as u64, 0, 0, 0, 0, 0],
+            )?;
+        }
+        Ok((brk, core, threads))
+    })?;
+    let auxv = proc::auxv(pid)?;
+    let exe = proc::read_link(pid, "exe")?.to_string_lossy().into_owned();
+    let mm = crate::mm::dump::mm_image(exe, stat, brk, &auxv, vmas);
+    Ok((mm, core, threads))
 }
 
 /// Creates the image dir and proves it writable before the workload is touched.

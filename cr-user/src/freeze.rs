@@ -300,6 +300,58 @@ impl FrozenProcess {
     }
 }
 
+/// Every process of a tree held frozen, the root first.
+pub struct FrozenTree {
+    procs: Vec<FrozenProcess>,
+}
+
+impl FrozenTree {
+    /// A tree of one.
+    pub fn single(p: FrozenProcess) -> Self {
+        Self { procs: vec![p] }
+    }
+
+    /// A tree from its processes, the root first.
+    pub fn new(procs: Vec<FrozenProcess>) -> Self {
+        Self { procs }
+    }
+
+    /// The processes, the root first.
+    pub fn procs(&self) -> &[FrozenProcess] {
+        &self.procs
+    }
+
+    /// Every process's pid, the root first.
+    pub fn pids(&self) -> Vec<i32> {
+        self.procs.iter().map(|p| p.main.pid).collect()
+    }
+
+    /// Releases every process as it was, children first.
+    pub fn thaw(self) -> Result<(), FreezeError> {
+        let mut first_err = None;
+        for p in self.procs.into_iter().rev() {
+            if let Err(e) = p.thaw() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Kills every process and waits until each is gone.
+    pub fn kill(self) -> Result<(), FreezeError> {
+        for p in &self.procs {
+            let _ = process::kill(p.main.pid, libc::SIGKILL);
+        }
+        let mut first_err = None;
+        for p in self.procs.into_iter().rev() {
+            if let Err(e) = p.kill() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
 impl Drop for Frozen {
     fn drop(&mut self) {
         if self.armed

@@ -25,3 +25,4 @@ pub mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod track;
+pub mod tree;

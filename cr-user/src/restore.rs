@@ -8,23 +8,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod build;
+mod load;
+
 use crate::core::CoreError;
 use crate::files::FilesError;
-use crate::image::core::{CoreImage, ThreadsImage};
-use crate::image::files::FilesImage;
-use crate::image::inventory::Inventory;
-use crate::image::mm::{MmImage, VmaKind};
-use crate::image::pagemap::PagemapImage;
-use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
-use crate::inject::{InjectError, Injector};
+use crate::image::ImageError;
+use crate::inject::InjectError;
 use crate::mm::MmError;
-use crate::mm::pages::{PageChain, load_parents};
-use crate::mm::restore as mmr;
 use crate::proc::{self, ProcError};
 use crate::stats::{RestoreStats, micros};
 use crate::sys::ptrace::{self, Stop};
-use crate::sys::remote::Remote;
-use crate::sys::{PAGE_SIZE, SyscallError, process};
+use crate::sys::{SyscallError, process};
+pub use load::{LoadedImage, ProcImage, load};
 
 /// What to restore and how.
 #[derive(Debug, Clone)]
@@ -72,8 +68,8 @@ pub enum RestoreError {
         /// The image dir.
         path: PathBuf,
     },
-    /// The image holds more than this version restores.
-    #[error("image holds {count} processes; only single-process images are supported yet")]
+    /// The image holds more than this version restores lazily.
+    #[error("image holds {count} processes; lazy restore of process trees is not supported yet")]
     Unsupported {
         /// Processes in the image.
         count: usize,
@@ -128,157 +124,29 @@ pub enum RestoreError {
     PidNs(#[source] SyscallError),
 }
 
-/// Everything read from an image dir, checked for consistency.
-pub struct LoadedImage {
-    /// The inventory.
-    pub inventory: Inventory,
-    /// Root task state.
-    pub core: CoreImage,
-    /// The root's other threads.
-    pub threads: ThreadsImage,
-    /// Root address space.
-    pub mm: MmImage,
-    /// Root files.
-    pub files: FilesImage,
-    /// Page index.
-    pub pagemap: PagemapImage,
-    /// Path of the pages file.
-    pub pages_path: PathBuf,
-    /// The pages, through the parent chain.
-    pub chain: PageChain,
-}
-
-fn inconsistent(dir: &ImageDir, name: &str, detail: String) -> ImageError {
-    ImageError::Inconsistent {
-        path: dir.file(name),
-        detail,
-    }
-}
-
-/// Reads every file of the image and checks them against each other.
-pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
-    let dir = ImageDir::open(path)?;
-    let inventory: Inventory = dir.read(Kind::Inventory, 0)?;
-    if inventory.pre_dump {
-        return Err(RestoreError::PreDumpOnly {
-            path: path.to_path_buf(),
-        });
-    }
-    if inventory.pids.len() != 1 || inventory.pids[0] != inventory.root_pid {
-        return Err(RestoreError::Unsupported {
-            count: inventory.pids.len(),
-        });
-    }
-    let pid = inventory.root_pid;
-    if pid <= 0 {
-        return Err(inconsistent(&dir, "inventory.img", format!("invalid root pid {pid}")).into());
-    }
-    let core: CoreImage = dir.read(Kind::Core, pid)?;
-    let threads: ThreadsImage = if dir.file(&Kind::Threads.file_name(pid)).exists() {
-        dir.read(Kind::Threads, pid)?
-    } else {
-        ThreadsImage::default()
-    };
-    if let Some(t) = threads.threads.iter().find(|t| t.tid <= 0 || t.tid == pid) {
-        return Err(inconsistent(
-            &dir,
-            &Kind::Threads.file_name(pid),
-            format!("invalid thread id {}", t.tid),
-        )
-        .into());
-    }
-    let mm: MmImage = dir.read(Kind::Mm, pid)?;
-    let files: FilesImage = dir.read(Kind::Files, pid)?;
-    let pagemap: PagemapImage = dir.read(Kind::Pagemap, pid)?;
-    if core.tid != pid {
-        return Err(inconsistent(
-            &dir,
-            &Kind::Core.file_name(pid),
-            format!("task {} is not {pid}", core.tid),
-        )
-        .into());
-    }
-    let mut last = 0;
-    for v in &mm.vmas {
-        if v.start >= v.end || v.start < last || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0
-        {
-            return Err(inconsistent(
-                &dir,
-                &Kind::Mm.file_name(pid),
-                format!("bad VMA {:#x}-{:#x}", v.start, v.end),
-            )
-            .into());
-        }
-        last = v.end;
-    }
-    let ranges: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
-    pagemap
-        .validate(&ranges)
-        .map_err(|d| inconsistent(&dir, &Kind::Pagemap.file_name(pid), d))?;
-    let pages_path = dir.file(&pages_file_name(pid));
-    let parents = load_parents(&dir, &inventory)?;
-    let chain = PageChain::open(&dir, pid, pagemap.clone(), parents)?;
-    Ok(LoadedImage {
-        inventory,
-        core,
-        threads,
-        mm,
-        files,
-        pagemap,
-        pages_path,
-        chain,
-    })
-}
-
-/// Checks before forking that the files the image maps are still there, unchanged in size.
-fn check_mapped_files(mm: &MmImage) -> Result<(), MmError> {
-    let exe_ok = std::fs::metadata(&mm.exe).is_ok_and(|m| m.is_file());
-    if !exe_ok {
-        return Err(MmError::FileChanged {
-            path: mm.exe.clone(),
-            source: None,
-        });
-    }
-    for v in &mm.vmas {
-        if let VmaKind::File { path, size, .. } = &v.kind {
-            match std::fs::metadata(path) {
-                Ok(m) if m.len() == *size => {}
-                Ok(_) => {
-                    return Err(MmError::FileChanged {
-                        path: path.clone(),
-                        source: None,
-                    });
-                }
-                Err(e) => {
-                    return Err(MmError::FileChanged {
-                        path: path.clone(),
-                        source: Some(e),
-                    });
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A child being built: killed and reaped on drop unless released.
-struct Building {
-    pid: i32,
+/// The processes being built: killed and reaped on drop unless released.
+pub(crate) struct Building {
+    pub(crate) pids: Vec<i32>,
     armed: bool,
 }
 
 impl Drop for Building {
     fn drop(&mut self) {
-        if self.armed {
-            let _ = process::kill(self.pid, libc::SIGKILL);
+        if !self.armed {
+            return;
+        }
+        for &pid in &self.pids {
+            let _ = process::kill(pid, libc::SIGKILL);
+        }
+        for &pid in self.pids.iter().rev() {
             // Threads created so far are traced by us: reap them first, or the main thread's
             // exit is never reported.
-            for tid in proc::threads(self.pid).unwrap_or_default() {
-                if tid != self.pid {
+            for tid in proc::threads(pid).unwrap_or_default() {
+                if tid != pid {
                     let _ = process::wait_exit(tid);
                 }
             }
-            let _ = process::wait_exit(self.pid);
+            let _ = process::wait_exit(pid);
         }
     }
 }
@@ -292,26 +160,35 @@ pub fn restore(opts: &RestoreOptions) -> Result<(Restored, LoadedImage), Restore
 }
 
 /// Restores an already loaded image; `t0` is when the restore began (for the stats). `gate`
-/// runs when the process is complete but still stopped, just before it resumes: an error from
-/// it kills the process instead (a migration destination waits there for the source's `Go`).
+/// runs when the tree is complete but still stopped, just before it resumes: an error from
+/// it kills the tree instead (a migration destination waits there for the source's `Go`).
 pub fn restore_loaded(
     img: &LoadedImage,
     opts: &RestoreOptions,
     t0: Instant,
     gate: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<Restored, RestoreError> {
-    let pid = img.inventory.root_pid;
-    crate::files::validate(&img.files, opts.shell_job)?;
-    check_mapped_files(&img.mm)?;
-    let lazy_plan = crate::lazy::register::plan(&img.mm, &img.pagemap, opts.lazy).map_err(|d| {
-        ImageError::Inconsistent {
-            path: img.pages_path.clone(),
-            detail: d,
-        }
-    })?;
+    let root = img.root();
+    let pid = root.pid;
+    for p in &img.procs {
+        crate::files::validate(&p.files, opts.shell_job)?;
+        load::check_mapped_files(&p.mm)?;
+    }
+    if opts.lazy && img.procs.len() > 1 {
+        return Err(RestoreError::Unsupported {
+            count: img.procs.len(),
+        });
+    }
+    let lazy_plan =
+        crate::lazy::register::plan(&root.mm, &root.pagemap, opts.lazy).map_err(|d| {
+            ImageError::Inconsistent {
+                path: root.pages_path.clone(),
+                detail: d,
+            }
+        })?;
     if !opts.lazy && !lazy_plan.pending.is_empty() {
         return Err(ImageError::Inconsistent {
-            path: img.pages_path.clone(),
+            path: root.pages_path.clone(),
             detail:
                 "the image leaves pages with a migration source; only `fastcr receive` restores it"
                     .into(),
@@ -321,8 +198,13 @@ pub fn restore_loaded(
     let mut pidns = if opts.pidns_new {
         Some(crate::pidns::PidNs::create().map_err(RestoreError::PidNs)?)
     } else {
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            return Err(RestoreError::PidInUse { pid });
+        if let Some(p) = img
+            .tree
+            .procs
+            .iter()
+            .find(|p| Path::new(&format!("/proc/{}", p.pid)).exists())
+        {
+            return Err(RestoreError::PidInUse { pid: p.pid });
         }
         None
     };
@@ -344,7 +226,7 @@ pub fn restore_loaded(
         },
     })?;
     let mut guard = Building {
-        pid: child,
+        pids: vec![child],
         armed: true,
     };
     match ptrace::wait_stop(child).map_err(|source| RestoreError::Child {
@@ -358,55 +240,41 @@ pub fn restore_loaded(
     let err = |step| move |source| RestoreError::Child { pid, step, source };
     ptrace::set_options(
         child,
-        ptrace::OPT_TRACESYSGOOD | ptrace::OPT_EXITKILL | ptrace::OPT_TRACECLONE,
+        ptrace::OPT_TRACESYSGOOD
+            | ptrace::OPT_EXITKILL
+            | ptrace::OPT_TRACECLONE
+            | ptrace::OPT_TRACEFORK,
     )
     .map_err(err("ptrace options"))?;
-    let forking_time_us = micros(t_fork.elapsed());
+    // Blocked from here on (and inherited by every forked process) so that no signal, such as
+    // a zombie's SIGCHLD, interrupts an injected syscall.
     ptrace::set_sigmask(child, !0).map_err(err("block signals"))?;
-
-    let child_maps = proc::maps::maps(child)?;
-    let regs = ptrace::get_regs(child).map_err(err("read registers"))?;
-    let ip = crate::inject::vdso_syscall_ip(child, &child_maps)?;
-    let mut inj = Injector::new(Remote::new(child, regs, ip));
-
-    crate::core::unregister_inherited_rseq(&inj)?;
-    let trampoline = mmr::install_trampoline(&mut inj, &child_maps, &img.mm)?;
-    crate::files::close_inherited(&inj, &img.files)?;
-    mmr::clear_address_space(&inj, &child_maps, trampoline)?;
-    mmr::move_specials(&inj, &child_maps, &img.mm, trampoline)?;
-    let has_pages = mmr::vmas_with_pages(&img.mm, &img.pagemap);
-    mmr::map_vmas(&inj, &img.mm, &has_pages)?;
-    let pages_restored = mmr::fill_pages(child, &img.chain, |vaddr| lazy_plan.is_lazy(vaddr))?;
-    mmr::finish_vmas(&inj, &img.mm, &has_pages)?;
-    mmr::set_mm_fields(&inj, &img.mm)?;
-    let uffd = if opts.lazy {
-        Some(crate::lazy::register::setup(&inj, child)?)
-    } else {
-        None
-    };
-    crate::files::restore(&inj, &img.files)?;
-    crate::core::restore_identity(&inj, &img.core)?;
-    crate::core::restore_signals(&inj, &img.core)?;
-    let main_thread = img.core.main_thread();
-    crate::core::restore_task_links(&inj, &main_thread)?;
-    let threads = crate::core::threads::create(&inj, &img.threads, &img.core.creds)?;
-    crate::core::restore_creds(&inj, &img.core.creds)?;
-    crate::core::restore_timers(&inj, &img.core)?;
-    if let Some(uffd) = &uffd {
-        crate::lazy::register::register(uffd, child, &lazy_plan)?;
+    let here = crate::tree::restore::create(child, &img.tree, &mut guard)?;
+    let forking_time_us = micros(t_fork.elapsed());
+    let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
+    let shared = crate::files::SharedPipes::create(&files)?;
+    let mut built = Vec::with_capacity(img.procs.len());
+    for p in &img.procs {
+        let h = here.get(&p.pid).copied().ok_or(RestoreError::Child {
+            pid: p.pid,
+            step: "create the process",
+            source: SyscallError::from_errno("clone3", libc::ESRCH),
+        })?;
+        let lazy = (opts.lazy && p.pid == pid).then_some(&lazy_plan);
+        built.push(build::build(p, h, &shared, lazy)?);
     }
-    mmr::remove_trampoline(&inj, trampoline)?;
-    for t in &threads {
-        crate::core::restore_cpu(t.tid_here, t.core)?;
-    }
-    crate::core::restore_cpu(child, &main_thread)?;
     let restore_time_us = micros(t0.elapsed());
     gate().map_err(|why| RestoreError::Aborted { pid, why })?;
-    for t in &threads {
-        ptrace::detach(t.tid_here, 0).map_err(err("detach of a thread"))?;
+    for b in &built {
+        for t in &b.threads {
+            ptrace::detach(t.tid_here, 0).map_err(err("detach of a thread"))?;
+        }
+        ptrace::detach(b.here, 0).map_err(err("detach"))?;
     }
-    ptrace::detach(child, 0).map_err(err("detach"))?;
     guard.armed = false;
+    drop(shared);
+    let pages_restored = built.iter().map(|b| b.pages).sum();
+    let uffd = built.first_mut().and_then(|b| b.uffd.take());
     let lazy = uffd.map(|u| crate::lazy::Space::new(u, lazy_plan.pending));
     if lazy.is_none()
         && let Some(ns) = pidns.as_mut()

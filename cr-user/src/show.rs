@@ -28,17 +28,45 @@ pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
         return Ok(json!({ "inventory": inventory, "pagemap": pagemap }));
     }
     let img = load(path)?;
-    let mut core = serde_json::to_value(&img.core).unwrap_or_default();
+    let procs: Vec<serde_json::Value> = img
+        .procs
+        .iter()
+        .map(|p| {
+            let mut core = serde_json::to_value(&p.core).unwrap_or_default();
+            if let Some(obj) = core.as_object_mut() {
+                obj.insert("xstate".into(), json!({ "bytes": p.core.xstate.len() }));
+            }
+            let threads: Vec<serde_json::Value> = p
+                .threads
+                .threads
+                .iter()
+                .map(|t| json!({ "tid": t.tid, "comm": t.comm, "rip": t.regs.rip, "sigmask": t.sigmask }))
+                .collect();
+            json!({
+                "pid": p.pid,
+                "core": core,
+                "threads": threads,
+                "mm": p.mm,
+                "files": p.files,
+                "pagemap": p.pagemap,
+                "pages_file": p.pages_path,
+            })
+        })
+        .collect();
+    let r = img.root();
+    let mut core = serde_json::to_value(&r.core).unwrap_or_default();
     if let Some(obj) = core.as_object_mut() {
-        obj.insert("xstate".into(), json!({ "bytes": img.core.xstate.len() }));
+        obj.insert("xstate".into(), json!({ "bytes": r.core.xstate.len() }));
     }
     Ok(json!({
         "inventory": img.inventory,
+        "tree": img.tree,
         "core": core,
-        "mm": img.mm,
-        "files": img.files,
-        "pagemap": img.pagemap,
-        "pages_file": img.pages_path,
+        "mm": r.mm,
+        "files": r.files,
+        "pagemap": r.pagemap,
+        "pages_file": r.pages_path,
+        "processes": procs,
     }))
 }
 
@@ -58,9 +86,25 @@ pub fn summary(path: &Path) -> Result<String, RestoreError> {
     Ok(render(&load(path)?))
 }
 
-fn render(img: &LoadedImage) -> String {
+fn render(full: &LoadedImage) -> String {
     let mut s = String::new();
-    let inv = &img.inventory;
+    let inv = &full.inventory;
+    if full.tree.procs.len() > 1 {
+        let _ = writeln!(s, "process tree:");
+        for p in &full.tree.procs {
+            let _ = writeln!(
+                s,
+                "  pid {} parent {} session {} group {}{}",
+                p.pid,
+                p.ppid,
+                p.sid,
+                p.pgid,
+                p.zombie
+                    .map_or(String::new(), |st| format!(" zombie (status {st:#x})"))
+            );
+        }
+    }
+    let img = full.root();
     let _ = writeln!(
         s,
         "image by fastcr {} of pid {} ({}){}",

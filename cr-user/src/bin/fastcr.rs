@@ -293,7 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let failed = || format!("restore from {} failed", dir.display());
             let (mut r, img) = restore(&opts).with_context(failed)?;
-            let mut feed = cr_user::lazy::local::ImageFeed::new(&img.chain);
+            let mut feed = cr_user::lazy::local::ImageFeed::new(&img.root().chain);
             let lazy_stats = finish_lazy(&mut r, &mut feed).with_context(failed)?;
             let both = serde_json::json!({ "restore": &r.stats, "lazy": &lazy_stats });
             let table = || {

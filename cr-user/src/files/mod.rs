@@ -107,14 +107,60 @@ fn is_reader(flags: u32) -> bool {
     flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32
 }
 
+/// Where the ends of the pipes of a dumped tree are: inode → (a reader, a writer, the first
+/// process holding either end), each end as (pid, fd).
+pub type TreePipes = BTreeMap<u64, TreePipe>;
+
+/// The ends of one pipe across a tree.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TreePipe {
+    /// A read end.
+    pub reader: Option<(i32, i32)>,
+    /// A write end.
+    pub writer: Option<(i32, i32)>,
+    /// The first process (in tree order) that holds an end: it carries the pipe's data.
+    pub owner: i32,
+}
+
+/// Finds the pipe ends of every process in `pids` (tree order).
+pub fn tree_pipes(pids: &[i32]) -> Result<TreePipes, FilesError> {
+    let mut out = TreePipes::new();
+    for &pid in pids {
+        for fd in proc::fds(pid)? {
+            let target = proc::read_link(pid, &format!("fd/{fd}"))?
+                .to_string_lossy()
+                .into_owned();
+            if !target.starts_with("pipe:") {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+                continue;
+            };
+            let (_, flags) = proc::fdinfo(pid, fd)?;
+            let e = out.entry(meta.ino()).or_insert(TreePipe {
+                owner: pid,
+                ..TreePipe::default()
+            });
+            if is_reader(flags) {
+                e.reader.get_or_insert((pid, fd));
+            } else {
+                e.writer.get_or_insert((pid, fd));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Saves cwd, umask and the fd table of `pid`. Must run while the process is frozen: the data in
 /// flight in its pipes is read out and written straight back.
 /// `skip` is an fd that is fastcr's own (the write tracking a pre-dump left), not the program's.
+/// `tree` locates pipe ends held by other processes of the dumped tree (empty for one process).
 pub fn dump(
     pid: i32,
     umask: u32,
     shell_job: bool,
     skip: Option<i32>,
+    tree: &TreePipes,
 ) -> Result<FilesImage, FilesError> {
     let cwd = proc::read_link(pid, "cwd")?.to_string_lossy().into_owned();
     let mut raw = Vec::new();
@@ -151,12 +197,23 @@ pub fn dump(
     let mut fds = Vec::new();
     let mut pipes = Vec::new();
     for r in &raw {
-        let kind = classify(pid, r, &ends, shell_job)?;
+        let kind = classify(pid, r, &ends, tree, shell_job)?;
         if let FdKind::Pipe { inode } = kind
             && !pipes.iter().any(|p: &Pipe| p.inode == inode)
             && let Some(&(Some(rd), Some(wr))) = ends.get(&inode)
         {
-            pipes.push(save_pipe(pid, inode, rd, wr)?);
+            pipes.push(save_pipe(inode, (pid, rd), (pid, wr))?);
+        }
+        if let FdKind::SharedPipe { inode } = kind
+            && !pipes.iter().any(|p: &Pipe| p.inode == inode)
+            && let Some(TreePipe {
+                reader: Some(rd),
+                writer: Some(wr),
+                owner,
+            }) = tree.get(&inode).copied()
+            && owner == pid
+        {
+            pipes.push(save_pipe(inode, rd, wr)?);
         }
         fds.push(Fd {
             fd: r.fd,
@@ -177,6 +234,7 @@ fn classify(
     pid: i32,
     r: &RawFd,
     ends: &BTreeMap<u64, (Option<i32>, Option<i32>)>,
+    tree: &TreePipes,
     shell_job: bool,
 ) -> Result<FdKind, FilesError> {
     let unsupported = |why| FilesError::Unsupported {
@@ -221,6 +279,14 @@ fn classify(
     {
         return Ok(FdKind::Pipe { inode: meta.ino() });
     }
+    if ft.is_fifo()
+        && target.starts_with("pipe:")
+        && tree
+            .get(&meta.ino())
+            .is_some_and(|t| t.reader.is_some() && t.writer.is_some())
+    {
+        return Ok(FdKind::SharedPipe { inode: meta.ino() });
+    }
     if is_stream && r.fd <= 2 {
         if shell_job {
             return Ok(FdKind::Inherited {
@@ -244,9 +310,13 @@ fn classify(
     }))
 }
 
-/// Reads the unread bytes out of a pipe through `/proc/PID/fd`, and writes them straight back
-/// so the (frozen) process finds its pipe as it left it.
-fn save_pipe(pid: i32, inode: u64, rd: i32, wr: i32) -> Result<Pipe, FilesError> {
+/// Reads the unread bytes out of a pipe through `/proc/PID/fd` of a read end, and writes them
+/// straight back through a write end, so the (frozen) processes find the pipe as they left it.
+fn save_pipe(
+    inode: u64,
+    (pid, rd): (i32, i32),
+    (wpid, wr): (i32, i32),
+) -> Result<Pipe, FilesError> {
     let io = |fd: i32| move |source: std::io::Error| FilesError::PipeIo { pid, fd, source };
     let reader = OpenOptions::new()
         .read(true)
@@ -269,7 +339,7 @@ fn save_pipe(pid: i32, inode: u64, rd: i32, wr: i32) -> Result<Pipe, FilesError>
         let mut writer = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
-            .open(format!("/proc/{pid}/fd/{wr}"))
+            .open(format!("/proc/{wpid}/fd/{wr}"))
             .map_err(io(wr))?;
         writer.write_all(&data).map_err(io(wr))?;
     }
@@ -303,7 +373,7 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
                     });
                 }
             }
-            FdKind::Inherited { .. } => {}
+            FdKind::Inherited { .. } | FdKind::SharedPipe { .. } => {}
         }
     }
     Ok(())
@@ -331,8 +401,60 @@ pub fn close_inherited(inj: &Injector, files: &FilesImage) -> Result<(), FilesEr
     Ok(())
 }
 
+/// Pipes whose ends are held by several processes of a restored tree: fastcr makes each one
+/// (size, data in flight) and holds both ends until every process has opened its own through
+/// `/proc/<fastcr>/fd/N` (opening a pipe there opens the same pipe).
+#[derive(Default)]
+pub struct SharedPipes {
+    ends: BTreeMap<u64, (std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+}
+
+impl SharedPipes {
+    /// Makes every pipe the images refer to as shared.
+    pub fn create(images: &[&FilesImage]) -> Result<Self, FilesError> {
+        let mut out = Self::default();
+        let refill = |fd: i32| {
+            move |source: std::io::Error| FilesError::PipeRefill {
+                pid: std::process::id() as i32,
+                fd,
+                source,
+            }
+        };
+        for f in images.iter().flat_map(|i| i.fds.iter()) {
+            let FdKind::SharedPipe { inode } = f.kind else {
+                continue;
+            };
+            if out.ends.contains_key(&inode) {
+                continue;
+            }
+            let pipe = images
+                .iter()
+                .flat_map(|i| i.pipes.iter())
+                .find(|p| p.inode == inode)
+                .ok_or(FilesError::MissingPipe { fd: f.fd, inode })?;
+            let (r, w) = crate::sys::process::pipe().map_err(|e| refill(f.fd)(e.io_error))?;
+            if pipe.size != DEFAULT_PIPE_SIZE {
+                crate::sys::fs::set_pipe_size(&w, pipe.size)
+                    .map_err(|e| refill(f.fd)(e.io_error))?;
+            }
+            let mut writer = std::fs::File::from(w);
+            writer.write_all(&pipe.data).map_err(refill(f.fd))?;
+            out.ends.insert(inode, (r, writer.into()));
+        }
+        Ok(out)
+    }
+
+    /// The path a restored process opens for the `reader` or writer end of pipe `inode`.
+    fn path(&self, inode: u64, reader: bool) -> Option<String> {
+        use std::os::fd::AsRawFd;
+        let (r, w) = self.ends.get(&inode)?;
+        let fd = if reader { r.as_raw_fd() } else { w.as_raw_fd() };
+        Some(format!("/proc/{}/fd/{fd}", std::process::id()))
+    }
+}
+
 /// Reopens every fd at its number, offset and flags; sets cwd and umask.
-pub fn restore(inj: &Injector, files: &FilesImage) -> Result<(), FilesError> {
+pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Result<(), FilesError> {
     let cwd = inj.put_cstr(SCRATCH_PATH, &files.cwd)?;
     inj.call(
         || format!("chdir({})", files.cwd),
@@ -356,9 +478,19 @@ pub fn restore(inj: &Injector, files: &FilesImage) -> Result<(), FilesError> {
             }
             continue;
         }
-        let FdKind::Path { path, .. } = &f.kind else {
-            continue;
+        let path = match &f.kind {
+            FdKind::Path { path, .. } => path.clone(),
+            FdKind::SharedPipe { inode } => {
+                shared
+                    .path(*inode, is_reader(f.flags))
+                    .ok_or(FilesError::MissingPipe {
+                        fd: f.fd,
+                        inode: *inode,
+                    })?
+            }
+            _ => continue,
         };
+        let path = &path;
         let oflags =
             f.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
         let addr = inj.put_cstr(SCRATCH_PATH, path)?;

@@ -22,6 +22,12 @@ pub enum FdKind {
         /// What it was at dump time (for `show`).
         was: String,
     },
+    /// One end of a pipe whose ends are held by different processes of the tree; the pipe and
+    /// its data are in the [`FilesImage::pipes`] of the first process (in tree order) holding it.
+    SharedPipe {
+        /// The pipe's inode number at dump time.
+        inode: u64,
+    },
 }
 
 /// One open file descriptor.

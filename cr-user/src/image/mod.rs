@@ -19,6 +19,7 @@ pub mod header;
 pub mod inventory;
 pub mod mm;
 pub mod pagemap;
+pub mod tree;
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -50,6 +51,8 @@ pub enum Kind {
     Pagemap,
     /// `threads-<pid>.img` (multi-threaded processes only).
     Threads,
+    /// `tree.img` (trees only).
+    Tree,
 }
 
 impl Kind {
@@ -62,6 +65,7 @@ impl Kind {
             Kind::Files => b"FCFI",
             Kind::Pagemap => b"FCPM",
             Kind::Threads => b"FCTH",
+            Kind::Tree => b"FCTR",
         };
         u32::from_le_bytes(*tag)
     }
@@ -75,6 +79,7 @@ impl Kind {
             Kind::Files => format!("files-{pid}.img"),
             Kind::Pagemap => format!("pagemap-{pid}.img"),
             Kind::Threads => format!("threads-{pid}.img"),
+            Kind::Tree => "tree.img".to_string(),
         }
     }
 }

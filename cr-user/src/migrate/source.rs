@@ -327,8 +327,10 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
     drop(images);
     // Should this fastcr die from here on, the original must not run on beside the copy: a
     // queued SIGSTOP keeps it stopped once ptrace lets go of it.
-    crate::sys::process::kill(pid, libc::SIGSTOP)
-        .map_err(|e| io_err(format!("SIGSTOP of process {pid}"))(e.io_error))?;
+    for p in frozen.pids() {
+        crate::sys::process::kill(p, libc::SIGSTOP)
+            .map_err(|e| io_err(format!("SIGSTOP of process {p}"))(e.io_error))?;
+    }
     if let Err(e) = proto::write_frame(&mut ctl, &Frame::Go) {
         thaw_stopped(frozen, pid)?;
         return Err(MigrateError::Thawed {
@@ -479,10 +481,14 @@ fn serve_requests(
 }
 
 /// Thaws an original that also has a SIGSTOP queued: detach, then continue it.
-fn thaw_stopped(frozen: crate::freeze::FrozenProcess, pid: i32) -> Result<(), MigrateError> {
+fn thaw_stopped(frozen: crate::freeze::FrozenTree, _pid: i32) -> Result<(), MigrateError> {
+    let pids = frozen.pids();
     frozen.thaw()?;
-    crate::sys::process::kill(pid, libc::SIGCONT)
-        .map_err(|e| io_err(format!("SIGCONT of process {pid}"))(e.io_error))
+    for pid in pids {
+        crate::sys::process::kill(pid, libc::SIGCONT)
+            .map_err(|e| io_err(format!("SIGCONT of process {pid}"))(e.io_error))?;
+    }
+    Ok(())
 }
 
 fn unreachable_frame() -> Result<(), MigrateError> {

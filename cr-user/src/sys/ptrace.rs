@@ -28,6 +28,10 @@ pub const OPT_EXITKILL: u64 = libc::PTRACE_O_EXITKILL as u64;
 pub const OPT_TRACECLONE: u64 = libc::PTRACE_O_TRACECLONE as u64;
 /// `PTRACE_EVENT_CLONE`: the tracee created a thread (its tid: [`get_event_msg`]).
 pub const EVENT_CLONE: i32 = libc::PTRACE_EVENT_CLONE;
+/// `PTRACE_O_TRACEFORK`: processes the tracee forks are traced from their first instruction.
+pub const OPT_TRACEFORK: u64 = libc::PTRACE_O_TRACEFORK as u64;
+/// `PTRACE_EVENT_FORK`: the tracee forked (the child's pid: [`get_event_msg`]).
+pub const EVENT_FORK: i32 = libc::PTRACE_EVENT_FORK;
 /// `PTRACE_EVENT_STOP`: the stop `PTRACE_INTERRUPT` produces.
 pub const EVENT_STOP: i32 = libc::PTRACE_EVENT_STOP;
 

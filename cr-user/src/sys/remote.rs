@@ -90,8 +90,9 @@ impl Remote {
         Ok(out.rax as i64)
     }
 
-    /// Runs a `clone`-family syscall in a task traced with `PTRACE_O_TRACECLONE`: returns the
-    /// raw result and the new thread's id as seen from here (from the clone event).
+    /// Runs a `clone`-family syscall in a task traced with `PTRACE_O_TRACECLONE` (threads) or
+    /// `PTRACE_O_TRACEFORK` (processes): returns the raw result and the new task's id as seen
+    /// from here (from the clone or fork event).
     pub fn syscall_clone(
         &self,
         nr: i64,
@@ -113,7 +114,9 @@ impl Remote {
             ptrace::resume_to_syscall(self.pid, 0).map_err(map)?;
             match ptrace::wait_stop(self.pid).map_err(map)? {
                 Stop::Syscall => syscall_stops += 1,
-                Stop::Event { event, .. } if event == ptrace::EVENT_CLONE => {
+                Stop::Event { event, .. }
+                    if event == ptrace::EVENT_CLONE || event == ptrace::EVENT_FORK =>
+                {
                     let tid = ptrace::get_event_msg(self.pid).map_err(map)?;
                     new_tid = i32::try_from(tid).ok();
                 }

@@ -1,0 +1,200 @@
+//! Dump of a whole process tree: every live process frozen (parents first, until no new one
+//! appears), each saved like a single process, pipes between them saved once, zombies recorded
+//! with their exit status. Memory is copied with the tree stopped (no pre-copy for trees yet).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::dump::{
+    After, DumpError, DumpOptions, Pages, confirm_task_set, dump_cpu, dump_layout_files,
+    prepare_dir, start_tracking,
+};
+use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
+use crate::image::core::{CoreImage, ThreadsImage};
+use crate::image::files::FilesImage;
+use crate::image::inventory::Inventory;
+use crate::image::mm::MmImage;
+use crate::image::pagemap::PagemapImage;
+use crate::image::{ImageDir, Kind};
+use crate::proc;
+use crate::stats::{DumpStats, micros};
+
+/// Everything saved of one process.
+struct Saved {
+    pid: i32,
+    core: CoreImage,
+    threads: ThreadsImage,
+    files: FilesImage,
+    mm: MmImage,
+    pagemap: PagemapImage,
+    pages: Pages,
+}
+
+/// Freezes `root` and every live descendant; returns them in tree order with the tree.
+fn freeze_all(root: i32) -> Result<(Vec<FrozenProcess>, crate::image::tree::TreeImage), DumpError> {
+    let mut frozen = vec![FrozenProcess::freeze(root)?];
+    loop {
+        let tree = super::collect(root)?;
+        let missing: Vec<i32> = tree
+            .procs
+            .iter()
+            .filter(|p| p.zombie.is_none())
+            .map(|p| p.pid)
+            .filter(|pid| !frozen.iter().any(|f| f.main().pid() == *pid))
+            .collect();
+        if missing.is_empty() {
+            frozen.sort_by_key(|f| {
+                tree.procs
+                    .iter()
+                    .position(|p| p.pid == f.main().pid())
+                    .unwrap_or(usize::MAX)
+            });
+            // A frozen process that left the tree (it exited meanwhile) is not dumped.
+            frozen.retain(|f| tree.procs.iter().any(|p| p.pid == f.main().pid()));
+            return Ok((frozen, tree));
+        }
+        for pid in missing {
+            match FrozenProcess::freeze(pid) {
+                Ok(f) => frozen.push(f),
+                // It exited or became a zombie: the next listing says which.
+                Err(FreezeError::NoSuchProcess { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn save(
+    f: &FrozenProcess,
+    shell_job: bool,
+    pipes: &crate::files::TreePipes,
+) -> Result<Saved, DumpError> {
+    let pid = f.main().pid();
+    let stat = proc::stat::stat(pid)?;
+    let status = proc::status::status(pid)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default();
+    let smaps = proc::maps::smaps(pid)?;
+    let (vmas, files) = dump_layout_files(pid, &smaps, status.umask, shell_job, None, pipes)?;
+    let (mm, core, threads) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
+    let mut buf = Vec::new();
+    let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
+    Ok(Saved {
+        pid,
+        core,
+        threads,
+        files,
+        mm,
+        pagemap: d.pagemap,
+        pages: Pages::Buffer(buf),
+    })
+}
+
+/// Dumps the tree rooted at `opts.pid` into `opts.dir`.
+pub(crate) fn dump(
+    opts: &DumpOptions,
+    after: After,
+) -> Result<(DumpStats, Option<FrozenTree>), DumpError> {
+    let root = opts.pid;
+    if opts.pre_copy.is_some()
+        || opts.prev_images_dir.is_some()
+        || opts.track_mem
+        || opts.lazy_pages
+    {
+        return Err(DumpError::Unsupported {
+            pid: root,
+            what: "it has child processes; --pre-copy, --prev-images-dir, --track-mem and lazy migration are not supported for process trees yet".into(),
+        });
+    }
+    let dir = prepare_dir(&opts.dir)?;
+    let mut tracker = if opts.no_bpf {
+        None
+    } else {
+        start_tracking(root)
+    };
+    let mut stats = DumpStats {
+        task_tracking: if tracker.is_some() { "bpf" } else { "proc" }.into(),
+        precopy_mode: "off".into(),
+        ..Default::default()
+    };
+    let t_freeze = Instant::now();
+    let (frozen, tree) = freeze_all(root)?;
+    let t_frozen = Instant::now();
+    stats.freezing_time_us = micros(t_frozen - t_freeze);
+    stats.frozen_steps.stop_us = stats.freezing_time_us;
+    let live: Vec<i32> = frozen.iter().map(|f| f.main().pid()).collect();
+    if let Some(t) = tracker.as_mut() {
+        let tids: Vec<i32> = frozen.iter().flat_map(FrozenProcess::tids).collect();
+        let all: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();
+        confirm_task_set(root, t, &tids, &all)?;
+    }
+    let t = Instant::now();
+    let pipes = crate::files::tree_pipes(&live)?;
+    let mut saved = Vec::with_capacity(frozen.len());
+    for f in &frozen {
+        saved.push(save(f, opts.shell_job, &pipes)?);
+    }
+    stats.memdump_time_us = micros(t.elapsed());
+    stats.pages_scanned = saved.iter().map(|s| s.pagemap.total_pages()).sum();
+    stats.residual_pages = stats.pages_scanned;
+    stats.pages_written = stats.pages_scanned;
+    let frozen = FrozenTree::new(frozen);
+    let still_frozen = if matches!(after, After::Thaw) {
+        frozen.thaw()?;
+        stats.frozen_time_us = micros(t_frozen.elapsed());
+        None
+    } else {
+        Some(frozen)
+    };
+    let t_write = Instant::now();
+    write(&dir, &mut saved, &tree, root, opts.shell_job)?;
+    stats.memwrite_time_us = micros(t_write.elapsed());
+    match (after, still_frozen) {
+        (After::Kill, Some(frozen)) => {
+            frozen.kill()?;
+            stats.frozen_time_us = micros(t_frozen.elapsed());
+            Ok((stats, None))
+        }
+        (_, held) => {
+            if held.is_some() {
+                stats.frozen_time_us = micros(t_frozen.elapsed());
+            }
+            Ok((stats, held))
+        }
+    }
+}
+
+fn write(
+    dir: &ImageDir,
+    saved: &mut [Saved],
+    tree: &crate::image::tree::TreeImage,
+    root: i32,
+    shell_job: bool,
+) -> Result<(), DumpError> {
+    for s in saved.iter_mut() {
+        s.pages.write(dir, s.pid, &mut s.pagemap)?;
+        dir.write(Kind::Pagemap, s.pid, &s.pagemap)?;
+        dir.write(Kind::Mm, s.pid, &s.mm)?;
+        dir.write(Kind::Core, s.pid, &s.core)?;
+        if !s.threads.threads.is_empty() {
+            dir.write(Kind::Threads, s.pid, &s.threads)?;
+        }
+        dir.write(Kind::Files, s.pid, &s.files)?;
+    }
+    dir.write(Kind::Tree, 0, tree)?;
+    let inventory = Inventory {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        root_pid: root,
+        pids: saved.iter().map(|s| s.pid).collect(),
+        shell_job,
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        parent: None,
+        pre_dump: false,
+        tracking: None,
+    };
+    // The inventory goes last: an image dir without it is incomplete and restore refuses it.
+    dir.write(Kind::Inventory, 0, &inventory)?;
+    Ok(())
+}
