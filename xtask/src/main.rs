@@ -3,7 +3,8 @@
 //! - `setup`: install what building and testing need (apt packages, nightly `rust-src`,
 //!   `bpf-linker`), and nothing that is already there.
 //! - `build`: the release `fastcr` binary.
-//! - `run`: the demo: check, then checkpoint and restore a small counter.
+//! - `run`: the demo: check, then live-migrate a small counter (lazily) into another network
+//!   namespace.
 //! - `test`: everything CI runs (fmt, clippy, tests, vmtests, benches compile).
 //! - `vmtest`: only the privileged end-to-end tests.
 //! - `bench`: run the benches and refresh `docs/benchmarks.md`.
@@ -35,7 +36,7 @@ enum Cmd {
     Setup,
     /// Set up if needed, then build the release fastcr binary and print its path.
     Build,
-    /// Set up, build, run `fastcr check`, then checkpoint and restore a demo counter.
+    /// Set up, build, run `fastcr check`, then live-migrate a demo counter into another netns.
     Run,
     /// Run everything CI runs: fmt, clippy, unit/integration tests, vmtests, bench build.
     Test(test::Options),
