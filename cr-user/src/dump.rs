@@ -442,30 +442,9 @@ fn dump_with(
             (pagemap, Pages::Buffer(buf))
         }
         (None, _, _) if opts.lazy_pages => {
-            // Readable private anonymous VMAs are left to the migration source, whole: which
-            // of their pages exist is worked out after the hand-over (`Absent` frames), so the
-            // frozen window does not grow with memory size. Everything else is copied now.
-            let (lazy, eager): (Vec<_>, Vec<_>) = mm.vmas.iter().cloned().partition(lazy_candidate);
-            let sel = crate::mm::dump::select_pages(pid, &eager)?;
-            stats.pages_scanned = sel.pages_scanned;
-            let mut pagemap = sel.pagemap;
-            buf.resize(pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
-            crate::mm::dump::copy_entries(pid, &mm.vmas, &pagemap.entries, &mut buf)?;
+            let (pagemap, scanned) = lazy_pagemap(pid, &mm.vmas, &mut buf)?;
+            stats.pages_scanned = scanned;
             stats.residual_pages = pagemap.stored_pages();
-            for v in &lazy {
-                let mut a = v.start;
-                while a < v.end {
-                    let n = ((v.end - a) / PAGE_SIZE).min(u64::from(u32::MAX >> 1));
-                    pagemap.entries.push(crate::image::pagemap::PagemapEntry {
-                        vaddr: a,
-                        nr_pages: n as u32,
-                        flags: PE_LAZY,
-                        crc32: 0,
-                    });
-                    a += n * PAGE_SIZE;
-                }
-            }
-            pagemap.entries.sort_by_key(|e| e.vaddr);
             stats.frozen_steps.residual_copy_us = micros(t_mem.elapsed());
             (pagemap, Pages::Buffer(buf))
         }
@@ -546,6 +525,37 @@ fn dump_with(
         }
         (_, held) => Ok((stats, held.map(FrozenTree::single))),
     }
+}
+
+/// The pagemap of a lazy migration: readable private anonymous VMAs are left to the migration
+/// source, whole (`PE_LAZY`): which of their pages exist is worked out after the hand-over
+/// (`Absent` frames), so the frozen window does not grow with memory size. The pages of every
+/// other VMA are copied into `buf` now. Returns the pagemap and the pages scanned.
+pub(crate) fn lazy_pagemap(
+    pid: i32,
+    vmas: &[crate::image::mm::Vma],
+    buf: &mut Vec<u8>,
+) -> Result<(PagemapImage, u64), DumpError> {
+    let (lazy, eager): (Vec<_>, Vec<_>) = vmas.iter().cloned().partition(lazy_candidate);
+    let sel = crate::mm::dump::select_pages(pid, &eager)?;
+    let mut pagemap = sel.pagemap;
+    buf.resize(pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
+    crate::mm::dump::copy_entries(pid, vmas, &pagemap.entries, buf)?;
+    for v in &lazy {
+        let mut a = v.start;
+        while a < v.end {
+            let n = ((v.end - a) / PAGE_SIZE).min(u64::from(u32::MAX >> 1));
+            pagemap.entries.push(crate::image::pagemap::PagemapEntry {
+                vaddr: a,
+                nr_pages: n as u32,
+                flags: PE_LAZY,
+                crc32: 0,
+            });
+            a += n * PAGE_SIZE;
+        }
+    }
+    pagemap.entries.sort_by_key(|e| e.vaddr);
+    Ok((pagemap, sel.pages_scanned))
 }
 
 /// Whether a VMA's pages can be left to a migration source: private, anonymous, readable

@@ -42,8 +42,8 @@ pub struct Restored {
     pub stats: RestoreStats,
     /// Its pid here (in fastcr's pid namespace); the image's pid inside its own namespace.
     pub pid_here: i32,
-    /// The lazy phase still to serve (`lazy`): the first address space for the placer.
-    pub lazy: Option<crate::lazy::Space>,
+    /// The lazy phase still to serve (`lazy`): one address space per process, the root's first.
+    pub lazy: Vec<crate::lazy::Space>,
     /// The namespace it lives in (`pidns_new`); release it once the restore is complete.
     pub pidns: Option<crate::pidns::PidNs>,
 }
@@ -174,26 +174,23 @@ pub fn restore_loaded(
         crate::files::validate(&p.files, opts.shell_job)?;
         load::check_mapped_files(&p.mm)?;
     }
-    if opts.lazy && img.procs.len() > 1 {
-        return Err(RestoreError::Unsupported {
-            count: img.procs.len(),
-        });
-    }
-    let lazy_plan =
-        crate::lazy::register::plan(&root.mm, &root.pagemap, opts.lazy).map_err(|d| {
-            ImageError::Inconsistent {
-                path: root.pages_path.clone(),
-                detail: d,
-            }
-        })?;
-    if !opts.lazy && !lazy_plan.pending.is_empty() {
-        return Err(ImageError::Inconsistent {
-            path: root.pages_path.clone(),
-            detail:
+
+    let mut plans = Vec::with_capacity(img.procs.len());
+    for p in &img.procs {
+        let inconsistent = |detail: String| ImageError::Inconsistent {
+            path: p.pages_path.clone(),
+            detail,
+        };
+        let plan =
+            crate::lazy::register::plan(&p.mm, &p.pagemap, opts.lazy).map_err(inconsistent)?;
+        if !opts.lazy && !plan.pending.is_empty() {
+            return Err(inconsistent(
                 "the image leaves pages with a migration source; only `fastcr receive` restores it"
                     .into(),
+            )
+            .into());
         }
-        .into());
+        plans.push(plan);
     }
     let mut pidns = if opts.pidns_new {
         Some(crate::pidns::PidNs::create().map_err(RestoreError::PidNs)?)
@@ -260,8 +257,8 @@ pub fn restore_loaded(
             step: "create the process",
             source: SyscallError::from_errno("clone3", libc::ESRCH),
         })?;
-        let lazy = (opts.lazy && p.pid == pid).then_some(&lazy_plan);
-        built.push(build::build(p, h, &shared, lazy)?);
+        let lazy = opts.lazy.then_some(&plans[built.len()]);
+        built.push(build::build(p, h, &shared, lazy, p.pid == pid)?);
     }
     let restore_time_us = micros(t0.elapsed());
     gate().map_err(|why| RestoreError::Aborted { pid, why })?;
@@ -274,9 +271,16 @@ pub fn restore_loaded(
     guard.armed = false;
     drop(shared);
     let pages_restored = built.iter().map(|b| b.pages).sum();
-    let uffd = built.first_mut().and_then(|b| b.uffd.take());
-    let lazy = uffd.map(|u| crate::lazy::Space::new(u, lazy_plan.pending));
-    if lazy.is_none()
+    let lazy: Vec<crate::lazy::Space> = built
+        .iter_mut()
+        .zip(img.procs.iter().zip(plans))
+        .filter_map(|(b, (p, plan))| {
+            b.uffd
+                .take()
+                .map(|u| crate::lazy::Space::new(p.pid, u, plan.pending))
+        })
+        .collect();
+    if lazy.is_empty()
         && let Some(ns) = pidns.as_mut()
     {
         ns.release();
@@ -300,10 +304,10 @@ pub fn finish_lazy(
     r: &mut Restored,
     feed: &mut dyn crate::lazy::Feed,
 ) -> Result<Option<crate::stats::LazyStats>, RestoreError> {
-    let Some(space) = r.lazy.take() else {
+    if r.lazy.is_empty() {
         return Ok(None);
-    };
-    let placer = crate::lazy::Placer::new(r.stats.pid, space);
+    }
+    let placer = crate::lazy::Placer::new(std::mem::take(&mut r.lazy));
     let served = crate::lazy::serve(placer, feed).and_then(|stats| {
         crate::lazy::register::release(r.pid_here)?;
         Ok(stats)

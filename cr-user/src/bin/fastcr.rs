@@ -293,7 +293,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let failed = || format!("restore from {} failed", dir.display());
             let (mut r, img) = restore(&opts).with_context(failed)?;
-            let mut feed = cr_user::lazy::local::ImageFeed::new(&img.root().chain);
+            let mut feed = cr_user::lazy::local::ImageFeed::new(
+                img.procs.iter().map(|p| (p.pid, &p.chain)).collect(),
+            );
             let lazy_stats = finish_lazy(&mut r, &mut feed).with_context(failed)?;
             let both = serde_json::json!({ "restore": &r.stats, "lazy": &lazy_stats });
             let table = || {

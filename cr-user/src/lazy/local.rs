@@ -12,36 +12,48 @@ const BACKGROUND_CHUNK: u64 = 512 * PAGE_SIZE;
 /// walk forward.
 const DEMAND_CHUNK: u64 = 16 * PAGE_SIZE;
 
-/// Feeds pages from an image.
+/// Feeds pages from an image: each process's through its own chain.
 pub struct ImageFeed<'a> {
-    chain: &'a PageChain,
+    chains: Vec<(i32, &'a PageChain)>,
     cursor: u64,
 }
 
 impl<'a> ImageFeed<'a> {
-    /// A feed over `chain`.
-    pub fn new(chain: &'a PageChain) -> Self {
-        Self { chain, cursor: 0 }
+    /// A feed over the chains of the image's processes, by pid.
+    pub fn new(chains: Vec<(i32, &'a PageChain)>) -> Self {
+        Self { chains, cursor: 0 }
     }
 
-    fn place_from(&self, src: u64, max: u64, placer: &mut Placer) -> Result<(), LazyError> {
-        match self.chain.bytes_at(src, max)? {
-            Some(bytes) => placer.place(src, bytes),
+    fn place_from(
+        &self,
+        pid: i32,
+        src: u64,
+        max: u64,
+        placer: &mut Placer,
+    ) -> Result<(), LazyError> {
+        let chain = self
+            .chains
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, c)| *c)
+            .ok_or(LazyError::Missing { addr: src })?;
+        match chain.bytes_at(src, max)? {
+            Some(bytes) => placer.place(pid, src, bytes),
             None => Err(LazyError::Missing { addr: src }),
         }
     }
 }
 
 impl Feed for ImageFeed<'_> {
-    fn demand(&mut self, src: u64, placer: &mut Placer) -> Result<(), LazyError> {
-        self.place_from(src, DEMAND_CHUNK, placer)
+    fn demand(&mut self, pid: i32, src: u64, placer: &mut Placer) -> Result<(), LazyError> {
+        self.place_from(pid, src, DEMAND_CHUNK, placer)
     }
 
     fn background(&mut self, placer: &mut Placer) -> Result<bool, LazyError> {
-        let Some((src, len)) = placer.next_pending(self.cursor) else {
+        let Some((pid, src, len)) = placer.next_pending(self.cursor) else {
             return Ok(false);
         };
-        self.place_from(src, len.min(BACKGROUND_CHUNK), placer)?;
+        self.place_from(pid, src, len.min(BACKGROUND_CHUNK), placer)?;
         self.cursor = src + len.min(BACKGROUND_CHUNK);
         Ok(true)
     }

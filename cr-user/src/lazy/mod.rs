@@ -54,6 +54,9 @@ pub enum LazyError {
 
 /// One restored address space.
 pub struct Space {
+    /// The process (pid in the image) whose pages it holds; a child forked during the lazy
+    /// phase holds its parent's.
+    pid: i32,
     uffd: OwnedFd,
     pending: PageSet,
     /// Still in use: false once its process is gone.
@@ -61,9 +64,10 @@ pub struct Space {
 }
 
 impl Space {
-    /// A space whose `pending` pages are registered MISSING on `uffd`.
-    pub fn new(uffd: OwnedFd, pending: PageSet) -> Self {
+    /// A space of process `pid` whose `pending` pages are registered MISSING on `uffd`.
+    pub fn new(pid: i32, uffd: OwnedFd, pending: PageSet) -> Self {
         Self {
+            pid,
             uffd,
             pending,
             live: true,
@@ -84,19 +88,20 @@ pub struct Placer {
     spaces: Vec<Space>,
     faults: VecDeque<Fault>,
     /// Source pages fetched for a fault and not yet placed, with when the first fault came.
-    waiting: HashMap<u64, Instant>,
+    waiting: HashMap<(i32, u64), Instant>,
     latencies_us: Vec<u64>,
     stats: LazyStats,
     zero: Vec<u8>,
 }
 
 impl Placer {
-    /// A placer for the restored process `pid` (for error messages) and its first space.
-    pub fn new(pid: i32, first: Space) -> Self {
-        let lazy_pages = first.pending.bytes() / PAGE_SIZE;
+    /// A placer for the spaces of the restored processes, the root's first (its pid names the
+    /// restore in error messages).
+    pub fn new(spaces: Vec<Space>) -> Self {
+        let lazy_pages = spaces.iter().map(|s| s.pending.bytes()).sum::<u64>() / PAGE_SIZE;
         Self {
-            pid,
-            spaces: vec![first],
+            pid: spaces.first().map_or(0, |s| s.pid),
+            spaces,
             faults: VecDeque::new(),
             waiting: HashMap::new(),
             latencies_us: Vec::new(),
@@ -128,8 +133,8 @@ impl Placer {
     }
 
     /// The next pending source range at or after `from` in the first space that has one, as
-    /// (source start, length); wraps around to the lowest.
-    pub fn next_pending(&self, from: u64) -> Option<(u64, u64)> {
+    /// (pid, source start, length); wraps around to the lowest.
+    pub fn next_pending(&self, from: u64) -> Option<(i32, u64, u64)> {
         let s = self
             .spaces
             .iter()
@@ -138,20 +143,28 @@ impl Placer {
             .pending
             .next_from(from)
             .or_else(|| s.pending.next_from(0))?;
-        Some((src, end - start))
+        Some((s.pid, src, end - start))
     }
 
-    /// Whether the source page `src` was asked for by a fault and is not in place yet.
-    pub fn is_waited_for(&self, src: u64) -> bool {
-        self.waiting.contains_key(&src)
+    /// Every pending range of every space, as (pid, source start, length).
+    pub fn all_pending(&self) -> Vec<(i32, u64, u64)> {
+        self.spaces
+            .iter()
+            .filter(|s| s.live)
+            .flat_map(|s| {
+                s.pending
+                    .iter_sources()
+                    .map(move |(src, len)| (s.pid, src, len))
+            })
+            .collect()
     }
 
-    /// Places `data` (whole pages whose content is at source address `src`) wherever a space
-    /// still misses them. Pages already there or dropped by the process are skipped.
-    pub fn place(&mut self, src: u64, data: &[u8]) -> Result<(), LazyError> {
+    /// Places `data` (whole pages whose content is at source address `src` of process `pid`)
+    /// wherever a space still misses them. Pages already there or dropped are skipped.
+    pub fn place(&mut self, pid: i32, src: u64, data: &[u8]) -> Result<(), LazyError> {
         let len = data.len() as u64;
         for i in 0..self.spaces.len() {
-            if !self.spaces[i].live {
+            if !self.spaces[i].live || self.spaces[i].pid != pid {
                 continue;
             }
             loop {
@@ -174,7 +187,7 @@ impl Placer {
                 if matches!(res, Placed::All | Placed::Exists(_)) {
                     self.stats.pages_placed += done / PAGE_SIZE;
                 }
-                self.note_placed(from, done);
+                self.note_placed(pid, from, done);
                 if matches!(res, Placed::Again(_)) {
                     self.read_events(i)?;
                 }
@@ -186,9 +199,9 @@ impl Placer {
     /// The source says the pages from `src` for `len` bytes never existed: wherever they are
     /// still pending they are dropped (a later fault there gets zeros), and any thread waiting
     /// on one of them retries its fault.
-    pub fn absent(&mut self, src: u64, len: u64) -> Result<(), LazyError> {
+    pub fn absent(&mut self, pid: i32, src: u64, len: u64) -> Result<(), LazyError> {
         for i in 0..self.spaces.len() {
-            if !self.spaces[i].live {
+            if !self.spaces[i].live || self.spaces[i].pid != pid {
                 continue;
             }
             for (start, end, _) in self.spaces[i].pending.by_source(src, len) {
@@ -198,19 +211,19 @@ impl Placer {
         }
         let mut a = src;
         while a < src + len && !self.waiting.is_empty() {
-            self.waiting.remove(&a);
+            self.waiting.remove(&(pid, a));
             a += PAGE_SIZE;
         }
         Ok(())
     }
 
-    fn note_placed(&mut self, src: u64, len: u64) {
+    fn note_placed(&mut self, pid: i32, src: u64, len: u64) {
         if self.waiting.is_empty() {
             return;
         }
         let mut a = src;
         while a < src + len {
-            if let Some(t) = self.waiting.remove(&a) {
+            if let Some(t) = self.waiting.remove(&(pid, a)) {
                 self.latencies_us.push(micros(t.elapsed()));
             }
             a += PAGE_SIZE;
@@ -241,7 +254,8 @@ impl Placer {
                     // The child's memory is the parent's at this instant: what the parent
                     // still misses, the child misses too.
                     let pending = self.spaces[i].pending.clone();
-                    self.spaces.push(Space::new(uffd, pending));
+                    let pid = self.spaces[i].pid;
+                    self.spaces.push(Space::new(pid, uffd, pending));
                     self.stats.forks += 1;
                 }
                 Event::Remap { from, to, len } => {
@@ -315,7 +329,7 @@ pub trait Feed {
     }
 
     /// A fault needs source page `src`: place it now (local) or ask for it (remote).
-    fn demand(&mut self, src: u64, placer: &mut Placer) -> Result<(), LazyError>;
+    fn demand(&mut self, pid: i32, src: u64, placer: &mut Placer) -> Result<(), LazyError>;
 
     /// Places what has arrived, answers to demands first.
     fn arrivals(&mut self, _placer: &mut Placer) -> Result<(), LazyError> {
@@ -340,10 +354,12 @@ pub fn serve(mut placer: Placer, feed: &mut dyn Feed) -> Result<LazyStats, LazyE
             match placer.spaces[f.space].pending.source_of(f.addr) {
                 Some(src) => {
                     placer.stats.demand_faults += 1;
-                    if let std::collections::hash_map::Entry::Vacant(e) = placer.waiting.entry(src)
+                    let pid = placer.spaces[f.space].pid;
+                    if let std::collections::hash_map::Entry::Vacant(e) =
+                        placer.waiting.entry((pid, src))
                     {
                         e.insert(f.at);
-                        feed.demand(src, &mut placer)?;
+                        feed.demand(pid, src, &mut placer)?;
                     }
                 }
                 None => placer.zero_fill(&f)?,

@@ -156,6 +156,11 @@ impl PageSet {
             .map(|(s, r)| (*s, r.end, r.src))
     }
 
+    /// Each interval as (source start, length).
+    pub fn iter_sources(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.runs.iter().map(|(s, r)| (r.src, r.end - s))
+    }
+
     /// The pieces of the set whose sources fall in `[src, src+len)`, as (start, end, src).
     pub fn by_source(&self, src: u64, len: u64) -> Vec<(u64, u64, u64)> {
         let end = src + len;

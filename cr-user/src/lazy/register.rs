@@ -66,7 +66,7 @@ pub fn plan(mm: &MmImage, pagemap: &PagemapImage, all_anon: bool) -> Result<Lazy
 /// (this fastcr thread, the fault handler): a process whose handler is gone would otherwise
 /// wait forever, or see zeros where its memory was. Nothing is registered yet: see
 /// [`register`].
-pub fn setup(inj: &Injector, pid: i32) -> Result<OwnedFd, LazyError> {
+pub fn setup(inj: &Injector, pid: i32, die_with_parent: bool) -> Result<OwnedFd, LazyError> {
     let err = |step| move |source| LazyError::Uffd { pid, step, source };
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
     let fd = inj
@@ -94,7 +94,11 @@ pub fn setup(inj: &Injector, pid: i32) -> Result<OwnedFd, LazyError> {
             crate::sys::SyscallError::from_errno("ioctl(UFFDIO_API)", libc::ENOTSUP),
         ));
     }
-    set_pdeathsig(inj, libc::SIGKILL as u64).map_err(|e| LazyError::Feed(e.to_string()))?;
+    // Only a process whose parent is fastcr: a child's parent is the restored process, whose
+    // normal exit must not kill it (in a new pid namespace, init ends everything if fastcr dies).
+    if die_with_parent {
+        set_pdeathsig(inj, libc::SIGKILL as u64).map_err(|e| LazyError::Feed(e.to_string()))?;
+    }
     Ok(uffd)
 }
 

@@ -21,15 +21,16 @@ const BULK_PER_ROUND: usize = 2;
 
 /// What a reader thread hands over.
 enum Msg {
-    /// Pages at `addr`: `buf[off..off+len]`.
+    /// Pages of process `pid` at `addr`: `buf[off..off+len]`.
     Pages {
+        pid: i32,
         addr: u64,
         buf: Vec<u8>,
         off: usize,
         len: usize,
     },
-    /// Pages the process never had.
-    Absent(u64, u64),
+    /// Pages a process (pid, start, length) never had.
+    Absent(i32, u64, u64),
     /// The background stream is complete.
     BulkEnd,
     /// The source is done (`Bye`) or failed.
@@ -58,15 +59,18 @@ fn spawn_reader(
             let read = match proto::read_frame(&mut stream, &mut buf) {
                 // `buf` may have grown (moved) during the read: keep the data's address and
                 // take its offset once the borrow has ended.
-                Ok(Frame::Pages { addr, data }) => Ok((addr, data.as_ptr() as usize, data.len())),
+                Ok(Frame::Pages { pid, addr, data }) => {
+                    Ok((pid, addr, data.as_ptr() as usize, data.len()))
+                }
                 Ok(other) => Err(frame_msg(other, what, &mut last_heard)),
                 Err(ProtoError::TimedOut) if last_heard.elapsed() < LINK_TIMEOUT => continue,
                 Err(e) => Err(Some(Msg::Lost(format!("{what} connection: {e}")))),
             };
             let msg = match read {
-                Ok((addr, ptr, len)) => {
+                Ok((pid, addr, ptr, len)) => {
                     let off = ptr - buf.as_ptr() as usize;
                     Msg::Pages {
+                        pid,
                         addr,
                         buf,
                         off,
@@ -93,7 +97,9 @@ fn spawn_reader(
 fn frame_msg(f: Frame<'_>, what: &str, last_heard: &mut Instant) -> Option<Msg> {
     Some(match f {
         Frame::BulkEnd { .. } => Msg::BulkEnd,
-        Frame::Absent { addr, npages } => Msg::Absent(addr, npages.saturating_mul(PAGE_SIZE)),
+        Frame::Absent { pid, addr, npages } => {
+            Msg::Absent(pid, addr, npages.saturating_mul(PAGE_SIZE))
+        }
         Frame::Bye => Msg::Ended("source said Bye".into()),
         Frame::Failed { message } => Msg::Ended(format!("source failed: {message}")),
         Frame::Ping | Frame::Pong => {
@@ -209,29 +215,20 @@ impl NetFeed {
         Ok(())
     }
 
-    fn request(&mut self, addr: u64, npages: u32) -> Result<(), LazyError> {
+    fn request(&mut self, pid: i32, addr: u64, npages: u32) -> Result<(), LazyError> {
         self.requests += 1;
-        proto::write_frame(&mut self.ctl, &Frame::PageRequest { addr, npages })
+        proto::write_frame(&mut self.ctl, &Frame::PageRequest { pid, addr, npages })
             .map_err(|e| LazyError::Feed(format!("page request: {e}")))
     }
 
     /// Asks for every page still missing (after the background stream ended, or after a
     /// reconnect, when the stream is not resent).
     fn request_rest(&mut self, placer: &Placer) -> Result<(), LazyError> {
-        let mut from = 0;
-        let mut ranges = Vec::new();
-        while let Some((src, len)) = placer.next_pending(from) {
-            if src < from || ranges.len() > 1_000_000 {
-                break;
-            }
-            ranges.push((src, len));
-            from = src + len;
-        }
-        for (src, len) in ranges {
+        for (pid, src, len) in placer.all_pending() {
             let mut a = src;
             while a < src + len {
                 let n = ((src + len - a) / PAGE_SIZE).min(u64::from(MAX_REQUEST_PAGES));
-                self.request(a, n as u32)?;
+                self.request(pid, a, n as u32)?;
                 a += n * PAGE_SIZE;
             }
         }
@@ -369,8 +366,8 @@ impl Feed for NetFeed {
         Some(self.wake_r.as_fd())
     }
 
-    fn demand(&mut self, src: u64, _placer: &mut Placer) -> Result<(), LazyError> {
-        self.request(src, 1)
+    fn demand(&mut self, pid: i32, src: u64, _placer: &mut Placer) -> Result<(), LazyError> {
+        self.request(pid, src, 1)
     }
 
     fn arrivals(&mut self, placer: &mut Placer) -> Result<(), LazyError> {
@@ -378,11 +375,12 @@ impl Feed for NetFeed {
         loop {
             match self.demand.rx.try_recv() {
                 Ok(Msg::Pages {
+                    pid,
                     addr,
                     buf,
                     off,
                     len,
-                }) => placer.place(addr, &buf[off..off + len])?,
+                }) => placer.place(pid, addr, &buf[off..off + len])?,
                 Ok(Msg::Lost(why)) => return self.reconnect(&why, placer),
                 Ok(Msg::Ended(why)) => {
                     if placer.is_done() {
@@ -405,17 +403,18 @@ impl Feed for NetFeed {
             let msg = bulk.rx.try_recv();
             match msg {
                 Ok(Msg::Pages {
+                    pid,
                     addr,
                     buf,
                     off,
                     len,
                 }) => {
-                    placer.place(addr, &buf[off..off + len])?;
+                    placer.place(pid, addr, &buf[off..off + len])?;
                     self.recycle(buf);
                     self.more_bulk = true;
                 }
-                Ok(Msg::Absent(addr, len)) => {
-                    placer.absent(addr, len)?;
+                Ok(Msg::Absent(pid, addr, len)) => {
+                    placer.absent(pid, addr, len)?;
                     self.more_bulk = true;
                 }
                 Ok(Msg::BulkEnd) => {

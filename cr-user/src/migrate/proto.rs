@@ -13,8 +13,8 @@
 //! 2     FileChunk     src → dst  control    name: str, offset: u64, data: rest
 //! 3     ImagesEnd     src → dst  control    lazy: u8 (0 or 1)
 //! 4     Resumed       dst → src  control    pid: i32, restore_us: u64
-//! 5     PageRequest   dst → src  control    addr: u64, npages: u32
-//! 6     Pages         src → dst  both       addr: u64, data: rest (whole pages)
+//! 5     PageRequest   dst → src  control    pid: i32, addr: u64, npages: u32
+//! 6     Pages         src → dst  both       pid: i32, addr: u64, data: rest (whole pages)
 //! 7     BulkEnd       src → dst  bulk       pages_sent: u64
 //! 8     Done          dst → src  control    pages_placed, demand_faults, fault_p50_us,
 //!                                           fault_p99_us, time_to_all_pages_us: u64 each
@@ -24,7 +24,7 @@
 //! 12    Pong          either     either     (empty)
 //! 13    Ready         dst → src  control    (empty): restored, held stopped until Go
 //! 14    Go            src → dst  control    (empty): the source commits; the copy may resume
-//! 15    Absent        src → dst  bulk       addr: u64, npages: u64: pages the process never had
+//! 15    Absent        src → dst  bulk       pid: i32, addr: u64, npages: u64: pages never had
 //! ```
 //!
 //! **Buffers.** [`Frame`] borrows its strings and byte slices. [`read_frame`] reads the whole
@@ -243,6 +243,8 @@ pub enum Frame<'a> {
     },
     /// Demand fault: send these pages now (dst → src, control).
     PageRequest {
+        /// The process (its pid in the image).
+        pid: i32,
         /// Page-aligned start address.
         addr: u64,
         /// 1 ..= [`MAX_REQUEST_PAGES`].
@@ -250,6 +252,8 @@ pub enum Frame<'a> {
     },
     /// Page contents at `addr` (src → dst; answers on control, background stream on bulk).
     Pages {
+        /// The process (its pid in the image).
+        pid: i32,
         /// Page-aligned start address.
         addr: u64,
         /// A non-zero multiple of [`PAGE_SIZE`], at most [`MAX_DATA_LEN`] bytes.
@@ -272,6 +276,8 @@ pub enum Frame<'a> {
     /// `npages` pages from `addr` hold nothing (never populated): the destination leaves
     /// them to read as zeros instead of waiting for them (src → dst, bulk).
     Absent {
+        /// The process (its pid in the image).
+        pid: i32,
         /// First page.
         addr: u64,
         /// Number of pages.
@@ -516,14 +522,16 @@ pub fn write_frame<W: Write>(w: &mut W, f: &Frame<'_>) -> Result<(), ProtoError>
             head.put(&restore_us.to_le_bytes());
             &[]
         }
-        Frame::PageRequest { addr, npages } => {
+        Frame::PageRequest { pid, addr, npages } => {
             check_page_request(addr, npages)?;
+            head.put(&pid.to_le_bytes());
             head.put(&addr.to_le_bytes());
             head.put(&npages.to_le_bytes());
             &[]
         }
-        Frame::Pages { addr, data } => {
+        Frame::Pages { pid, addr, data } => {
             check_pages(addr, data.len())?;
+            head.put(&pid.to_le_bytes());
             head.put(&addr.to_le_bytes());
             data
         }
@@ -531,8 +539,9 @@ pub fn write_frame<W: Write>(w: &mut W, f: &Frame<'_>) -> Result<(), ProtoError>
             head.put(&pages_sent.to_le_bytes());
             &[]
         }
-        Frame::Absent { addr, npages } => {
+        Frame::Absent { pid, addr, npages } => {
             check_absent(addr, npages)?;
+            head.put(&pid.to_le_bytes());
             head.put(&addr.to_le_bytes());
             head.put(&npages.to_le_bytes());
             &[]
@@ -579,8 +588,13 @@ pub fn write_frame<W: Write>(w: &mut W, f: &Frame<'_>) -> Result<(), ProtoError>
 /// Writes a `Pages` frame: header and `data` in one vectored write, no allocation, no copy.
 /// `addr` must be page-aligned and `data` a non-zero multiple of [`PAGE_SIZE`] of at most
 /// [`MAX_DATA_LEN`] bytes.
-pub fn write_pages<W: Write>(w: &mut W, addr: u64, data: &[u8]) -> Result<(), ProtoError> {
-    write_frame(w, &Frame::Pages { addr, data })
+pub fn write_pages<W: Write>(
+    w: &mut W,
+    pid: i32,
+    addr: u64,
+    data: &[u8],
+) -> Result<(), ProtoError> {
+    write_frame(w, &Frame::Pages { pid, addr, data })
 }
 
 /// Sends everything `src` yields as `FileChunk` frames named `name` of at most
@@ -834,22 +848,25 @@ fn decode(buf: &[u8]) -> Result<Frame<'_>, ProtoError> {
             restore_us: d.u64("restore_us")?,
         },
         ty::PAGE_REQUEST => {
+            let pid = i32::from_le_bytes(d.array("pid")?);
             let addr = d.u64("addr")?;
             let npages = u32::from_le_bytes(d.array("npages")?);
             check_page_request(addr, npages)?;
-            Frame::PageRequest { addr, npages }
+            Frame::PageRequest { pid, addr, npages }
         }
         ty::PAGES => {
+            let pid = i32::from_le_bytes(d.array("pid")?);
             let addr = d.u64("addr")?;
             let data = d.rest();
             check_pages(addr, data.len())?;
-            Frame::Pages { addr, data }
+            Frame::Pages { pid, addr, data }
         }
         ty::ABSENT => {
+            let pid = i32::from_le_bytes(d.array("pid")?);
             let addr = d.u64("addr")?;
             let npages = d.u64("npages")?;
             check_absent(addr, npages)?;
-            Frame::Absent { addr, npages }
+            Frame::Absent { pid, addr, npages }
         }
         ty::BULK_END => Frame::BulkEnd {
             pages_sent: d.u64("pages_sent")?,
@@ -934,10 +951,12 @@ mod tests {
                 restore_us: u64::MAX,
             },
             Frame::PageRequest {
+                pid: 42,
                 addr: 0x7fff_f000,
                 npages: MAX_REQUEST_PAGES,
             },
             Frame::Pages {
+                pid: 42,
                 addr: 0x1000,
                 data: page,
             },
@@ -959,6 +978,7 @@ mod tests {
             Frame::Ready,
             Frame::Go,
             Frame::Absent {
+                pid: 42,
                 addr: 0x7000_0000,
                 npages: 1 << 20,
             },
@@ -1011,7 +1031,7 @@ mod tests {
             for i in 0..N {
                 data.fill(i as u8);
                 let len = (1 + i % 16) * PAGE_SIZE;
-                write_pages(&mut a, (i as u64) << 20, &data[..len]).unwrap();
+                write_pages(&mut a, 7, (i as u64) << 20, &data[..len]).unwrap();
             }
         });
         let mut buf = Vec::with_capacity(16 * PAGE_SIZE + 64);
@@ -1019,7 +1039,8 @@ mod tests {
         let cap = buf.capacity();
         for i in 0..N {
             match read_frame(&mut b, &mut buf).unwrap() {
-                Frame::Pages { addr, data } => {
+                Frame::Pages { pid, addr, data } => {
+                    assert_eq!(pid, 7);
                     assert_eq!(addr, (i as u64) << 20);
                     assert_eq!(data.len(), (1 + i % 16) * PAGE_SIZE);
                     assert!(data.iter().all(|&x| x == i as u8));
@@ -1037,12 +1058,12 @@ mod tests {
         let data = vec![7u8; MAX_DATA_LEN];
         let bytes = {
             let mut out = Vec::new();
-            write_pages(&mut out, 0, &data).unwrap();
+            write_pages(&mut out, 1, 0, &data).unwrap();
             out
         };
         let mut buf = Vec::new();
         let f = read_frame(&mut Cursor::new(&bytes), &mut buf).unwrap();
-        assert!(matches!(f, Frame::Pages { addr: 0, data } if data.len() == MAX_DATA_LEN));
+        assert!(matches!(f, Frame::Pages { pid: 1, addr: 0, data } if data.len() == MAX_DATA_LEN));
         // The largest FileChunk (255-byte name, 8 MiB) fits the cap too.
         let name = "n".repeat(MAX_NAME_LEN);
         let f = Frame::FileChunk {
@@ -1057,11 +1078,11 @@ mod tests {
     fn writers_refuse_invalid_frames() {
         let mut out = Vec::new();
         let page = vec![0u8; PAGE_SIZE];
-        let err = write_pages(&mut out, 0x1001, &page).unwrap_err();
+        let err = write_pages(&mut out, 1, 0x1001, &page).unwrap_err();
         assert!(err.to_string().contains("not page-aligned"), "{err}");
-        let err = write_pages(&mut out, 0x1000, &page[..100]).unwrap_err();
+        let err = write_pages(&mut out, 1, 0x1000, &page[..100]).unwrap_err();
         assert!(err.to_string().contains("whole pages"), "{err}");
-        let err = write_pages(&mut out, 0x1000, &[]).unwrap_err();
+        let err = write_pages(&mut out, 1, 0x1000, &[]).unwrap_err();
         assert!(matches!(err, ProtoError::Invalid { frame: "Pages", .. }));
         let big = vec![0u8; MAX_DATA_LEN + PAGE_SIZE];
         let err = write_pages(&mut out, 0, &big).unwrap_err();
@@ -1076,7 +1097,15 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, ProtoError::BadFileName { .. }));
         for npages in [0, MAX_REQUEST_PAGES + 1] {
-            let err = write_frame(&mut out, &Frame::PageRequest { addr: 0, npages }).unwrap_err();
+            let err = write_frame(
+                &mut out,
+                &Frame::PageRequest {
+                    pid: 1,
+                    addr: 0,
+                    npages,
+                },
+            )
+            .unwrap_err();
             assert!(matches!(
                 err,
                 ProtoError::Invalid {
@@ -1109,6 +1138,7 @@ mod tests {
     fn eof_mid_frame_is_truncated() {
         let page = vec![1u8; PAGE_SIZE];
         let bytes = encode(&Frame::Pages {
+            pid: 1,
             addr: 0,
             data: &page,
         });
@@ -1122,7 +1152,7 @@ mod tests {
                     what: "a frame",
                     expected,
                     got: 96
-                } if expected == PAGE_SIZE + 9
+                } if expected == PAGE_SIZE + 13
             ),
             "{err:?}"
         );
@@ -1252,20 +1282,20 @@ mod tests {
         let err = read_raw(&raw(ty::IMAGES_END, &[2])).unwrap_err();
         assert!(err.to_string().contains("not 0 or 1"), "{err}");
         // Pages: misaligned address, partial page, no data.
-        let mut p = 0x1234u64.to_le_bytes().to_vec();
+        let mut p = with_pid(0x1234);
         p.extend_from_slice(&[0; PAGE_SIZE]);
         assert!(read_raw(&raw(ty::PAGES, &p)).is_err());
-        let mut p = 0x1000u64.to_le_bytes().to_vec();
+        let mut p = with_pid(0x1000);
         p.extend_from_slice(&[0; 100]);
         assert!(read_raw(&raw(ty::PAGES, &p)).is_err());
-        assert!(read_raw(&raw(ty::PAGES, &0x1000u64.to_le_bytes())).is_err());
+        assert!(read_raw(&raw(ty::PAGES, &with_pid(0x1000))).is_err());
         // Pages whose end overflows the address space.
-        let mut p = (u64::MAX - 0xfff).to_le_bytes().to_vec();
+        let mut p = with_pid(u64::MAX - 0xfff);
         p.extend_from_slice(&[0; PAGE_SIZE]);
         assert!(read_raw(&raw(ty::PAGES, &p)).is_err());
         // PageRequest for zero or too many pages.
         for npages in [0u32, MAX_REQUEST_PAGES + 1] {
-            let mut p = 0x1000u64.to_le_bytes().to_vec();
+            let mut p = with_pid(0x1000);
             p.extend_from_slice(&npages.to_le_bytes());
             assert!(read_raw(&raw(ty::PAGE_REQUEST, &p)).is_err());
         }
@@ -1279,6 +1309,13 @@ mod tests {
         let long = vec![b'x'; MAX_MESSAGE_LEN + 1];
         let err = read_raw(&raw(ty::FAILED, &name_payload(&long))).unwrap_err();
         assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    /// A pid (1) then `addr`: the start of a Pages, PageRequest or Absent payload.
+    fn with_pid(addr: u64) -> Vec<u8> {
+        let mut p = 1i32.to_le_bytes().to_vec();
+        p.extend_from_slice(&addr.to_le_bytes());
+        p
     }
 
     #[test]

@@ -177,29 +177,35 @@ fn read_pages(pid: i32, addr: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), 
     Ok(())
 }
 
-/// Streams the bulk plan: `Absent` ranges first (they free the destination from waiting on
-/// memory that never existed), then the pages, then `BulkEnd`. Returns pages sent.
-fn stream_bulk(pid: i32, plan: BulkPlan, mut bulk: TcpStream) -> Result<u64, MigrateError> {
-    for (s, e) in plan.absent {
-        proto::write_frame(
-            &mut bulk,
-            &Frame::Absent {
-                addr: s,
-                npages: (e - s) / 4096,
-            },
-        )?;
+/// Streams the bulk plans of every process: `Absent` ranges first (they free the destination
+/// from waiting on memory that never existed), then the pages, then `BulkEnd`. Returns pages
+/// sent.
+fn stream_bulk(plans: Vec<(i32, BulkPlan)>, mut bulk: TcpStream) -> Result<u64, MigrateError> {
+    for (pid, plan) in &plans {
+        for &(s, e) in &plan.absent {
+            proto::write_frame(
+                &mut bulk,
+                &Frame::Absent {
+                    pid: *pid,
+                    addr: s,
+                    npages: (e - s) / 4096,
+                },
+            )?;
+        }
     }
     let mut buf = Vec::with_capacity(MAX_DATA_LEN);
     let chunk = 2 << 20;
     let mut pages = 0u64;
-    for (start, end) in plan.present {
-        let mut a = start;
-        while a < end {
-            let len = (end - a).min(chunk);
-            read_pages(pid, a, len as usize, &mut buf)?;
-            proto::write_pages(&mut bulk, a, &buf)?;
-            pages += len / 4096;
-            a += len;
+    for (pid, plan) in plans {
+        for (start, end) in plan.present {
+            let mut a = start;
+            while a < end {
+                let len = (end - a).min(chunk);
+                read_pages(pid, a, len as usize, &mut buf)?;
+                proto::write_pages(&mut bulk, pid, a, &buf)?;
+                pages += len / 4096;
+                a += len;
+            }
         }
     }
     proto::write_frame(&mut bulk, &Frame::BulkEnd { pages_sent: pages })?;
@@ -318,12 +324,17 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         });
     }
     let dir = ImageDir::open(images.path()).map_err(|e| MigrateError::Peer(e.to_string()))?;
-    let pagemap: PagemapImage = dir
-        .read(Kind::Pagemap, pid)
-        .map_err(|e| MigrateError::Peer(e.to_string()))?;
-    let mm: MmImage = dir
-        .read(Kind::Mm, pid)
-        .map_err(|e| MigrateError::Peer(e.to_string()))?;
+    let mut procs = Vec::new();
+    for p in frozen.pids() {
+        let pagemap: PagemapImage = dir
+            .read(Kind::Pagemap, p)
+            .map_err(|e| MigrateError::Peer(e.to_string()))?;
+        let mm: MmImage = dir
+            .read(Kind::Mm, p)
+            .map_err(|e| MigrateError::Peer(e.to_string()))?;
+        procs.push((p, pagemap, mm));
+    }
+    let pids = frozen.pids();
     drop(images);
     // Should this fastcr die from here on, the original must not run on beside the copy: a
     // queued SIGSTOP keeps it stopped once ptrace lets go of it.
@@ -339,7 +350,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         });
     }
     // Committed: the destination runs the process from here on.
-    let mut outcome = after_go(&mut ctl, bulk, pid, &pagemap, &mm, &mut stats, t_frozen);
+    let mut outcome = after_go(&mut ctl, bulk, procs, &mut stats, t_frozen);
     let mut lost_at = Instant::now();
     // A lost link may come back: reconnect (same session) while the destination still waits
     // for us, and answer its requests for whatever it still misses.
@@ -356,7 +367,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         if let Ok((c, b)) = again {
             tracing::warn!(pid, "reconnected to the destination");
             ctl = c;
-            outcome = serve_requests(&mut ctl, pid, &mut stats).map(|done| {
+            outcome = serve_requests(&mut ctl, &pids, &mut stats).map(|done| {
                 stats.dest = done;
                 stats.time_to_all_pages_us = done.time_to_all_pages_us;
             });
@@ -388,12 +399,11 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
 fn after_go(
     ctl: &mut TcpStream,
     bulk: Option<TcpStream>,
-    pid: i32,
-    pagemap: &PagemapImage,
-    mm: &MmImage,
+    procs: Vec<(i32, PagemapImage, MmImage)>,
     stats: &mut MigrateStats,
     t_frozen: Instant,
 ) -> Result<(), MigrateError> {
+    let pids: Vec<i32> = procs.iter().map(|p| p.0).collect();
     let mut buf = Vec::new();
     match expect(ctl, &mut buf, "Resumed")? {
         Frame::Resumed { restore_us, .. } => {
@@ -404,14 +414,16 @@ fn after_go(
     }
     // The scan runs on the streaming thread: demand requests are answered from the start.
     let streamer = bulk.map(|b| {
-        let (pagemap, mm) = (pagemap.clone(), mm.clone());
         thread::spawn(move || {
             let t = Instant::now();
-            let plan = bulk_plan(pid, &pagemap, &mm)?;
-            stream_bulk(pid, plan, b).map(|pages| (pages, t.elapsed()))
+            let mut plans = Vec::with_capacity(procs.len());
+            for (pid, pagemap, mm) in &procs {
+                plans.push((*pid, bulk_plan(*pid, pagemap, mm)?));
+            }
+            stream_bulk(plans, b).map(|pages| (pages, t.elapsed()))
         })
     });
-    let done = serve_requests(ctl, pid, stats)?;
+    let done = serve_requests(ctl, &pids, stats)?;
     stats.dest = done;
     stats.time_to_all_pages_us = if stats.lazy {
         done.time_to_all_pages_us
@@ -435,7 +447,7 @@ fn after_go(
 /// Answers page requests on `ctl` until the destination says `Done`.
 fn serve_requests(
     ctl: &mut TcpStream,
-    pid: i32,
+    pids: &[i32],
     stats: &mut MigrateStats,
 ) -> Result<DoneStats, MigrateError> {
     let mut buf = Vec::new();
@@ -445,9 +457,15 @@ fn serve_requests(
     let mut last_heard = Instant::now();
     loop {
         match proto::read_frame(ctl, &mut buf) {
-            Ok(Frame::PageRequest { addr, npages }) => {
+            Ok(Frame::PageRequest { pid, addr, npages }) => {
+                // Only the migrated processes' memory is ever read for the peer.
+                if !pids.contains(&pid) {
+                    return Err(MigrateError::Peer(format!(
+                        "destination asked for pages of process {pid}, which is not migrated"
+                    )));
+                }
                 read_pages(pid, addr, npages as usize * 4096, &mut out)?;
-                proto::write_pages(ctl, addr, &out)?;
+                proto::write_pages(ctl, pid, addr, &out)?;
                 stats.requests_served += 1;
                 stats.bytes_sent += out.len() as u64;
             }

@@ -26,12 +26,14 @@ pub(super) struct Built<'a> {
     pub pages: u64,
 }
 
-/// Rebuilds `p` into the stopped task `here`; `lazy` leaves its plan's pages missing.
+/// Rebuilds `p` into the stopped task `here`; `lazy` leaves its plan's pages missing. `root`:
+/// its parent is fastcr (during a lazy phase it then dies with fastcr).
 pub(super) fn build<'a>(
     p: &'a ProcImage,
     here: i32,
     shared: &SharedPipes,
     lazy: Option<&LazyPlan>,
+    root: bool,
 ) -> Result<Built<'a>, RestoreError> {
     let pid = p.pid;
     let err = |step| move |source| RestoreError::Child { pid, step, source };
@@ -54,7 +56,7 @@ pub(super) fn build<'a>(
     mmr::finish_vmas(&inj, &p.mm, &has_pages)?;
     mmr::set_mm_fields(&inj, &p.mm)?;
     let uffd = match lazy {
-        Some(_) => Some(crate::lazy::register::setup(&inj, here)?),
+        Some(_) => Some(crate::lazy::register::setup(&inj, here, root)?),
         None => None,
     };
     crate::files::restore(&inj, &p.files, shared)?;

@@ -66,6 +66,7 @@ fn freeze_all(root: i32) -> Result<(Vec<FrozenProcess>, crate::image::tree::Tree
 fn save(
     f: &FrozenProcess,
     shell_job: bool,
+    lazy: bool,
     pipes: &crate::files::TreePipes,
 ) -> Result<Saved, DumpError> {
     let pid = f.main().pid();
@@ -78,14 +79,18 @@ fn save(
     let (vmas, files) = dump_layout_files(pid, &smaps, status.umask, shell_job, None, pipes)?;
     let (mm, core, threads) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
     let mut buf = Vec::new();
-    let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
+    let pagemap = if lazy {
+        crate::dump::lazy_pagemap(pid, &mm.vmas, &mut buf)?.0
+    } else {
+        crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?.pagemap
+    };
     Ok(Saved {
         pid,
         core,
         threads,
         files,
         mm,
-        pagemap: d.pagemap,
+        pagemap,
         pages: Pages::Buffer(buf),
     })
 }
@@ -96,14 +101,10 @@ pub(crate) fn dump(
     after: After,
 ) -> Result<(DumpStats, Option<FrozenTree>), DumpError> {
     let root = opts.pid;
-    if opts.pre_copy.is_some()
-        || opts.prev_images_dir.is_some()
-        || opts.track_mem
-        || opts.lazy_pages
-    {
+    if opts.pre_copy.is_some() || opts.prev_images_dir.is_some() || opts.track_mem {
         return Err(DumpError::Unsupported {
             pid: root,
-            what: "it has child processes; --pre-copy, --prev-images-dir, --track-mem and lazy migration are not supported for process trees yet".into(),
+            what: "it has child processes; --pre-copy, --prev-images-dir and --track-mem are not supported for process trees yet".into(),
         });
     }
     let dir = prepare_dir(&opts.dir)?;
@@ -132,7 +133,7 @@ pub(crate) fn dump(
     let pipes = crate::files::tree_pipes(&live)?;
     let mut saved = Vec::with_capacity(frozen.len());
     for f in &frozen {
-        saved.push(save(f, opts.shell_job, &pipes)?);
+        saved.push(save(f, opts.shell_job, opts.lazy_pages, &pipes)?);
     }
     stats.memdump_time_us = micros(t.elapsed());
     stats.pages_scanned = saved.iter().map(|s| s.pagemap.total_pages()).sum();
