@@ -1085,7 +1085,7 @@ mod tests {
         let err = write_pages(&mut out, 1, 0x1000, &[]).unwrap_err();
         assert!(matches!(err, ProtoError::Invalid { frame: "Pages", .. }));
         let big = vec![0u8; MAX_DATA_LEN + PAGE_SIZE];
-        let err = write_pages(&mut out, 0, &big).unwrap_err();
+        let err = write_pages(&mut out, 1, 0, &big).unwrap_err();
         assert!(err.to_string().contains("exceed"), "{err}");
         let err = write_frame(
             &mut out,
