@@ -1158,7 +1158,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "connection closed in the middle of a frame (96 of 4105 bytes)"
+            "connection closed in the middle of a frame (96 of 4109 bytes)"
         );
         // Cut inside the length.
         let err = read_frame(&mut Cursor::new(&bytes[..2]), &mut buf).unwrap_err();
