@@ -55,6 +55,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_dirty",
     "wl_writer",
     "wl_lazy",
+    "wl_threads",
 ];
 
 /// The cargo workspace root.
@@ -373,7 +374,8 @@ fn try_build_workloads() -> Result<PathBuf> {
         // Build to a private name and rename, so concurrent test binaries never see half a file.
         let tmp = out_dir.join(format!("{name}.{}.tmp", std::process::id()));
         let output = Command::new("gcc")
-            .args(["-O2", "-Wall", "-Werror", "-o"])
+            // -pthread for wl_threads; harmless for the single-threaded ones.
+            .args(["-O2", "-Wall", "-Werror", "-pthread", "-o"])
             .arg(&tmp)
             .arg(&src)
             .output()

@@ -242,3 +242,14 @@ fn wl_lazy_churn_passes() {
     wl.terminate_and_verify();
     assert_no_stray_children("wl_lazy churn");
 }
+
+#[test]
+fn wl_threads_passes_undisturbed() {
+    selftest("wl_threads", &["64"]);
+}
+
+/// The mode the checkpoint tests use (thread 3 polls a pipe instead of an epoll set).
+#[test]
+fn wl_threads_pipe_passes_undisturbed() {
+    selftest("wl_threads", &["64", "pipe"]);
+}

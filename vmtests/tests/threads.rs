@@ -1,0 +1,616 @@
+//! Multi-threaded processes (`wl_threads`: main + 4 workers, each in a different kind of wait,
+//! see `workloads/wl_threads.c`) through every way fastcr checkpoints and restores:
+//! - `dump` → reap → `restore -d`;
+//! - `dump --leave-running` → the original keeps running → SIGKILL and reap → `restore -d`;
+//! - `dump` → reap → `restore --lazy -d`;
+//! - `dump --leave-running` → `restore --pidns new -d` while the original still runs;
+//! - `dump --pre-copy auto` → reap → `restore -d`;
+//! - `migrate --lazy` to a `receive --pidns new` across a veth ([`NetPair`]).
+//!
+//! After the restore, beside the workload's own verification (every thread checks its TID,
+//! TLS, robust list, clear_child_tid, rseq, signal mask, alternate stack, name and vector
+//! registers; thread 1 must still hold its mutex) and the `VisibleState` comparison: the
+//! process has exactly the original threads (/proc/PID/task, by TID as seen from the
+//! process's own pid namespace, i.e. the NSpid inner TIDs for a copy in a new one), each with
+//! the same comm and SigBlk, none stopped or traced.
+//!
+//! The workload runs in `pipe` mode (thread 3 polls a pipe): fastcr cannot dump eventfd and
+//! epoll fds yet, so the default `epoll` mode is only exercised by an ignored test.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use vmtests::netns::NetPair;
+use vmtests::restored::{
+    Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, wait_until,
+};
+use vmtests::{
+    KillOnDrop, ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children,
+    assert_success, fastcr, fastcr_bin, require_root, spawn_registered,
+};
+
+/// Hang guard for one step: never a timing assertion.
+const GUARD: Duration = Duration::from_secs(300);
+/// wl_threads arguments: 64 MiB of heap, thread 3 polls a pipe.
+const ARGS: &[&str] = &["64", "pipe"];
+/// The port `receive` listens on (every test has its own pair of namespaces).
+const PORT: u16 = 7421;
+
+// ---------------------------------------------------------------------------------------------
+// Threads as /proc shows them
+
+/// One thread of a process as /proc/PID/task/TID shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ThreadInfo {
+    /// /proc/PID/task/TID/comm, without the newline.
+    comm: String,
+    /// `SigBlk:` of its status: its own signal mask.
+    sigblk: String,
+}
+
+/// The threads of `pid`, keyed by TID as seen from the process's own pid namespace (the last
+/// NSpid entry: the TID itself for a process in ours). Also asserts that none is stopped, traced
+/// or dead.
+fn threads_of(pid: i32) -> BTreeMap<i32, ThreadInfo> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+        let entry = entry.unwrap_or_else(|e| panic!("read {dir}: {e}"));
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let status = fs::read_to_string(path.join("status"))
+            .unwrap_or_else(|e| panic!("read {}/status: {e}", path.display()));
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {key} in {}/status", path.display()))
+        };
+        let inner: i32 = field("NSpid")
+            .split_whitespace()
+            .last()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad NSpid in {}/status", path.display()));
+        let state = field("State");
+        assert!(
+            !state.starts_with(['t', 'T', 'Z', 'X']),
+            "thread {tid} (inner {inner}) of {pid} is in state {state}"
+        );
+        assert_eq!(
+            field("TracerPid"),
+            "0",
+            "thread {tid} (inner {inner}) of {pid} is traced"
+        );
+        let comm = fs::read_to_string(path.join("comm"))
+            .unwrap_or_else(|e| panic!("read {}/comm: {e}", path.display()));
+        out.insert(
+            inner,
+            ThreadInfo {
+                comm: comm.trim_end().to_string(),
+                sigblk: field("SigBlk"),
+            },
+        );
+    }
+    out
+}
+
+/// The NSpid of every thread of `pid`, each starting with the thread's TID here.
+fn task_nspids(pid: i32) -> Vec<Vec<i32>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+        let entry = entry.unwrap_or_else(|e| panic!("read {dir}: {e}"));
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let status = fs::read_to_string(entry.path().join("status"))
+            .unwrap_or_else(|e| panic!("read {dir}/{tid}/status: {e}"));
+        let ids: Vec<i32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .unwrap_or_else(|| panic!("no NSpid in {dir}/{tid}/status"))
+            .split_whitespace()
+            .map(|s| s.parse().expect("NSpid holds numbers"))
+            .collect();
+        assert_eq!(ids.first(), Some(&tid), "NSpid of {dir}/{tid}: {ids:?}");
+        out.push(ids);
+    }
+    out
+}
+
+/// The worker TIDs wl_threads wrote to STATEDIR/tids at start.
+fn worker_tids(wl: &Workload) -> Vec<i32> {
+    let path = wl.statedir().join("tids");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let tids: Vec<i32> = text
+        .split_whitespace()
+        .map(|s| s.parse().unwrap_or_else(|e| panic!("tids {text:?}: {e}")))
+        .collect();
+    assert_eq!(tids.len(), 4, "tids {text:?}");
+    tids
+}
+
+/// The threads of the original: exactly its main thread and the four workers it reported.
+fn original_threads(wl: &Workload) -> BTreeMap<i32, ThreadInfo> {
+    let threads = threads_of(wl.pid());
+    let mut want: Vec<i32> = worker_tids(wl);
+    want.push(wl.pid());
+    want.sort_unstable();
+    assert_eq!(
+        threads.keys().copied().collect::<Vec<_>>(),
+        want,
+        "threads of the original: {threads:?}"
+    );
+    threads
+}
+
+/// Panics unless `pid` has exactly the threads in `before` (same TIDs, comms and masks).
+fn assert_same_threads(before: &BTreeMap<i32, ThreadInfo>, pid: i32, context: &str) {
+    let after = threads_of(pid);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "{context}: /proc/{pid}/task lists other TIDs (before {before:?}, after {after:?})"
+    );
+    for (tid, info) in before {
+        assert_eq!(
+            Some(info),
+            after.get(tid),
+            "{context}: thread {tid} of {pid} differs"
+        );
+    }
+}
+
+fn result(wl: &Workload) -> String {
+    fs::read_to_string(wl.statedir().join("result")).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restored in place
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// `dump` (kills the process), `restore -d`.
+    Dump,
+    /// `dump --leave-running`, SIGKILL the original, `restore -d`.
+    LeaveRunning,
+    /// `dump`, `restore --lazy -d`.
+    Lazy,
+    /// `dump --pre-copy auto` (kills the process), `restore -d`.
+    PreCopy,
+}
+
+fn dump_and_restore(args: &[&str], mode: Mode) {
+    require_root();
+    let mut wl = Workload::spawn("wl_threads", args);
+    wl.wait_counter_advances();
+    let before = VisibleState::capture(wl.pid());
+    let threads = original_threads(&wl);
+    let images = Scratch::new("threads-img");
+    let pid = wl.pid_arg();
+
+    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str()];
+    match mode {
+        Mode::LeaveRunning => dump.push("--leave-running"),
+        Mode::PreCopy => dump.extend(["--pre-copy", "auto", "--json"]),
+        Mode::Dump | Mode::Lazy => {}
+    }
+    let out = fastcr(&dump);
+    assert_success(&out, &dump.join(" "));
+    if matches!(mode, Mode::PreCopy) {
+        eprintln!(
+            "pre-copy stats: {}",
+            String::from_utf8_lossy(&out.stdout).trim_end()
+        );
+    }
+    assert!(
+        images.join(&format!("threads-{pid}.img")).is_file(),
+        "no threads-{pid}.img in the images"
+    );
+    if matches!(mode, Mode::LeaveRunning) {
+        wl.assert_running_untraced();
+        before.assert_same(
+            &VisibleState::capture(wl.pid()),
+            "after dump --leave-running",
+        );
+        assert_same_threads(&threads, wl.pid(), "after dump --leave-running");
+        wl.kill_and_reap();
+    } else {
+        let status = wl.reap();
+        assert!(
+            status.signal().is_some(),
+            "dump should have killed the process, but it {status}"
+        );
+    }
+
+    let mut restore = vec!["restore", "-D", images.as_str(), "-d"];
+    if matches!(mode, Mode::Lazy) {
+        restore.extend(["--lazy", "--json"]);
+    }
+    let out = fastcr(&restore);
+    assert_success(&out, &restore.join(" "));
+    if matches!(mode, Mode::Lazy) {
+        eprintln!(
+            "lazy stats: {}",
+            String::from_utf8_lossy(&out.stdout).trim_end()
+        );
+    }
+    wl.adopt_restored();
+    assert_no_stray_children(&restore.join(" "));
+    before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
+    assert_same_threads(&threads, wl.pid(), "after restore");
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("wl_threads after restore");
+}
+
+#[test]
+fn threads_dump_restore() {
+    dump_and_restore(ARGS, Mode::Dump);
+}
+
+#[test]
+fn threads_leave_running_restore() {
+    dump_and_restore(ARGS, Mode::LeaveRunning);
+}
+
+#[test]
+#[ignore = "fastcr bug: in a lazy restore the TCB page of each non-main thread (rseq area, \
+            top of its stack VMA) is populated with zeros before UFFDIO_REGISTER, so a thread \
+            segfaults reading THREAD_SELF (fs:0x10 is 0, fault at 0x308) and the restore fails \
+            with \"release of process PID: permission denied to trace process PID\""]
+fn threads_lazy_restore() {
+    dump_and_restore(ARGS, Mode::Lazy);
+}
+
+#[test]
+fn threads_precopy() {
+    dump_and_restore(ARGS, Mode::PreCopy);
+}
+
+/// Thread 3 in epoll_wait on an eventfd (wl_threads' default mode).
+#[test]
+#[ignore = "fastcr cannot dump eventfd/epoll fds yet: dump fails with \"cannot dump fd 3 \
+            (anon_inode:[eventfd]): this kernel object is not supported yet\""]
+fn threads_epoll_dump_restore() {
+    dump_and_restore(&["64", "epoll"], Mode::Dump);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copies in a new pid namespace
+
+fn me() -> i32 {
+    i32::try_from(std::process::id()).expect("pids fit in i32")
+}
+
+/// Reaps our child `pid` without panicking (for drops), giving up after `timeout`.
+fn reap_quietly(pid: i32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut status = 0;
+        // SAFETY: valid out pointer; WNOHANG never blocks.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != 0 {
+            return;
+        }
+        sleep(Duration::from_millis(10));
+    }
+}
+
+/// A copy of `wl` restored into a new pid namespace (its inner PID is the original's), and that
+/// namespace's init; both descend from the test once the restoring fastcr has exited. On drop
+/// (a failing test) both are killed and whatever is the test's child is reaped.
+struct NsCopy {
+    copy: Restored,
+    init: i32,
+}
+
+impl NsCopy {
+    fn find(wl: &Workload) -> NsCopy {
+        let outer = find_in_new_pidns(wl.pid()).unwrap_or_else(|| {
+            panic!(
+                "no process with pid {} in a new pid namespace below the test; log: {}",
+                wl.pid(),
+                wl.log()
+            )
+        });
+        assert_ne!(outer, wl.pid(), "the copy must have another pid here");
+        assert_eq!(
+            nspid(outer),
+            Some(vec![outer, wl.pid()]),
+            "NSpid of the copy"
+        );
+        let copy = Restored::new(outer);
+        let init = pidns_init_of(outer)
+            .unwrap_or_else(|| panic!("no init (pid 1) in the namespace of the copy {outer}"));
+        let found = NsCopy { copy, init };
+        let init_stat = ProcStat::read(init).expect("init is gone");
+        assert_eq!(
+            init_stat.ppid,
+            me(),
+            "init {init} ({init_stat:?}) is not the test's child"
+        );
+        let copy_parent = found.copy.stat().expect("the copy is gone").ppid;
+        assert!(
+            copy_parent == init || copy_parent == me(),
+            "the copy's parent is {copy_parent}, neither the namespace's init {init} nor the test"
+        );
+        found
+    }
+
+    fn outer(&self) -> i32 {
+        self.copy.pid()
+    }
+
+    /// Same visible state and threads as the original before the checkpoint, except for the pid
+    /// fields as seen from here; every thread's inner TID (NSpid) is the original's.
+    fn assert_same(&self, before: &VisibleState, threads: &BTreeMap<i32, ThreadInfo>, what: &str) {
+        let outer = self.outer().to_string();
+        let mut after = VisibleState::capture(self.outer());
+        for key in ["Pid", "Tgid"] {
+            assert_eq!(
+                after.status.get(key),
+                Some(&outer),
+                "status {key} of the copy"
+            );
+            if let Some(v) = before.status.get(key) {
+                after.status.insert(key.to_string(), v.clone());
+            }
+        }
+        before.assert_same(&after, what);
+        assert_same_threads(threads, self.outer(), what);
+        // Every thread is in both namespaces: NSpid is [TID here, TID inside].
+        for ids in task_nspids(self.outer()) {
+            assert_eq!(
+                ids.len(),
+                2,
+                "{what}: a thread of the copy {} has NSpid {ids:?}",
+                self.outer()
+            );
+        }
+    }
+
+    /// SIGTERMs the copy, waits until it is gone, checks it reported PASS, and reaps its
+    /// namespace's init (which exits once the namespace is empty).
+    fn terminate_and_verify(self, wl: &Workload) {
+        let outer = self.outer();
+        if self.copy.stat().is_some_and(|s| s.ppid == me()) {
+            self.copy.signal(libc::SIGTERM);
+            let status = reap_within(outer, GUARD, "the copy");
+            assert!(
+                status.success(),
+                "the copy {status}; log: {}; result {:?}",
+                wl.log(),
+                result(wl)
+            );
+        } else {
+            self.copy.terminate();
+        }
+        let res = result(wl);
+        assert!(
+            res == "PASS\n",
+            "copy in a new pid namespace: result {:?}; log: {}",
+            res.trim_end(),
+            wl.log()
+        );
+        let status = reap_within(self.init, GUARD, "the pid namespace's init");
+        assert!(status.success(), "the namespace's init {status}");
+    }
+}
+
+impl Drop for NsCopy {
+    fn drop(&mut self) {
+        if self.copy.is_alive() && self.copy.stat().is_some_and(|s| s.ppid == me()) {
+            // SAFETY: our unreaped child (checked just above): the PID names the copy.
+            unsafe { libc::kill(self.copy.pid(), libc::SIGKILL) };
+        }
+        if self.copy.stat().is_some_and(|s| s.ppid == me()) {
+            reap_quietly(self.copy.pid(), Duration::from_secs(30));
+        }
+        if ProcStat::read(self.init).is_some_and(|s| s.ppid == me()) {
+            if self.copy.is_alive() {
+                // SAFETY: our unreaped child: killing init takes its namespace down.
+                unsafe { libc::kill(self.init, libc::SIGKILL) };
+            }
+            reap_quietly(self.init, Duration::from_secs(30));
+        }
+    }
+}
+
+/// `dump --leave-running`, then `restore --pidns new -d` while the original still runs: the
+/// copy's threads have the original TIDs inside its namespace; then the original is killed and
+/// the copy must PASS.
+#[test]
+fn threads_pidns_new() {
+    require_root();
+    let mut wl = Workload::spawn("wl_threads", ARGS);
+    wl.wait_counter_advances();
+    let before = VisibleState::capture(wl.pid());
+    let threads = original_threads(&wl);
+    let images = Scratch::new("threads-pidns-img");
+    assert_success(
+        &fastcr(&[
+            "dump",
+            "-t",
+            &wl.pid_arg(),
+            "-D",
+            images.as_str(),
+            "--leave-running",
+        ]),
+        "dump --leave-running",
+    );
+    wl.assert_running_untraced();
+    assert_same_threads(&threads, wl.pid(), "after dump --leave-running");
+
+    let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+    assert_success(&out, "restore --pidns new -d");
+    let copy = NsCopy::find(&wl);
+    // Both run at the same time: the original was never disturbed.
+    assert_same_threads(&threads, wl.pid(), "the original beside its copy");
+    copy.assert_same(&before, &threads, "copy restored into a new pid namespace");
+
+    // Both write the same STATEDIR: from here on only the copy does.
+    wl.kill_and_reap();
+    wl.wait_counter_advances_as(copy.outer());
+    copy.terminate_and_verify(&wl);
+    assert_no_stray_children("threads restore --pidns new");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migration
+
+/// A fastcr endpoint running in the background inside a network namespace, stdout and stderr in
+/// files; SIGKILLed and reaped on drop if still running.
+struct Endpoint {
+    what: String,
+    child: KillOnDrop,
+    out: Scratch,
+    status: Option<ExitStatus>,
+}
+
+impl Endpoint {
+    fn spawn(what: &str, cmd: &mut Command) -> Endpoint {
+        let out = Scratch::new("thr-mig");
+        let stdout = fs::File::create(out.join("stdout")).expect("create stdout file");
+        let stderr = fs::File::create(out.join("stderr")).expect("create stderr file");
+        let child = spawn_registered(cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr));
+        Endpoint {
+            what: what.to_string(),
+            child: KillOnDrop(child),
+            out,
+            status: None,
+        }
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.0.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(self.out.join("stdout")).unwrap_or_default()
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "{} status {:?}\n--- stdout:\n{}--- stderr:\n{}",
+            self.what,
+            self.status,
+            self.stdout(),
+            fs::read_to_string(self.out.join("stderr")).unwrap_or_default()
+        )
+    }
+
+    /// Waits until it has exited; its status.
+    fn wait(&mut self) -> ExitStatus {
+        let what = format!("{} exits", self.what);
+        wait_until(&what, GUARD, || self.try_wait().is_some());
+        self.status.expect("it has exited")
+    }
+}
+
+/// A token file with 48 random hex characters.
+fn token_file(dir: &Scratch) -> PathBuf {
+    let mut buf = [0u8; 24];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    let path = dir.join("token");
+    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    fs::write(&path, hex).expect("write the token file");
+    path
+}
+
+/// `receive --pidns new` in namespace b, once it listens.
+fn receive(pair: &NetPair, addr: &str, token: &Path) -> Endpoint {
+    let mut cmd = pair.command_in_b(&fastcr_bin());
+    cmd.args(["receive", "--listen", addr, "--token-file"])
+        .arg(token)
+        .args(["--json", "--pidns", "new"]);
+    let mut recv = Endpoint::spawn("fastcr receive", &mut cmd);
+    wait_until("fastcr receive listens", GUARD, || {
+        assert!(
+            recv.try_wait().is_none(),
+            "receive exited before listening: {}",
+            recv.output()
+        );
+        recv.stdout().starts_with("listening on ")
+    });
+    recv
+}
+
+/// `migrate --lazy` across a veth to `receive --pidns new`: the copy has the original's threads
+/// (inner TIDs), the same visible state, and PASSes.
+#[test]
+#[ignore = "fastcr bug: in a lazy restore the TCB page of each non-main thread (rseq area, \
+            top of its stack VMA) is populated with zeros before UFFDIO_REGISTER, so a thread \
+            segfaults reading THREAD_SELF (fs:0x10 is 0, fault at 0x308) and the restore fails \
+            with \"release of process PID: permission denied to trace process PID\""]
+fn threads_migrate_lazy() {
+    require_root();
+    let pair = NetPair::new("thr");
+    let keys = Scratch::new("thr-keys");
+    let token = token_file(&keys);
+    let addr = format!("{}:{PORT}", pair.addr_b());
+    let mut wl = Workload::spawn("wl_threads", ARGS);
+    wl.wait_counter_advances();
+    let before = VisibleState::capture(wl.pid());
+    let threads = original_threads(&wl);
+
+    let mut recv = receive(&pair, &addr, &token);
+    let mut cmd = pair.command_in_a(&fastcr_bin());
+    cmd.args([
+        "migrate",
+        "-t",
+        &wl.pid_arg(),
+        "--to",
+        &addr,
+        "--token-file",
+    ])
+    .arg(&token)
+    .args(["--json", "--lazy"]);
+    let mut mig = Endpoint::spawn("fastcr migrate --lazy", &mut cmd);
+    // Both sides must succeed; either's failure is shown with the other's output.
+    let (mig_status, recv_status) = (mig.wait(), recv.wait());
+    assert!(
+        mig_status.success() && recv_status.success(),
+        "the migration failed:\n{}\n{}",
+        mig.output(),
+        recv.output()
+    );
+    eprintln!(
+        "migrate stats: {}\nreceive stats: {}",
+        mig.stdout().trim_end(),
+        recv.stdout().trim_end()
+    );
+    let status = wl.reap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the source must SIGKILL the original after the migration, but it {status}"
+    );
+
+    let copy = NsCopy::find(&wl);
+    copy.assert_same(&before, &threads, "the migrated copy");
+    wl.wait_counter_advances_as(copy.outer());
+    copy.terminate_and_verify(&wl);
+    assert_no_stray_children("threads migrate --lazy");
+}
