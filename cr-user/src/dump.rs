@@ -442,7 +442,8 @@ fn dump_with(
             (pagemap, Pages::Buffer(buf))
         }
         (None, _, _) if opts.lazy_pages => {
-            let (pagemap, scanned) = lazy_pagemap(pid, &mm.vmas, &mut buf)?;
+            let keep = crate::lazy::register::kernel_written(&core, &threads);
+            let (pagemap, scanned) = lazy_pagemap(pid, &mm.vmas, &keep, &mut buf)?;
             stats.pages_scanned = scanned;
             stats.residual_pages = pagemap.stored_pages();
             stats.frozen_steps.residual_copy_us = micros(t_mem.elapsed());
@@ -534,27 +535,44 @@ fn dump_with(
 pub(crate) fn lazy_pagemap(
     pid: i32,
     vmas: &[crate::image::mm::Vma],
+    keep: &[(u64, u64)],
     buf: &mut Vec<u8>,
 ) -> Result<(PagemapImage, u64), DumpError> {
     let (lazy, eager): (Vec<_>, Vec<_>) = vmas.iter().cloned().partition(lazy_candidate);
     let sel = crate::mm::dump::select_pages(pid, &eager)?;
     let mut pagemap = sel.pagemap;
-    buf.resize(pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
-    crate::mm::dump::copy_entries(pid, vmas, &pagemap.entries, buf)?;
-    for v in &lazy {
-        let mut a = v.start;
-        while a < v.end {
-            let n = ((v.end - a) / PAGE_SIZE).min(u64::from(u32::MAX >> 1));
+    let push = |pagemap: &mut PagemapImage, s: u64, e: u64, flags: u32| {
+        let mut a = s;
+        while a < e {
+            let n = ((e - a) / PAGE_SIZE).min(u64::from(u32::MAX >> 1));
             pagemap.entries.push(crate::image::pagemap::PagemapEntry {
                 vaddr: a,
                 nr_pages: n as u32,
-                flags: PE_LAZY,
+                flags,
                 crc32: 0,
             });
             a += n * PAGE_SIZE;
         }
+    };
+    for v in &lazy {
+        // The kernel writes into these while the copy is being restored: they go now.
+        let kept = crate::track::ranges::intersect(keep, &[(v.start, v.end)]);
+        for (s, e) in crate::track::ranges::subtract(&[(v.start, v.end)], &kept) {
+            push(&mut pagemap, s, e, PE_LAZY);
+        }
+        for (s, e) in kept {
+            push(&mut pagemap, s, e, PE_PRESENT);
+        }
     }
     pagemap.entries.sort_by_key(|e| e.vaddr);
+    let stored: Vec<_> = pagemap
+        .entries
+        .iter()
+        .filter(|e| e.flags == PE_PRESENT)
+        .copied()
+        .collect();
+    buf.resize(pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
+    crate::mm::dump::copy_entries(pid, vmas, &stored, buf)?;
     Ok((pagemap, sel.pages_scanned))
 }
 

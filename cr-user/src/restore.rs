@@ -44,6 +44,9 @@ pub struct Restored {
     pub pid_here: i32,
     /// The lazy phase still to serve (`lazy`): one address space per process, the root's first.
     pub lazy: Vec<crate::lazy::Space>,
+    /// For each lazily restored process: its pid here and the fd of the userfaultfd copy it
+    /// keeps until the lazy phase is over.
+    pub lazy_release: Vec<(i32, i32)>,
     /// The namespace it lives in (`pidns_new`); release it once the restore is complete.
     pub pidns: Option<crate::pidns::PidNs>,
 }
@@ -181,8 +184,9 @@ pub fn restore_loaded(
             path: p.pages_path.clone(),
             detail,
         };
-        let plan =
-            crate::lazy::register::plan(&p.mm, &p.pagemap, opts.lazy).map_err(inconsistent)?;
+        let keep = crate::lazy::register::kernel_written(&p.core, &p.threads);
+        let plan = crate::lazy::register::plan(&p.mm, &p.pagemap, opts.lazy, &keep)
+            .map_err(inconsistent)?;
         if !opts.lazy && !plan.pending.is_empty() {
             return Err(inconsistent(
                 "the image leaves pages with a migration source; only `fastcr receive` restores it"
@@ -258,7 +262,7 @@ pub fn restore_loaded(
             source: SyscallError::from_errno("clone3", libc::ESRCH),
         })?;
         let lazy = opts.lazy.then_some(&plans[built.len()]);
-        built.push(build::build(p, h, &shared, lazy, p.pid == pid)?);
+        built.push(build::build(p, h, &shared, lazy)?);
     }
     let restore_time_us = micros(t0.elapsed());
     gate().map_err(|why| RestoreError::Aborted { pid, why })?;
@@ -271,15 +275,14 @@ pub fn restore_loaded(
     guard.armed = false;
     drop(shared);
     let pages_restored = built.iter().map(|b| b.pages).sum();
-    let lazy: Vec<crate::lazy::Space> = built
-        .iter_mut()
-        .zip(img.procs.iter().zip(plans))
-        .filter_map(|(b, (p, plan))| {
-            b.uffd
-                .take()
-                .map(|u| crate::lazy::Space::new(p.pid, u, plan.pending))
-        })
-        .collect();
+    let mut lazy = Vec::new();
+    let mut lazy_release = Vec::new();
+    for (b, (p, plan)) in built.iter_mut().zip(img.procs.iter().zip(plans)) {
+        if let Some((uffd, kept)) = b.uffd.take() {
+            lazy.push(crate::lazy::Space::new(p.pid, uffd, plan.pending));
+            lazy_release.push((b.here, kept));
+        }
+    }
     if lazy.is_empty()
         && let Some(ns) = pidns.as_mut()
     {
@@ -294,6 +297,7 @@ pub fn restore_loaded(
         },
         pid_here: child,
         lazy,
+        lazy_release,
         pidns,
     })
 }
@@ -309,7 +313,9 @@ pub fn finish_lazy(
     }
     let placer = crate::lazy::Placer::new(std::mem::take(&mut r.lazy));
     let served = crate::lazy::serve(placer, feed).and_then(|stats| {
-        crate::lazy::register::release(r.pid_here)?;
+        for &(here, kept) in &r.lazy_release {
+            crate::lazy::register::release(here, kept)?;
+        }
         Ok(stats)
     });
     match served {

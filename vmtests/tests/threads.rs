@@ -272,10 +272,6 @@ fn threads_leave_running_restore() {
 }
 
 #[test]
-#[ignore = "fastcr bug: in a lazy restore the TCB page of each non-main thread (rseq area, \
-            top of its stack VMA) is populated with zeros before UFFDIO_REGISTER, so a thread \
-            segfaults reading THREAD_SELF (fs:0x10 is 0, fault at 0x308) and the restore fails \
-            with \"release of process PID: permission denied to trace process PID\""]
 fn threads_lazy_restore() {
     dump_and_restore(ARGS, Mode::Lazy);
 }
@@ -560,10 +556,6 @@ fn receive(pair: &NetPair, addr: &str, token: &Path) -> Endpoint {
 /// `migrate --lazy` across a veth to `receive --pidns new`: the copy has the original's threads
 /// (inner TIDs), the same visible state, and PASSes.
 #[test]
-#[ignore = "fastcr bug: in a lazy restore the TCB page of each non-main thread (rseq area, \
-            top of its stack VMA) is populated with zeros before UFFDIO_REGISTER, so a thread \
-            segfaults reading THREAD_SELF (fs:0x10 is 0, fault at 0x308) and the restore fails \
-            with \"release of process PID: permission denied to trace process PID\""]
 fn threads_migrate_lazy() {
     require_root();
     let pair = NetPair::new("thr");

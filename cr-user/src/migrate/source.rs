@@ -140,13 +140,14 @@ fn bulk_plan(pid: i32, pagemap: &PagemapImage, mm: &MmImage) -> Result<BulkPlan,
         .collect();
     let sel = crate::mm::dump::select_pages(pid, &vmas)
         .map_err(|e| MigrateError::Peer(format!("page scan of process {pid}: {e}")))?;
-    let present: Vec<(u64, u64)> = sel
+    // A present run may cross a page the dump kept (rseq): only its lazy part counts.
+    let runs: Vec<(u64, u64)> = sel
         .pagemap
         .entries
         .iter()
         .map(|e| (e.vaddr, e.vaddr + u64::from(e.nr_pages) * 4096))
-        .filter(|&(s, e)| lazy.iter().any(|&(ls, le)| s >= ls && e <= le))
         .collect();
+    let present = crate::track::ranges::intersect(&crate::track::ranges::normalize(runs), &lazy);
     let absent = crate::track::ranges::subtract(&lazy, &present);
     let stack = mm
         .vmas

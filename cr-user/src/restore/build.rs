@@ -20,20 +20,18 @@ pub(super) struct Built<'a> {
     pub here: i32,
     /// Its other threads, stopped.
     pub threads: Vec<Created<'a>>,
-    /// The userfaultfd of its lazy memory, if any.
-    pub uffd: Option<OwnedFd>,
+    /// The userfaultfd of its lazy memory and the fd number of the copy kept in the process.
+    pub uffd: Option<(OwnedFd, i32)>,
     /// Pages written.
     pub pages: u64,
 }
 
-/// Rebuilds `p` into the stopped task `here`; `lazy` leaves its plan's pages missing. `root`:
-/// its parent is fastcr (during a lazy phase it then dies with fastcr).
+/// Rebuilds `p` into the stopped task `here`; `lazy` leaves its plan's pages missing.
 pub(super) fn build<'a>(
     p: &'a ProcImage,
     here: i32,
     shared: &SharedPipes,
     lazy: Option<&LazyPlan>,
-    root: bool,
 ) -> Result<Built<'a>, RestoreError> {
     let pid = p.pid;
     let err = |step| move |source| RestoreError::Child { pid, step, source };
@@ -56,7 +54,15 @@ pub(super) fn build<'a>(
     mmr::finish_vmas(&inj, &p.mm, &has_pages)?;
     mmr::set_mm_fields(&inj, &p.mm)?;
     let uffd = match lazy {
-        Some(_) => Some(crate::lazy::register::setup(&inj, here, root)?),
+        Some(_) => {
+            // Above every fd number the image uses, so placing them never closes it.
+            let top = p.files.fds.iter().map(|f| f.fd).max().unwrap_or(0);
+            Some(crate::lazy::register::setup(
+                &inj,
+                here,
+                (top + 1).max(1000) as u64,
+            )?)
+        }
         None => None,
     };
     crate::files::restore(&inj, &p.files, shared)?;
@@ -67,7 +73,7 @@ pub(super) fn build<'a>(
     let threads = crate::core::threads::create(&inj, &p.threads, &p.core.creds)?;
     crate::core::restore_creds(&inj, &p.core.creds)?;
     crate::core::restore_timers(&inj, &p.core)?;
-    if let (Some(uffd), Some(plan)) = (&uffd, lazy) {
+    if let (Some((uffd, _)), Some(plan)) = (&uffd, lazy) {
         crate::lazy::register::register(uffd, here, plan)?;
     }
     mmr::remove_trampoline(&inj, trampoline)?;

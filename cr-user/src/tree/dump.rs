@@ -80,7 +80,8 @@ fn save(
     let (mm, core, threads) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
     let mut buf = Vec::new();
     let pagemap = if lazy {
-        crate::dump::lazy_pagemap(pid, &mm.vmas, &mut buf)?.0
+        let keep = crate::lazy::register::kernel_written(&core, &threads);
+        crate::dump::lazy_pagemap(pid, &mm.vmas, &keep, &mut buf)?.0
     } else {
         crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?.pagemap
     };
