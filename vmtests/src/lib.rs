@@ -56,6 +56,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_writer",
     "wl_lazy",
     "wl_threads",
+    "wl_tree",
 ];
 
 /// The cargo workspace root.

@@ -253,3 +253,8 @@ fn wl_threads_passes_undisturbed() {
 fn wl_threads_pipe_passes_undisturbed() {
     selftest("wl_threads", &["64", "pipe"]);
 }
+
+#[test]
+fn wl_tree_passes_undisturbed() {
+    selftest("wl_tree", &["32"]);
+}
