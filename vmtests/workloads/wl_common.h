@@ -75,7 +75,15 @@ static WL_UNUSED int wl_write_file(const char *name, const char *data, size_t le
 	size_t off = 0;
 	int fd;
 
-	snprintf(tmp, sizeof(tmp), "%s/%s.tmp", wl_dir, name);
+	struct timespec now;
+
+	/*
+	 * A tmp name of its own per write: a restored copy (same pid inside
+	 * its namespace) may run beside its original on the same STATEDIR.
+	 */
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	snprintf(tmp, sizeof(tmp), "%s/%s.%lld.%09ld.tmp", wl_dir, name,
+		 (long long)now.tv_sec, now.tv_nsec);
 	wl_path(dst, sizeof(dst), name);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
