@@ -18,6 +18,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use vmtests::{Scratch, Workload};
 
+pub mod migrate;
+
 /// Sizes of the pattern region of the workload, in MiB.
 pub const SIZES_MIB: &[u64] = &[64, 256, 1024];
 
