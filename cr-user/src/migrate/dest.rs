@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::auth::{self, Role, SessionId, Token};
 use super::feed::{NetFeed, accept_role};
 use super::proto::{self, DoneStats, Frame};
-use super::{LINK_TIMEOUT, MigrateError, TempImages, io_err, tune};
+use super::{IMAGE_WAIT, LINK_TIMEOUT, MigrateError, TempImages, io_err, tune};
 use crate::restore::{self, RestoreOptions};
 use crate::stats::{LazyStats, RestoreStats};
 
@@ -158,6 +158,10 @@ pub fn receive(
         }
     };
     let images = TempImages::new("receive")?;
+    // The source dumps (a stop-and-copy of a big process writes its whole memory first) before
+    // the first image frame: wait longer than the link timeout for it.
+    ctl.set_read_timeout(Some(IMAGE_WAIT))
+        .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
     let received = receive_images(&mut ctl, images.path());
     let (lazy, image_bytes) = match received {
         Ok(r) => r,

@@ -23,6 +23,10 @@ use proto::ProtoError;
 
 /// How long a side waits for a silent peer before it counts the link as lost.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a side waits for the steps that grow with memory size before the resume: the
+/// source's stop-and-copy dump before the first image frame, the destination's restore before
+/// `Ready`. The process is frozen meanwhile; a dead peer is still noticed at once (reset).
+pub const IMAGE_WAIT: Duration = Duration::from_secs(300);
 /// How often a side that has sent nothing else says it is alive (`Ping`) after the resume.
 pub const PING_PERIOD: Duration = Duration::from_secs(1);
 

@@ -313,6 +313,9 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
     // Until `Go` is sent, any failure thaws the original.
     let handover = (|| -> Result<(), MigrateError> {
         stats.bytes_sent = send_images(&mut ctl, images.path(), opts.lazy)?;
+        // The destination restores (a stop-and-copy image holds all the memory) before Ready.
+        ctl.set_read_timeout(Some(super::IMAGE_WAIT))
+            .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
         let mut buf = Vec::new();
         expect(&mut ctl, &mut buf, "Ready")?;
         Ok(())
