@@ -366,7 +366,7 @@ fn dump_with(
                 // frozen window is longer. The stats say so.
                 Err(e) => {
                     tracing::warn!(error = %e, "pre-copy unavailable; copying with the process stopped");
-                    stats.precopy_mode = format!("stop-the-world ({})", error_chain(&e));
+                    stats.precopy_mode = format!("stop-the-world ({})", crate::error_chain(&e));
                     None
                 }
             }
@@ -582,17 +582,6 @@ pub fn lazy_candidate(v: &crate::image::mm::Vma) -> bool {
     matches!(v.kind, crate::image::mm::VmaKind::Anon)
         && !v.shared
         && v.prot & libc::PROT_READ as u32 != 0
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Reads a frozen process's layout and fd table. `tracking_fd` is fastcr's own, not saved.

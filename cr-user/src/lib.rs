@@ -26,3 +26,15 @@ pub mod stats;
 pub mod sys;
 pub mod track;
 pub mod tree;
+
+/// An error and its causes on one line, `: `-separated (for messages passed on as text).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

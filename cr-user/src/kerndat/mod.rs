@@ -269,19 +269,6 @@ pub fn run_check(json: bool, out: &mut dyn io::Write) -> Result<bool, CheckError
     Ok(kerndat.missing_required().is_empty())
 }
 
-/// `err` and its sources joined with ": ", for a report cell (the report is where this chain is
-/// shown; the error itself is not propagated).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;

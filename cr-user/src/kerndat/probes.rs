@@ -9,7 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Feature, Kerndat, Need, Status, error_chain};
+use super::{Feature, Kerndat, Need, Status};
+use crate::error_chain;
 use crate::{
     bpf::{TaskEventKind, TaskTracker, VmaEventKind},
     sys::{

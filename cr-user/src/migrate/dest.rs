@@ -123,6 +123,17 @@ fn wait_go(ctl: &mut TcpStream) -> Result<(), String> {
     }
 }
 
+/// Tells the source why this side gives up (best effort) and passes the error on.
+fn tell_failed(ctl: &mut TcpStream, e: MigrateError) -> MigrateError {
+    let _ = proto::write_frame(
+        ctl,
+        &Frame::Failed {
+            message: &crate::error_chain(&e),
+        },
+    );
+    e
+}
+
 /// Receives one migration on `opts.listen`. `on_listen` is called once the socket listens.
 pub fn receive(
     opts: &ReceiveOptions,
@@ -145,36 +156,14 @@ pub fn receive(
         Role::Bulk,
         Instant::now() + LINK_TIMEOUT,
     );
-    let bulk = match bulk {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = proto::write_frame(
-                &mut ctl,
-                &Frame::Failed {
-                    message: &e.to_string(),
-                },
-            );
-            return Err(e);
-        }
-    };
+    let bulk = bulk.map_err(|e| tell_failed(&mut ctl, e))?;
     let images = TempImages::new("receive")?;
     // The source dumps (a stop-and-copy of a big process writes its whole memory first) before
     // the first image frame: wait longer than the link timeout for it.
     ctl.set_read_timeout(Some(IMAGE_WAIT))
         .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
     let received = receive_images(&mut ctl, images.path());
-    let (lazy, image_bytes) = match received {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = proto::write_frame(
-                &mut ctl,
-                &Frame::Failed {
-                    message: &e.to_string(),
-                },
-            );
-            return Err(e);
-        }
-    };
+    let (lazy, image_bytes) = received.map_err(|e| tell_failed(&mut ctl, e))?;
     let bulk = lazy.then_some(bulk);
     let t0 = Instant::now();
     let ropts = RestoreOptions {
@@ -193,7 +182,7 @@ pub fn receive(
             let _ = proto::write_frame(
                 &mut ctl,
                 &Frame::Failed {
-                    message: &error_line(&e),
+                    message: &crate::error_chain(&e),
                 },
             );
             return Err(e.into());
@@ -254,15 +243,4 @@ pub fn receive(
         }
     }
     Ok(stats)
-}
-
-fn error_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

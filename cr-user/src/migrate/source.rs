@@ -324,7 +324,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         frozen.thaw()?;
         return Err(MigrateError::Thawed {
             pid,
-            why: error_chain(&e),
+            why: crate::error_chain(&e),
         });
     }
     let dir = ImageDir::open(images.path()).map_err(|e| MigrateError::Peer(e.to_string()))?;
@@ -350,7 +350,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         thaw_stopped(frozen, pid)?;
         return Err(MigrateError::Thawed {
             pid,
-            why: error_chain(&e),
+            why: crate::error_chain(&e),
         });
     }
     // Committed: the destination runs the process from here on.
@@ -393,7 +393,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
             thaw_stopped(frozen, pid)?;
             Err(MigrateError::LostAfterResume {
                 pid,
-                why: error_chain(&e),
+                why: crate::error_chain(&e),
                 timeout_s: LINK_TIMEOUT.as_secs(),
             })
         }
@@ -518,15 +518,4 @@ fn unreachable_frame() -> Result<(), MigrateError> {
         got: "another frame",
         expected: "Resumed",
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

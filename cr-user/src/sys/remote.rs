@@ -63,31 +63,7 @@ impl Remote {
     /// Runs syscall `nr` with `args` in the task and returns the kernel's raw return value
     /// (a negative errno on failure).
     pub fn syscall(&self, nr: i64, args: [u64; 6]) -> Result<i64, InjectError> {
-        let mut regs = self.base;
-        regs.rax = nr as u64;
-        regs.rdi = args[0];
-        regs.rsi = args[1];
-        regs.rdx = args[2];
-        regs.r10 = args[3];
-        regs.r8 = args[4];
-        regs.r9 = args[5];
-        let map = |source| InjectError::Ptrace { nr, source };
-        ptrace::set_regs(self.pid, &regs).map_err(map)?;
-        for _ in 0..2 {
-            ptrace::resume_to_syscall(self.pid, 0).map_err(map)?;
-            match ptrace::wait_stop(self.pid).map_err(map)? {
-                Stop::Syscall => {}
-                stop => {
-                    return Err(InjectError::UnexpectedStop {
-                        pid: self.pid,
-                        nr,
-                        stop,
-                    });
-                }
-            }
-        }
-        let out = ptrace::get_regs(self.pid).map_err(map)?;
-        Ok(out.rax as i64)
+        self.run(nr, args, false).map(|(ret, _)| ret)
     }
 
     /// Runs a `clone`-family syscall in a task traced with `PTRACE_O_TRACECLONE` (threads) or
@@ -98,6 +74,10 @@ impl Remote {
         nr: i64,
         args: [u64; 6],
     ) -> Result<(i64, Option<i32>), InjectError> {
+        self.run(nr, args, true)
+    }
+
+    fn run(&self, nr: i64, args: [u64; 6], clone: bool) -> Result<(i64, Option<i32>), InjectError> {
         let mut regs = self.base;
         regs.rax = nr as u64;
         regs.rdi = args[0];
@@ -115,7 +95,7 @@ impl Remote {
             match ptrace::wait_stop(self.pid).map_err(map)? {
                 Stop::Syscall => syscall_stops += 1,
                 Stop::Event { event, .. }
-                    if event == ptrace::EVENT_CLONE || event == ptrace::EVENT_FORK =>
+                    if clone && (event == ptrace::EVENT_CLONE || event == ptrace::EVENT_FORK) =>
                 {
                     let tid = ptrace::get_event_msg(self.pid).map_err(map)?;
                     new_tid = i32::try_from(tid).ok();
