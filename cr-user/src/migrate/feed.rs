@@ -16,8 +16,9 @@ use super::{LINK_TIMEOUT, MigrateError, PING_PERIOD, tune};
 use crate::lazy::{Feed, LazyError, Placer};
 use crate::sys::{PAGE_SIZE, process};
 
-/// Background buffers placed per call, so a demand answer waits for at most this many.
-const BULK_PER_ROUND: usize = 2;
+/// Background frames (up to 8 MiB each) placed per turn: a demand answer waits for at most
+/// this many.
+const BULK_PER_ROUND: usize = 1;
 
 /// What a reader thread hands over.
 enum Msg {

@@ -195,7 +195,7 @@ fn stream_bulk(plans: Vec<(i32, BulkPlan)>, mut bulk: TcpStream) -> Result<u64, 
         }
     }
     let mut buf = Vec::with_capacity(MAX_DATA_LEN);
-    let chunk = 2 << 20;
+    let chunk = MAX_DATA_LEN as u64;
     let mut pages = 0u64;
     for (pid, plan) in plans {
         for (start, end) in plan.present {
