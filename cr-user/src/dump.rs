@@ -91,6 +91,15 @@ pub enum DumpError {
         /// What.
         what: String,
     },
+    /// The process forked, made a thread or called exec while it was being frozen (the dump is
+    /// retried a few times before this is reported).
+    #[error("process {pid}: {what}")]
+    Raced {
+        /// The process.
+        pid: i32,
+        /// What happened.
+        what: String,
+    },
     /// Freezing or releasing failed.
     #[error(transparent)]
     Freeze(#[from] FreezeError),
@@ -161,7 +170,7 @@ pub(crate) fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Sta
 pub(crate) fn check_single(pid: i32) -> Result<(), DumpError> {
     let children = proc::children(pid)?;
     if !children.is_empty() {
-        return Err(DumpError::Unsupported {
+        return Err(DumpError::Raced {
             pid,
             what: format!(
                 "it has child processes {children:?}; process trees are not supported yet"
@@ -210,7 +219,7 @@ pub(crate) fn confirm_task_set(
             Some(TaskEventKind::Exec) => "it called execve during the dump".to_string(),
             _ => continue,
         };
-        return Err(DumpError::Unsupported { pid, what });
+        return Err(DumpError::Raced { pid, what });
     }
     Ok(())
 }
@@ -261,18 +270,42 @@ impl Pages {
 
 /// Checkpoints `opts.pid` into `opts.dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
-    let after = if opts.leave_running {
+    with_retries(|| dump_with(opts, after_of(opts))).map(|(stats, _)| stats)
+}
+
+fn after_of(opts: &DumpOptions) -> After {
+    if opts.leave_running {
         After::Thaw
     } else {
         After::Kill
-    };
-    dump_with(opts, after).map(|(stats, _)| stats)
+    }
+}
+
+/// How often a dump is tried again when the process forked or made a thread while it was being
+/// frozen (each try leaves it running as it was).
+const RACE_RETRIES: usize = 5;
+
+fn with_retries<T>(mut f: impl FnMut() -> Result<T, DumpError>) -> Result<T, DumpError> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(DumpError::Raced { pid, what }) if tries < RACE_RETRIES => {
+                tracing::info!(
+                    pid,
+                    what,
+                    "the task set changed during the freeze; trying again"
+                );
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Checkpoints `opts.pid` into `opts.dir` and returns with the process still frozen (a
 /// migration source hands it over, or thaws it if the destination fails).
 pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, FrozenTree), DumpError> {
-    match dump_with(opts, After::Hold)? {
+    match with_retries(|| dump_with(opts, After::Hold))? {
         (stats, Some(frozen)) => Ok((stats, frozen)),
         (_, None) => Err(DumpError::Unsupported {
             pid: opts.pid,
@@ -522,7 +555,11 @@ fn dump_with(
         (After::Hold, held) => {
             // Frozen until now; the caller's hand-over adds to it.
             stats.frozen_time_us = micros(t_frozen.elapsed());
-            Ok((stats, held.map(FrozenTree::single)))
+            let held = held.map(FrozenTree::single);
+            if let Some(h) = &held {
+                h.put_back()?;
+            }
+            Ok((stats, held))
         }
         (_, held) => Ok((stats, held.map(FrozenTree::single))),
     }

@@ -204,6 +204,17 @@ impl Frozen {
 }
 
 impl Frozen {
+    /// Puts the task's own registers and signal mask back while it stays stopped: should its
+    /// tracer die, it then continues as if never touched.
+    pub fn put_back(&self) -> Result<(), FreezeError> {
+        let pid = self.pid;
+        let err = |step| move |source| FreezeError::Ptrace { pid, step, source };
+        let mut regs = self.regs;
+        regs.orig_rax = u64::MAX;
+        ptrace::set_regs(pid, &regs).map_err(err("restore registers"))?;
+        ptrace::set_sigmask(pid, self.sigmask).map_err(err("restore sigmask"))
+    }
+
     /// Lets go of the guard without touching the task (it is being killed with its process).
     pub fn forget(mut self) {
         self.armed = false;
@@ -252,6 +263,12 @@ impl FrozenProcess {
     /// The other threads, by tid.
     pub fn others(&self) -> &[Frozen] {
         &self.others
+    }
+
+    /// Puts every thread's own registers and signal mask back (see [`Frozen::put_back`]).
+    pub fn put_back(&self) -> Result<(), FreezeError> {
+        self.others.iter().try_for_each(Frozen::put_back)?;
+        self.main.put_back()
     }
 
     /// Every frozen thread id.
@@ -319,6 +336,11 @@ impl FrozenTree {
     /// The processes, the root first.
     pub fn procs(&self) -> &[FrozenProcess] {
         &self.procs
+    }
+
+    /// Puts every process's own registers and signal masks back (see [`Frozen::put_back`]).
+    pub fn put_back(&self) -> Result<(), FreezeError> {
+        self.procs.iter().try_for_each(FrozenProcess::put_back)
     }
 
     /// Every process's pid, the root first.

@@ -279,7 +279,12 @@ pub fn restore_loaded(
     let mut lazy_release = Vec::new();
     for (b, (p, plan)) in built.iter_mut().zip(img.procs.iter().zip(plans)) {
         if let Some((uffd, kept)) = b.uffd.take() {
-            lazy.push(crate::lazy::Space::new(p.pid, uffd, plan.pending));
+            lazy.push(crate::lazy::Space::new(
+                p.pid,
+                uffd,
+                plan.pending,
+                plan.vmas,
+            ));
             lazy_release.push((b.here, kept));
         }
     }

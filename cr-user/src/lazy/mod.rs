@@ -20,8 +20,10 @@ use std::time::Instant;
 
 use crate::mm::MmError;
 use crate::stats::{LazyStats, micros};
+use crate::sys::uffd;
 use crate::sys::uffd_lazy::{self, Event, PAGEFAULT_FLAG_WRITE, Placed};
 use crate::sys::{PAGE_SIZE, SyscallError};
+use crate::track::ranges;
 pub use pageset::PageSet;
 
 /// Why lazy restore failed. The restored tree is killed by the caller.
@@ -59,17 +61,21 @@ pub struct Space {
     pid: i32,
     uffd: OwnedFd,
     pending: PageSet,
+    /// The ranges registered on `uffd`, kept up to date with mremap and munmap.
+    registered: Vec<(u64, u64)>,
     /// Still in use: false once its process is gone.
     live: bool,
 }
 
 impl Space {
-    /// A space of process `pid` whose `pending` pages are registered MISSING on `uffd`.
-    pub fn new(pid: i32, uffd: OwnedFd, pending: PageSet) -> Self {
+    /// A space of process `pid` whose `registered` ranges are registered MISSING on `uffd`, with
+    /// `pending` pages still missing.
+    pub fn new(pid: i32, uffd: OwnedFd, pending: PageSet, registered: Vec<(u64, u64)>) -> Self {
         Self {
             pid,
             uffd,
             pending,
+            registered,
             live: true,
         }
     }
@@ -255,15 +261,28 @@ impl Placer {
                     // still misses, the child misses too.
                     let pending = self.spaces[i].pending.clone();
                     let pid = self.spaces[i].pid;
-                    self.spaces.push(Space::new(pid, uffd, pending));
+                    let registered = self.spaces[i].registered.clone();
+                    self.spaces.push(Space::new(pid, uffd, pending, registered));
                     self.stats.forks += 1;
                 }
                 Event::Remap { from, to, len } => {
                     self.spaces[i].pending.relocate(from, to, len);
+                    let r = &mut self.spaces[i].registered;
+                    let moved = ranges::intersect(r, &[(from, from + len)]);
+                    *r = ranges::subtract(r, &[(from, from + len)]);
+                    r.extend(moved.iter().map(|&(s, e)| (s - from + to, e - from + to)));
+                    *r = ranges::normalize(std::mem::take(r));
                     self.wake(i, from, len)?;
                     self.stats.layout_events += 1;
                 }
-                Event::Remove { start, end } | Event::Unmap { start, end } => {
+                Event::Unmap { start, end } => {
+                    self.spaces[i].pending.remove(start, end);
+                    let r = &mut self.spaces[i].registered;
+                    *r = ranges::subtract(r, &[(start, end)]);
+                    self.wake(i, start, end - start)?;
+                    self.stats.layout_events += 1;
+                }
+                Event::Remove { start, end } => {
                     self.spaces[i].pending.remove(start, end);
                     // A thread waiting on a page here retries its fault: it now gets zeros
                     // (or SIGSEGV), never the old content.
@@ -272,6 +291,33 @@ impl Placer {
                 }
             }
         }
+    }
+
+    /// Once every page is in: unregisters every range of every space, so the processes never
+    /// wait on this userfaultfd again (their kept copy included), then reads what was already
+    /// queued (a fork or munmap caught just before, whose caller waits for it to be read).
+    fn unregister_all(&mut self) -> Result<(), LazyError> {
+        let mut done = 0;
+        // A fork read below adds a space; it is unregistered in the next pass.
+        while done < self.spaces.len() {
+            let upto = self.spaces.len();
+            for s in &self.spaces[done..upto] {
+                if !s.live {
+                    continue;
+                }
+                for &(start, end) in &s.registered {
+                    // A range the process has changed in ways not reported (nothing is left to
+                    // unregister there) is no error.
+                    if let Err(e) = uffd::unregister(s.uffd.as_fd(), start, end - start) {
+                        tracing::debug!(start, end, error = %e, "unregister");
+                    }
+                }
+            }
+            done = upto;
+            self.read_all_events()?;
+        }
+        self.faults.clear();
+        Ok(())
     }
 
     fn wake(&self, i: usize, start: u64, len: u64) -> Result<(), LazyError> {
@@ -385,5 +431,6 @@ pub fn serve(mut placer: Placer, feed: &mut dyn Feed) -> Result<LazyStats, LazyE
             uffd_lazy::poll_readable(&fds, timeout).map_err(placer.err("poll"))?;
         }
     }
+    placer.unregister_all()?;
     Ok(placer.finish(t0))
 }

@@ -158,8 +158,9 @@ pub(crate) fn dump(
             Ok((stats, None))
         }
         (_, held) => {
-            if held.is_some() {
+            if let Some(h) = &held {
                 stats.frozen_time_us = micros(t_frozen.elapsed());
+                h.put_back()?;
             }
             Ok((stats, held))
         }
