@@ -366,10 +366,12 @@ fn reap_killed_original_children(wl: &Workload) {
         }
         let status = reap_within(pid, GUARD, "a child of the original");
         eprintln!("reaped the original's child {pid}: {status}");
-        assert_eq!(
-            status.signal(),
-            Some(libc::SIGKILL),
-            "the original's child {pid} must be SIGKILLed with it, but it {status}"
+        // A churn child that had already exited when the tree was frozen was a zombie: it keeps
+        // its own status (0: its checks passed); a live one is SIGKILLed with the original.
+        assert!(
+            status.signal() == Some(libc::SIGKILL) || status.code() == Some(0),
+            "the original's child {pid} must be SIGKILLed with it (or have ended cleanly before \
+             the freeze), but it {status}"
         );
     }
 }
@@ -648,12 +650,9 @@ fn migrate_precopy_wl_dirty() {
 /// wl_lazy 512 MiB, churning (munmap, mremap, MADV_DONTNEED, fork) before the migration and
 /// from its first instruction on the destination, i.e. during the lazy phase. The freeze may
 /// catch it while a churn child exists: the tree (parent and child) then moves as a whole.
-/// Found meanwhile: about 1 migration in 4 is refused with "it forked child N during the dump"
-/// (a fork racing the freeze is not retried), which makes this test fail too.
+/// A fork racing the freeze makes fastcr try the dump again (as a tree if the child is still
+/// there).
 #[test]
-#[ignore = "fastcr bug: receive deadlocks at the end of the lazy phase if the process is in \
-            fork() (release seizes it and waits while clone waits for the uffd FORK event); the \
-            source then thaws the original beside the stuck copy"]
 fn migrate_lazy_with_churn() {
     let link = Link::new("churn");
     let token = link.token("token");
@@ -1104,8 +1103,6 @@ fn kill_source_during_lazy_phase(size_mib: &str) -> Attempt {
 }
 
 #[test]
-#[ignore = "fastcr bug: a source killed after Go leaves its original stopped mid-injection \
-            (all signals blocked, registers of a remote munmap): SIGCONT makes it die of SIGSEGV"]
 fn migrate_source_dies_during_lazy_phase() {
     require_root();
     for size in LAZY_KILL_SIZES {
