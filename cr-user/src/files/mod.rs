@@ -5,6 +5,8 @@
 //! `/dev/urandom`), and with `--shell-job` standard streams that are terminals or pipes, which
 //! are handed the restorer's own. Anything else is refused at dump time, naming the fd.
 
+mod anon;
+
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -222,6 +224,7 @@ pub fn dump(
             kind,
         });
     }
+    anon::check_watches(pid, &fds)?;
     Ok(FilesImage {
         cwd,
         umask,
@@ -296,6 +299,9 @@ fn classify(
         return Err(unsupported(
             "a terminal or pipe leading outside the dump; use --shell-job to hand it to the restorer",
         ));
+    }
+    if let Some(kind) = anon::dump(pid, r.fd, target)? {
+        return Ok(kind);
     }
     Err(unsupported(if ft.is_fifo() {
         "a pipe or FIFO leading outside the dump (process trees are not supported yet)"
@@ -373,7 +379,10 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
                     });
                 }
             }
-            FdKind::Inherited { .. } | FdKind::SharedPipe { .. } => {}
+            FdKind::Inherited { .. }
+            | FdKind::SharedPipe { .. }
+            | FdKind::EventFd { .. }
+            | FdKind::Epoll { .. } => {}
         }
     }
     Ok(())
@@ -513,6 +522,21 @@ pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Resu
                 [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
             )?;
         }
+    }
+    // Kernel objects last, epoll after every fd it may watch.
+    for f in files
+        .fds
+        .iter()
+        .filter(|f| matches!(f.kind, FdKind::EventFd { .. }))
+    {
+        anon::restore(inj, f)?;
+    }
+    for f in files
+        .fds
+        .iter()
+        .filter(|f| matches!(f.kind, FdKind::Epoll { .. }))
+    {
+        anon::restore(inj, f)?;
     }
     Ok(())
 }

@@ -28,6 +28,29 @@ pub enum FdKind {
         /// The pipe's inode number at dump time.
         inode: u64,
     },
+    /// An eventfd.
+    EventFd {
+        /// Its counter.
+        count: u64,
+        /// `EFD_SEMAPHORE`.
+        semaphore: bool,
+    },
+    /// An epoll instance and what it watches (by fd number in the same process).
+    Epoll {
+        /// The watched fds.
+        watches: Vec<EpollWatch>,
+    },
+}
+
+/// One fd an epoll instance watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollWatch {
+    /// The watched fd.
+    pub fd: i32,
+    /// `EPOLL*` event bits (incl. EPOLLET, EPOLLONESHOT).
+    pub events: u32,
+    /// The user data returned with its events.
+    pub data: u64,
 }
 
 /// One open file descriptor.
