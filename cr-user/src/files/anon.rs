@@ -15,50 +15,50 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// An eventfd's counter and mode, from its fdinfo text.
+fn parse_eventfd(text: &str) -> Option<FdKind> {
+    let count = field(text, "eventfd-count:")?.parse().ok()?;
+    let semaphore = field(text, "eventfd-semaphore:") == Some("1");
+    Some(FdKind::EventFd { count, semaphore })
+}
+
+/// An epoll instance's watches, from its fdinfo text (`tfd: N events: HEX data: HEX ...`).
+fn parse_epoll(text: &str) -> Option<FdKind> {
+    let mut watches = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("tfd:")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        watches.push(EpollWatch {
+            fd: at("tfd:")?.parse().ok()?,
+            events: u32::from_str_radix(at("events:")?, 16).ok()?,
+            data: u64::from_str_radix(at("data:")?, 16).ok()?,
+        });
+    }
+    Some(FdKind::Epoll { watches })
+}
+
 /// What fd `fd` of `pid` is, if it is an eventfd or an epoll instance; `Ok(None)` otherwise.
 pub(super) fn dump(pid: i32, fd: i32, target: &str) -> Result<Option<FdKind>, FilesError> {
-    let bad = |what: &'static str| FilesError::Unsupported {
-        pid,
-        fd,
-        target: target.to_string(),
-        why: what,
+    let parse: fn(&str) -> Option<FdKind> = match target {
+        "anon_inode:[eventfd]" => parse_eventfd,
+        "anon_inode:[eventpoll]" => parse_epoll,
+        _ => return Ok(None),
     };
-    let info = || proc::read(std::path::PathBuf::from(format!("/proc/{pid}/fdinfo/{fd}")));
-    match target {
-        "anon_inode:[eventfd]" => {
-            let text = info()?;
-            let count = field(&text, "eventfd-count:")
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad("unreadable eventfd counter"))?;
-            let semaphore = field(&text, "eventfd-semaphore:") == Some("1");
-            Ok(Some(FdKind::EventFd { count, semaphore }))
-        }
-        "anon_inode:[eventpoll]" => {
-            let text = info()?;
-            let mut watches = Vec::new();
-            for line in text.lines().filter(|l| l.starts_with("tfd:")) {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let at = |key: &str| {
-                    words
-                        .iter()
-                        .position(|w| *w == key)
-                        .and_then(|i| words.get(i + 1))
-                        .copied()
-                };
-                let w = (|| {
-                    Some(EpollWatch {
-                        fd: at("tfd:")?.parse().ok()?,
-                        events: u32::from_str_radix(at("events:")?, 16).ok()?,
-                        data: u64::from_str_radix(at("data:")?, 16).ok()?,
-                    })
-                })()
-                .ok_or_else(|| bad("unreadable epoll watch list"))?;
-                watches.push(w);
-            }
-            Ok(Some(FdKind::Epoll { watches }))
-        }
-        _ => Ok(None),
-    }
+    let text = proc::read(std::path::PathBuf::from(format!("/proc/{pid}/fdinfo/{fd}")))?;
+    parse(&text)
+        .map(Some)
+        .ok_or_else(|| FilesError::Unsupported {
+            pid,
+            fd,
+            target: target.to_string(),
+            why: "its fdinfo could not be read",
+        })
 }
 
 /// Checks that every fd an epoll instance watches is one the image restores (a watched file
@@ -143,4 +143,43 @@ pub(super) fn restore(inj: &Injector, f: &Fd) -> Result<(), FilesError> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_eventfd_and_epoll_fdinfo() {
+        let ev = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t1038\neventfd-count:                5\neventfd-id: 1\neventfd-semaphore: 1\n";
+        assert_eq!(
+            parse_eventfd(ev),
+            Some(FdKind::EventFd {
+                count: 5,
+                semaphore: true
+            })
+        );
+        let ep = "pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1038\n\
+            tfd:        4 events:       19 data:               4d  pos:0 ino:40e sdev:10\n\
+            tfd:        3 events: 80000019 data:             1234  pos:0 ino:40e sdev:10\n";
+        assert_eq!(
+            parse_epoll(ep),
+            Some(FdKind::Epoll {
+                watches: vec![
+                    EpollWatch {
+                        fd: 4,
+                        events: 0x19,
+                        data: 0x4d
+                    },
+                    EpollWatch {
+                        fd: 3,
+                        events: 0x8000_0019,
+                        data: 0x1234
+                    },
+                ]
+            })
+        );
+        assert_eq!(parse_eventfd("pos: 0\n"), None);
+        assert_eq!(parse_epoll("tfd: x events: 1 data: 2\n"), None);
+    }
 }
