@@ -5,12 +5,20 @@
  * - fd B: files/b.log O_WRONLY|O_APPEND, some bytes written;
  * - fd C: files/c.dat O_RDWR|O_CLOEXEC, at offset C_OFF;
  * - fd 10: /dev/null (dup2);
- * - cwd: STATEDIR/files/sub, umask 027.
+ * - cwd: STATEDIR/files/sub, umask 027;
+ * - a timerfd (CLOCK_MONOTONIC, O_NONBLOCK) due in 1000 s, every 7 s after;
+ * - a signalfd for SIGUSR2 (blocked), and an eventfd (semaphore, count 3).
  * Verified: offsets, F_GETFL/F_GETFD, that each fd is still the same file
  * (dev/inode of the path), the content read from the offsets, that B still
- * appends, cwd, umask.
+ * appends, cwd, umask; the timer's interval and that it is still armed (due
+ * later than now, not later than it was); a SIGUSR2 sent to itself is read
+ * from the signalfd; the eventfd reads 1, three times, then would block.
  */
 #include "wl_common.h"
+
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
 
 #define A_LEN (64 * 1024)
 #define A_OFF 12345
@@ -80,7 +88,11 @@ int main(int argc, char **argv)
 	struct tracked n = { "/dev/null at fd 10", NULL_FD, 0, 0, 0, { 0 } };
 	struct stat st;
 	mode_t old_umask;
-	int fd;
+	int fd, tfd, sfd, efd;
+	struct itimerspec its = { { 7, 0 }, { 1000, 0 } }, now;
+	struct signalfd_siginfo si;
+	sigset_t usr2;
+	uint64_t v;
 
 	wl_init(argc, argv);
 	wl_path(dir, sizeof(dir), "files");
@@ -117,6 +129,20 @@ int main(int argc, char **argv)
 	if (fd < 0 || dup2(fd, NULL_FD) != NULL_FD)
 		die("/dev/null");
 	close(fd);
+
+	tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+	if (tfd < 0 || timerfd_settime(tfd, 0, &its, NULL))
+		die("timerfd");
+	sigemptyset(&usr2);
+	sigaddset(&usr2, SIGUSR2);
+	if (sigprocmask(SIG_BLOCK, &usr2, NULL))
+		die("sigprocmask");
+	sfd = signalfd(-1, &usr2, SFD_NONBLOCK);
+	if (sfd < 0)
+		die("signalfd");
+	efd = eventfd(3, EFD_SEMAPHORE | EFD_NONBLOCK);
+	if (efd < 0)
+		die("eventfd");
 
 	record(&a);
 	record(&b);
@@ -162,5 +188,25 @@ int main(int argc, char **argv)
 	old_umask = umask(022);
 	if (old_umask != 027)
 		wl_fail("umask %03o, want 027", (unsigned)old_umask);
+
+	if (timerfd_gettime(tfd, &now))
+		wl_fail("timerfd_gettime: %s", strerror(errno));
+	else if (now.it_interval.tv_sec != 7 || now.it_interval.tv_nsec != 0)
+		wl_fail("timerfd interval %lld.%09ld s, want 7 s", (long long)now.it_interval.tv_sec,
+			now.it_interval.tv_nsec);
+	else if ((now.it_value.tv_sec == 0 && now.it_value.tv_nsec == 0) ||
+		 now.it_value.tv_sec >= 1000)
+		wl_fail("timerfd due in %lld s, want armed and below 1000 s",
+			(long long)now.it_value.tv_sec);
+	if (!(fcntl(tfd, F_GETFL) & O_NONBLOCK))
+		wl_fail("timerfd lost O_NONBLOCK");
+	kill(getpid(), SIGUSR2);
+	if (read(sfd, &si, sizeof(si)) != (ssize_t)sizeof(si) || si.ssi_signo != SIGUSR2)
+		wl_fail("signalfd: no SIGUSR2 read (%s)", strerror(errno));
+	for (int i = 0; i < 3; i++)
+		if (read(efd, &v, sizeof(v)) != sizeof(v) || v != 1)
+			wl_fail("eventfd: read %d gave %llu, want 1", i, (unsigned long long)v);
+	if (read(efd, &v, sizeof(v)) != -1 || errno != EAGAIN)
+		wl_fail("eventfd: a fourth read did not block (count was more than 3)");
 	wl_finish();
 }

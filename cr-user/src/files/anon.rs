@@ -1,5 +1,6 @@
-//! Anonymous-inode kernel objects behind an fd: eventfd (its counter and mode) and epoll (the
-//! fds it watches, with their events and data), read from `/proc/PID/fdinfo` at dump and
+//! Anonymous-inode kernel objects behind an fd: eventfd (its counter and mode), timerfd (clock,
+//! time left, interval, unread expirations), signalfd (its mask) and epoll (the fds it watches,
+//! with their events and data), read from `/proc/PID/fdinfo` at dump and
 //! recreated by injected syscalls at restore.
 
 use super::{FilesError, place_fd};
@@ -8,6 +9,8 @@ use crate::inject::{Injector, to_bytes};
 use crate::proc;
 
 const SCRATCH_EPOLL_EVENT: u64 = 640;
+/// `_IOW('T', 0, u64)`: sets a timerfd's unread expirations.
+const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
 
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
@@ -20,6 +23,33 @@ fn parse_eventfd(text: &str) -> Option<FdKind> {
     let count = field(text, "eventfd-count:")?.parse().ok()?;
     let semaphore = field(text, "eventfd-semaphore:") == Some("1");
     Some(FdKind::EventFd { count, semaphore })
+}
+
+/// `(a, b)` as fdinfo prints a timespec.
+fn pair(v: &str) -> Option<(u64, u64)> {
+    let (a, b) = v
+        .trim()
+        .strip_prefix('(')?
+        .strip_suffix(')')?
+        .split_once(',')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+/// A timerfd's clock, time left, interval and unread expirations, from its fdinfo text.
+fn parse_timerfd(text: &str) -> Option<FdKind> {
+    Some(FdKind::TimerFd {
+        clockid: field(text, "clockid:")?.parse().ok()?,
+        ticks: field(text, "ticks:")?.parse().ok()?,
+        value: pair(field(text, "it_value:")?)?,
+        interval: pair(field(text, "it_interval:")?)?,
+    })
+}
+
+/// A signalfd's mask, from its fdinfo text.
+fn parse_signalfd(text: &str) -> Option<FdKind> {
+    Some(FdKind::SignalFd {
+        mask: u64::from_str_radix(field(text, "sigmask:")?, 16).ok()?,
+    })
 }
 
 /// An epoll instance's watches, from its fdinfo text (`tfd: N events: HEX data: HEX ...`).
@@ -43,11 +73,14 @@ fn parse_epoll(text: &str) -> Option<FdKind> {
     Some(FdKind::Epoll { watches })
 }
 
-/// What fd `fd` of `pid` is, if it is an eventfd or an epoll instance; `Ok(None)` otherwise.
+/// What fd `fd` of `pid` is, if it is an eventfd, timerfd, signalfd or epoll instance;
+/// `Ok(None)` otherwise.
 pub(super) fn dump(pid: i32, fd: i32, target: &str) -> Result<Option<FdKind>, FilesError> {
     let parse: fn(&str) -> Option<FdKind> = match target {
         "anon_inode:[eventfd]" => parse_eventfd,
         "anon_inode:[eventpoll]" => parse_epoll,
+        "anon_inode:[timerfd]" => parse_timerfd,
+        "anon_inode:[signalfd]" => parse_signalfd,
         _ => return Ok(None),
     };
     let text = proc::read(std::path::PathBuf::from(format!("/proc/{pid}/fdinfo/{fd}")))?;
@@ -98,6 +131,49 @@ pub(super) fn restore(inj: &Injector, f: &Fd) -> Result<(), FilesError> {
                 "eventfd2",
                 libc::SYS_eventfd2,
                 [*count, flags, 0, 0, 0, 0],
+            )?
+        }
+        FdKind::TimerFd {
+            clockid,
+            value,
+            interval,
+            ticks,
+        } => {
+            let t = inj.call(
+                || format!("timerfd_create for fd {}", f.fd),
+                "timerfd_create",
+                libc::SYS_timerfd_create,
+                [*clockid as u64, nonblock, 0, 0, 0, 0],
+            )?;
+            if *value != (0, 0) {
+                // struct itimerspec: interval then value; relative (flags 0), as it was left.
+                let spec = to_bytes(&[interval.0, interval.1, value.0, value.1]);
+                let addr = inj.put(SCRATCH_EPOLL_EVENT, &spec)?;
+                inj.call(
+                    || format!("timerfd_settime for fd {}", f.fd),
+                    "timerfd_settime",
+                    libc::SYS_timerfd_settime,
+                    [t, 0, addr, 0, 0, 0],
+                )?;
+            }
+            if *ticks != 0 {
+                let addr = inj.put(SCRATCH_EPOLL_EVENT, &to_bytes(&[*ticks]))?;
+                inj.call(
+                    || format!("ioctl(TFD_IOC_SET_TICKS) for fd {}", f.fd),
+                    "ioctl",
+                    libc::SYS_ioctl,
+                    [t, TFD_IOC_SET_TICKS, addr, 0, 0, 0],
+                )?;
+            }
+            t
+        }
+        FdKind::SignalFd { mask } => {
+            let addr = inj.put(SCRATCH_EPOLL_EVENT, &to_bytes(&[*mask]))?;
+            inj.call(
+                || format!("signalfd4 for fd {}", f.fd),
+                "signalfd4",
+                libc::SYS_signalfd4,
+                [u64::MAX, addr, 8, nonblock, 0, 0],
             )?
         }
         FdKind::Epoll { watches } => {
@@ -177,6 +253,23 @@ mod tests {
                         data: 0x1234
                     },
                 ]
+            })
+        );
+        let tf = "pos:\t0\nflags:\t02000002\nclockid: 1\nticks: 0\nsettime flags: 00\n\
+            it_value: (99, 994903612)\nit_interval: (1, 500)\n";
+        assert_eq!(
+            parse_timerfd(tf),
+            Some(FdKind::TimerFd {
+                clockid: 1,
+                value: (99, 994_903_612),
+                interval: (1, 500),
+                ticks: 0
+            })
+        );
+        assert_eq!(
+            parse_signalfd("pos:\t0\nflags:\t02\nsigmask:\t0000000200000200\n"),
+            Some(FdKind::SignalFd {
+                mask: 0x2_0000_0200
             })
         );
         assert_eq!(parse_eventfd("pos: 0\n"), None);

@@ -382,6 +382,8 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
             FdKind::Inherited { .. }
             | FdKind::SharedPipe { .. }
             | FdKind::EventFd { .. }
+            | FdKind::TimerFd { .. }
+            | FdKind::SignalFd { .. }
             | FdKind::Epoll { .. } => {}
         }
     }
@@ -524,11 +526,12 @@ pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Resu
         }
     }
     // Kernel objects last, epoll after every fd it may watch.
-    for f in files
-        .fds
-        .iter()
-        .filter(|f| matches!(f.kind, FdKind::EventFd { .. }))
-    {
+    for f in files.fds.iter().filter(|f| {
+        matches!(
+            f.kind,
+            FdKind::EventFd { .. } | FdKind::TimerFd { .. } | FdKind::SignalFd { .. }
+        )
+    }) {
         anon::restore(inj, f)?;
     }
     for f in files

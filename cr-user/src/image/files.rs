@@ -35,6 +35,23 @@ pub enum FdKind {
         /// `EFD_SEMAPHORE`.
         semaphore: bool,
     },
+    /// A timerfd: its clock, the time left and the interval (relative), and expirations not yet
+    /// read.
+    TimerFd {
+        /// `CLOCK_*` id.
+        clockid: i32,
+        /// Time left until the next expiration, (s, ns); (0, 0) when disarmed.
+        value: (u64, u64),
+        /// Interval, (s, ns).
+        interval: (u64, u64),
+        /// Expirations not yet read.
+        ticks: u64,
+    },
+    /// A signalfd.
+    SignalFd {
+        /// The signals it reads (bit n-1 for signal n).
+        mask: u64,
+    },
     /// An epoll instance and what it watches (by fd number in the same process).
     Epoll {
         /// The watched fds.
