@@ -14,7 +14,6 @@
 //! asserts a timing; every wait is a hang guard.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -24,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use vmtests::migration::{me, random_hex, result};
 use vmtests::netns::NetPair;
 use vmtests::restored::{Restored, find_in_new_pidns, nspid, pidns_init_of};
 use vmtests::{KillOnDrop, ProcStat, Scratch, Workload, spawn_registered};
@@ -259,11 +259,7 @@ impl Link {
     /// Creates the namespace pair and a token file of 48 random hex characters.
     pub fn new(bin: &Path) -> Result<Link> {
         let keys = Scratch::new("bench-mig-keys");
-        let mut raw = [0u8; 24];
-        fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut raw))
-            .context("read /dev/urandom")?;
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = random_hex().context("read /dev/urandom")?;
         fs::write(keys.join("token"), hex).context("write the token file")?;
         Ok(Link {
             bin: bin.to_path_buf(),
@@ -366,11 +362,6 @@ impl Link {
     }
 }
 
-/// The bench's own PID.
-fn me() -> i32 {
-    i32::try_from(std::process::id()).expect("pids fit in i32")
-}
-
 /// Reaps our child `pid` within [`GUARD`].
 fn reap(pid: i32, what: &str) -> Result<ExitStatus> {
     let deadline = Instant::now() + GUARD;
@@ -442,7 +433,7 @@ impl Copy {
         } else {
             self.copy.terminate();
         }
-        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+        let result = result(wl);
         ensure!(
             result == "PASS\n",
             "the migrated copy: result {:?}; log: {}",

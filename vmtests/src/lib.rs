@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 mod cli;
+pub mod migration;
 pub mod netns;
 pub mod restored;
 mod state;

@@ -1,5 +1,5 @@
 //! Live migration (`fastcr migrate` → `fastcr receive`) between two network namespaces joined by
-//! a veth ([`NetPair`]): `receive --pidns new` runs in namespace b and listens on b's address,
+//! a veth ([`Link`]): `receive --pidns new` runs in namespace b and listens on b's address,
 //! `migrate` runs in namespace a and connects across the veth. The workload runs on the same
 //! host (started by the test in the root namespaces), so the destination always restores into a
 //! new pid namespace, where the copy keeps the original's pid.
@@ -31,19 +31,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vmtests::netns::NetPair;
+use vmtests::migration::{self, Bg, Link, NsCopy, me, reap_killed_original, result};
 use vmtests::restored::{
     Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, wait_until,
 };
 use vmtests::{
-    KillOnDrop, ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children,
-    assert_one_line_error, fastcr_bin, require_root, spawn_registered, status_field,
-    stray_children,
+    ProcStat, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
+    require_root, status_field, stray_children,
 };
 
 /// Hang guard for one step (a migration, a process exiting): never a timing assertion.
@@ -57,106 +55,13 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 // Background processes
 
-/// A command (fastcr inside a network namespace) running in the background with stdout and
-/// stderr in files; SIGKILLed and reaped on drop if still running.
-#[derive(Debug)]
-struct Bg {
-    what: String,
-    child: KillOnDrop,
-    out: Scratch,
-    status: Option<ExitStatus>,
-}
-
-impl Bg {
-    fn spawn(what: &str, cmd: &mut Command) -> Bg {
-        let out = Scratch::new("mig-bg");
-        let stdout = fs::File::create(out.join("stdout")).expect("create stdout file");
-        let stderr = fs::File::create(out.join("stderr")).expect("create stderr file");
-        let child = spawn_registered(cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr));
-        Bg {
-            what: what.to_string(),
-            child: KillOnDrop(child),
-            out,
-            status: None,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.pid()
-    }
-
-    /// Its exit status if it has exited (reaping it).
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.0.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} (pid {}) did not exit within {timeout:?}; {}",
-                self.what,
-                self.pid(),
-                self.output()
-            );
-            sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILLs it unless it has exited already, and reaps it.
-    fn kill_and_reap(&mut self) -> ExitStatus {
-        if let Some(status) = self.try_wait() {
-            return status;
-        }
-        // Our unreaped child: the PID cannot have been recycled.
-        self.child.0.kill().expect("SIGKILL");
-        let status = self.child.0.wait().expect("wait");
-        self.status = Some(status);
-        status
-    }
-
-    fn stdout(&self) -> String {
-        fs::read_to_string(self.out.join("stdout")).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.out.join("stderr")).unwrap_or_default()
-    }
-
-    /// As an `Output`, once it has exited (for `assert_one_line_error`).
-    fn as_output(&self) -> Output {
-        Output {
-            status: self.status.expect("the process has not exited"),
-            stdout: self.stdout().into_bytes(),
-            stderr: self.stderr().into_bytes(),
-        }
-    }
-
-    fn output(&self) -> String {
-        format!(
-            "{} status {:?}\n--- stdout:\n{}--- stderr:\n{}",
-            self.what,
-            self.status,
-            self.stdout(),
-            self.stderr()
-        )
-    }
-
-    /// Waits for the one-line error exit the CLI contract prescribes.
-    fn wait_one_line_error(&mut self) -> String {
-        self.wait(GUARD);
-        let out = self.as_output();
-        assert_one_line_error(&out, &self.what);
-        assert_eq!(out.status.code(), Some(1), "{}", self.output());
-        self.stderr().lines().last().unwrap_or_default().to_string()
-    }
+/// Waits for the one-line error exit the CLI contract prescribes; the last line of stderr.
+fn wait_one_line_error(bg: &mut Bg) -> String {
+    bg.wait(GUARD);
+    let out = bg.as_output();
+    assert_one_line_error(&out, &bg.what);
+    assert_eq!(out.status.code(), Some(1), "{}", bg.output());
+    bg.stderr().lines().last().unwrap_or_default().to_string()
 }
 
 /// Waits for both sides of a migration to exit 0; shows both outputs (and, on a hang, what
@@ -215,107 +120,44 @@ fn proc_summary(pid: i32) -> String {
 // ---------------------------------------------------------------------------------------------
 // The two endpoints
 
-/// A network namespace pair, token files and fastcr endpoints started in them.
-struct Link {
-    pair: NetPair,
-    keys: Scratch,
+/// `receive` in namespace b (see [`Link::receive`]), once it listens; its first line must name
+/// the address it listens on.
+fn receive(link: &Link, token: &Path, pidns_new: bool) -> Bg {
+    let recv = link.receive(token, pidns_new, GUARD);
+    assert_eq!(
+        recv.stdout().trim_end(),
+        format!("listening on {}", link.dest_addr()),
+        "receive's first line"
+    );
+    recv
 }
 
-impl Link {
-    fn new(tag: &str) -> Link {
-        require_root();
-        Link {
-            pair: NetPair::new(tag),
-            keys: Scratch::new("mig-keys"),
-        }
-    }
-
-    /// A token file `name` with 48 random hex characters (created on first use).
-    fn token(&self, name: &str) -> PathBuf {
-        let path = self.keys.join(name);
-        if !path.exists() {
-            let hex: String = random_bytes(24)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            fs::write(&path, hex).expect("write a token file");
-        }
-        path
-    }
-
-    fn dest_addr(&self) -> String {
-        format!("{}:{PORT}", self.pair.addr_b())
-    }
-
-    /// `fastcr receive --listen ADDR_B:PORT --token-file TOKEN [--pidns new] --json` in
-    /// namespace b, once it says it listens.
-    fn receive(&self, token: &Path, pidns_new: bool) -> Bg {
-        let mut cmd = self.pair.command_in_b(&fastcr_bin());
-        cmd.args(["receive", "--listen", &self.dest_addr(), "--token-file"])
-            .arg(token)
-            .arg("--json");
-        if pidns_new {
-            cmd.args(["--pidns", "new"]);
-        }
-        let mut recv = Bg::spawn("fastcr receive", &mut cmd);
-        wait_until("fastcr receive listens", GUARD, || {
-            assert!(
-                recv.try_wait().is_none(),
-                "receive exited before listening: {}",
-                recv.output()
-            );
-            recv.stdout().starts_with("listening on ")
-        });
-        assert_eq!(
-            recv.stdout().trim_end(),
-            format!("listening on {}", self.dest_addr()),
-            "receive's first line"
+/// A TCP connection to the destination from namespace a (made by a thread that enters the
+/// namespace: the network namespace is a per-thread attribute, and a socket stays in the
+/// namespace it was created in).
+fn connect_from_a(link: &Link) -> TcpStream {
+    let ns = PathBuf::from("/run/netns").join(link.pair.ns_a());
+    let addr: SocketAddr = link.dest_addr().parse().expect("a socket address");
+    std::thread::spawn(move || {
+        let f = fs::File::open(&ns).unwrap_or_else(|e| panic!("open {}: {e}", ns.display()));
+        // SAFETY: setns takes an fd we hold open and a flag; it moves only this thread,
+        // which ends right after the connect.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert!(
+            rc == 0,
+            "setns({}): {}",
+            ns.display(),
+            std::io::Error::last_os_error()
         );
-        recv
-    }
-
-    /// `fastcr migrate -t PID --to ADDR_B:PORT --token-file TOKEN --json FLAGS` in namespace a.
-    fn migrate(&self, pid: i32, token: &Path, flags: &[&str]) -> Bg {
-        let mut cmd = self.pair.command_in_a(&fastcr_bin());
-        cmd.args(["migrate", "-t", &pid.to_string(), "--to", &self.dest_addr()])
-            .arg("--token-file")
-            .arg(token)
-            .arg("--json")
-            .args(flags);
-        Bg::spawn(&format!("fastcr migrate {}", flags.join(" ")), &mut cmd)
-    }
-
-    /// A TCP connection to the destination from namespace a (made by a thread that enters the
-    /// namespace: the network namespace is a per-thread attribute, and a socket stays in the
-    /// namespace it was created in).
-    fn connect_from_a(&self) -> TcpStream {
-        let ns = PathBuf::from("/run/netns").join(self.pair.ns_a());
-        let addr: SocketAddr = self.dest_addr().parse().expect("a socket address");
-        std::thread::spawn(move || {
-            let f = fs::File::open(&ns).unwrap_or_else(|e| panic!("open {}: {e}", ns.display()));
-            // SAFETY: setns takes an fd we hold open and a flag; it moves only this thread,
-            // which ends right after the connect.
-            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert!(
-                rc == 0,
-                "setns({}): {}",
-                ns.display(),
-                std::io::Error::last_os_error()
-            );
-            TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("connect to {addr} from namespace a: {e}"))
-        })
-        .join()
-        .expect("the connecting thread panicked")
-    }
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect to {addr} from namespace a: {e}"))
+    })
+    .join()
+    .expect("the connecting thread panicked")
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
-    buf
+    migration::random_bytes(n).expect("read /dev/urandom")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,20 +182,6 @@ fn num(v: &Value, path: &str) -> u64 {
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-fn me() -> i32 {
-    i32::try_from(std::process::id()).expect("pids fit in i32")
-}
-
-/// Reaps the original after a successful migration: the source must have SIGKILLed it.
-fn reap_killed_original(wl: &mut Workload) {
-    let status = wl.reap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "the source must SIGKILL the original after the migration, but it {status}"
-    );
-}
 
 /// Reaps the children the original had when the source froze it (a churn fork of wl_lazy): the
 /// source moved them with it and SIGKILLed them with it, and being orphans they were
@@ -404,149 +232,6 @@ fn copy_resumed(outer: i32, name: &str) -> bool {
         && status_field(outer, "TracerPid").as_deref() == Some("0")
 }
 
-/// Non-panicking reap of our child `pid` (for drops), giving up after `timeout`.
-fn reap_quietly(pid: i32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let mut status = 0;
-        // SAFETY: valid out pointer; WNOHANG never blocks.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if rc != 0 {
-            return;
-        }
-        sleep(Duration::from_millis(10));
-    }
-}
-
-/// The migrated copy and its pid namespace's init, once `receive` has exited (both then
-/// descend from the test). On drop (a failing test), both are killed and reaped so that the next
-/// test does not find them as strays.
-struct MigratedCopy {
-    copy: Restored,
-    init: i32,
-}
-
-impl MigratedCopy {
-    /// Finds the copy of `wl` (NSpid `[outer, wl.pid()]`) and its namespace's init, which must
-    /// be the test's child now that `receive` has exited.
-    fn find(wl: &Workload) -> MigratedCopy {
-        let outer = find_in_new_pidns(wl.pid()).unwrap_or_else(|| {
-            panic!(
-                "no process with pid {} in a new pid namespace below the test after the \
-                 migration; log: {}",
-                wl.pid(),
-                wl.log()
-            )
-        });
-        assert_ne!(outer, wl.pid(), "the copy must have another pid here");
-        assert_eq!(
-            nspid(outer),
-            Some(vec![outer, wl.pid()]),
-            "NSpid of the copy"
-        );
-        let copy = Restored::new(outer);
-        let init = pidns_init_of(outer)
-            .unwrap_or_else(|| panic!("no init (pid 1) in the namespace of the copy {outer}"));
-        let init_stat = ProcStat::read(init).expect("init is gone");
-        let copy_stat = copy.stat().expect("the copy is gone");
-        eprintln!(
-            "copy {outer} (pid {} inside, state {}), parent {}, init {init} (parent {})",
-            wl.pid(),
-            copy_stat.state,
-            copy_stat.ppid,
-            init_stat.ppid
-        );
-        let found = MigratedCopy { copy, init };
-        assert_eq!(
-            init_stat.ppid,
-            me(),
-            "init {init} ({init_stat:?}) is not the test's child after receive exited"
-        );
-        // The copy's parent was receive, outside the namespace: the kernel reparents it to the
-        // nearest subreaper there (the test) or to the namespace's init.
-        assert!(
-            copy_stat.ppid == me() || copy_stat.ppid == init,
-            "the copy's parent is {}, neither the test nor init {init}",
-            copy_stat.ppid
-        );
-        found
-    }
-
-    fn outer(&self) -> i32 {
-        self.copy.pid()
-    }
-
-    /// Same visible state as the original before the migration, except for the pid fields as
-    /// seen from here (see the module doc).
-    fn assert_same_state(&self, before: &VisibleState) {
-        let outer = self.outer().to_string();
-        let mut after = VisibleState::capture(self.outer());
-        for key in ["Pid", "Tgid"] {
-            assert_eq!(
-                after.status.get(key),
-                Some(&outer),
-                "status {key} of the copy"
-            );
-            if let Some(v) = before.status.get(key) {
-                after.status.insert(key.to_string(), v.clone());
-            }
-        }
-        before.assert_same(&after, "the migrated copy");
-    }
-
-    /// SIGTERMs the copy, waits until it is gone, checks it reported PASS, and reaps its
-    /// namespace's init (which exits once the namespace is empty).
-    fn terminate_and_verify(self, wl: &Workload) {
-        let outer = self.outer();
-        if self.copy.stat().is_some_and(|s| s.ppid == me()) {
-            self.copy.signal(libc::SIGTERM);
-            let status = reap_within(outer, GUARD, "the migrated copy");
-            assert!(
-                status.success(),
-                "the copy {status}; log: {}; result {:?}",
-                wl.log(),
-                result(wl)
-            );
-        } else {
-            self.copy.terminate();
-        }
-        let res = result(wl);
-        assert!(
-            res == "PASS\n",
-            "migrated {}: result {:?}; log: {}",
-            wl.name(),
-            res.trim_end(),
-            wl.log()
-        );
-        let status = reap_within(self.init, GUARD, "the pid namespace's init");
-        assert!(status.success(), "the namespace's init {status}");
-    }
-}
-
-impl Drop for MigratedCopy {
-    fn drop(&mut self) {
-        // A failing test: kill the copy (init then exits) and reap whatever is ours.
-        if self.copy.is_alive() && self.copy.stat().is_some_and(|s| s.ppid == me()) {
-            // SAFETY: our unreaped child (checked just above): the PID names the copy.
-            unsafe { libc::kill(self.copy.pid(), libc::SIGKILL) };
-        }
-        if self.copy.stat().is_some_and(|s| s.ppid == me()) {
-            reap_quietly(self.copy.pid(), Duration::from_secs(30));
-        }
-        if ProcStat::read(self.init).is_some_and(|s| s.ppid == me()) {
-            if self.copy.is_alive() {
-                // SAFETY: our unreaped child: killing init takes its namespace down.
-                unsafe { libc::kill(self.init, libc::SIGKILL) };
-            }
-            reap_quietly(self.init, Duration::from_secs(30));
-        }
-    }
-}
-
-fn result(wl: &Workload) -> String {
-    fs::read_to_string(wl.statedir().join("result")).unwrap_or_default()
-}
-
 fn churn_ticks(wl: &Workload) -> u64 {
     let path = wl.statedir().join("churn_ticks");
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -570,13 +255,13 @@ fn continue_original(wl: &Workload) {
 /// Migrates `name ARGS` with `flags` and checks everything the module doc lists; returns the
 /// stats of migrate and receive.
 fn migrate_and_verify(name: &str, args: &[&str], flags: &[&str]) -> (Value, Value) {
-    let link = Link::new("mig");
+    let link = Link::new("mig", PORT);
     let token = link.token("token");
     let mut wl = Workload::spawn(name, args);
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
 
-    let mut recv = link.receive(&token, true);
+    let mut recv = receive(&link, &token, true);
     let mut mig = link.migrate(wl.pid(), &token, flags);
     wait_both_succeed(&mut mig, &mut recv);
     let mstats = json_line(&mig);
@@ -584,7 +269,7 @@ fn migrate_and_verify(name: &str, args: &[&str], flags: &[&str]) -> (Value, Valu
     eprintln!("migrate stats: {mstats}\nreceive stats: {rstats}");
     reap_killed_original(&mut wl);
 
-    let copy = MigratedCopy::find(&wl);
+    let copy = NsCopy::find(&wl);
     assert_eq!(
         num(&rstats, "pid_here"),
         u64::try_from(copy.outer()).expect("positive pid"),
@@ -604,7 +289,7 @@ fn migrate_and_verify(name: &str, args: &[&str], flags: &[&str]) -> (Value, Valu
     );
     assert!(num(&mstats, "downtime_us") > 0, "{mstats}");
     if name != "wl_lazy" {
-        copy.assert_same_state(&before);
+        copy.assert_same_state(&before, "the migrated copy");
     }
     wl.wait_counter_advances_as(copy.outer());
     assert_eq!(
@@ -612,7 +297,7 @@ fn migrate_and_verify(name: &str, args: &[&str], flags: &[&str]) -> (Value, Valu
         Some("0"),
         "the copy is still traced"
     );
-    copy.terminate_and_verify(&wl);
+    copy.terminate_and_verify(&wl, "the migrated copy");
     assert_no_stray_children(&format!("migrate {name} {}", flags.join(" ")));
     (mstats, rstats)
 }
@@ -654,7 +339,7 @@ fn migrate_precopy_wl_dirty() {
 /// there).
 #[test]
 fn migrate_lazy_with_churn() {
-    let link = Link::new("churn");
+    let link = Link::new("churn", PORT);
     let token = link.token("token");
     let mut wl = Workload::spawn("wl_lazy", &["512"]);
     wl.wait_counter_advances();
@@ -666,7 +351,7 @@ fn migrate_lazy_with_churn() {
     fs::write(wl.statedir().join("churn"), b"").expect("create STATEDIR/churn");
     wait_until("the original churns", GUARD, || churn_ticks(&wl) >= 1);
 
-    let mut recv = link.receive(&token, true);
+    let mut recv = receive(&link, &token, true);
     let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
     wait_both_succeed(&mut mig, &mut recv);
     let mstats = json_line(&mig);
@@ -674,7 +359,7 @@ fn migrate_lazy_with_churn() {
     eprintln!("migrate stats: {mstats}\nreceive stats: {rstats}");
     reap_killed_original(&mut wl);
     reap_killed_original_children(&wl);
-    let copy = MigratedCopy::find(&wl);
+    let copy = NsCopy::find(&wl);
     // 512 MiB is 131072 pages, all sent after the resume.
     assert!(num(&mstats, "dest.pages_placed") > 120_000, "{mstats}");
     // How much of the churn overlapped the lazy phase varies: reported, not required.
@@ -685,11 +370,11 @@ fn migrate_lazy_with_churn() {
     );
 
     wait_until("the copy has churned 3 times", GUARD, || {
-        assert!(copy.copy.is_alive(), "the copy died; log: {}", wl.log());
+        assert!(copy.copy().is_alive(), "the copy died; log: {}", wl.log());
         churn_ticks(&wl) >= 3
     });
     wl.wait_counter_advances_as(copy.outer());
-    copy.terminate_and_verify(&wl);
+    copy.terminate_and_verify(&wl, "the migrated copy");
     let ticks = churn_ticks(&wl);
     assert!(ticks >= 3, "churn_ticks {ticks} after the end");
     eprintln!("churn ticks: {ticks}");
@@ -703,14 +388,14 @@ fn migrate_lazy_with_churn() {
 /// the original never stops running; receive rejects the peer and keeps waiting.
 #[test]
 fn migrate_wrong_token_is_refused() {
-    let link = Link::new("token");
+    let link = Link::new("token", PORT);
     let wl = Workload::spawn("wl_heap", &["64"]);
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
 
-    let mut recv = link.receive(&link.token("token-a"), true);
+    let mut recv = receive(&link, &link.token("token-a"), true);
     let mut mig = link.migrate(wl.pid(), &link.token("token-b"), &["--lazy"]);
-    let line = mig.wait_one_line_error();
+    let line = wait_one_line_error(&mut mig);
     eprintln!("migrate with the wrong token: {line}");
     assert!(
         line.contains("token"),
@@ -756,19 +441,19 @@ fn migrate_wrong_token_is_refused() {
 /// `receive` keeps listening; a real migration still succeeds after it.
 #[test]
 fn migrate_garbage_peer_is_refused() {
-    let link = Link::new("garbage");
+    let link = Link::new("garbage", PORT);
     let token = link.token("token");
     let mut wl = Workload::spawn("wl_heap", &["64"]);
     wl.wait_counter_advances();
 
-    let mut recv = link.receive(&token, true);
+    let mut recv = receive(&link, &token, true);
     let mut payloads = Vec::new();
     let mut http = b"GET / HTTP/1.1\r\n\r\n".to_vec();
     http.extend(random_bytes(64 << 10));
     payloads.push(http);
     payloads.push(random_bytes(4096));
     for (i, payload) in payloads.iter().enumerate() {
-        let mut s = link.connect_from_a();
+        let mut s = connect_from_a(&link);
         s.set_read_timeout(Some(Duration::from_secs(60)))
             .expect("SO_RCVTIMEO");
         // The server may hang up after the first bytes: write errors are expected.
@@ -802,9 +487,9 @@ fn migrate_garbage_peer_is_refused() {
     wait_both_succeed(&mut mig, &mut recv);
     eprintln!("migrate stats: {}", json_line(&mig));
     reap_killed_original(&mut wl);
-    let copy = MigratedCopy::find(&wl);
+    let copy = NsCopy::find(&wl);
     wl.wait_counter_advances_as(copy.outer());
-    copy.terminate_and_verify(&wl);
+    copy.terminate_and_verify(&wl, "the migrated copy");
     assert_no_stray_children("migrate_garbage_peer_is_refused");
 }
 
@@ -815,16 +500,16 @@ fn migrate_garbage_peer_is_refused() {
 /// has the pid: the restore fails before the resume, and the source thaws the original.
 #[test]
 fn migrate_dest_failure_before_resume_thaws_original() {
-    let link = Link::new("pidinuse");
+    let link = Link::new("pidinuse", PORT);
     let token = link.token("token");
     let wl = Workload::spawn("wl_heap", &["64"]);
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
 
-    let mut recv = link.receive(&token, false);
+    let mut recv = receive(&link, &token, false);
     let mut mig = link.migrate(wl.pid(), &token, &[]);
-    let mline = mig.wait_one_line_error();
-    let rline = recv.wait_one_line_error();
+    let mline = wait_one_line_error(&mut mig);
+    let rline = wait_one_line_error(&mut recv);
     eprintln!("migrate: {mline}\nreceive: {rline}");
     assert!(
         rline.contains("in use"),
@@ -860,15 +545,37 @@ enum Attempt {
     TooLate,
 }
 
-/// Lazy migration of wl_heap SIZE_MIB; SIGKILLs `receive` as soon as the copy runs; checks that
-/// the copy dies, that the source reports the lost link and thaws the original, which PASSes.
-fn kill_dest_during_lazy_phase(size_mib: &str) -> Attempt {
-    let link = Link::new("killdst");
+/// The side of a lazy migration a test kills.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    /// `receive`.
+    Dest,
+    /// `migrate`.
+    Source,
+}
+
+/// A lazy migration of wl_heap whose copy runs (or whose `Victim` has already exited).
+struct LazyRun {
+    /// Keeps the namespaces and token files until the test is done.
+    _link: Link,
+    wl: Workload,
+    recv: Bg,
+    mig: Bg,
+    copy: Restored,
+    outer: i32,
+    /// Pid 1 of the copy's namespace: receive's child until receive dies, then ours.
+    init: i32,
+}
+
+/// Starts `migrate --lazy` of wl_heap SIZE_MIB over a new link named `tag` and waits until the
+/// copy is resumed or `victim` has exited (a side exiting before any copy appears fails).
+fn start_lazy_until_resumed(tag: &str, size_mib: &str, victim: Victim) -> LazyRun {
+    let link = Link::new(tag, PORT);
     let token = link.token("token");
-    let mut wl = Workload::spawn("wl_heap", &[size_mib]);
+    let wl = Workload::spawn("wl_heap", &[size_mib]);
     wl.wait_counter_advances();
 
-    let mut recv = link.receive(&token, true);
+    let mut recv = receive(&link, &token, true);
     let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
     let outer = wait_for_copy(&wl, || {
         mig.try_wait().is_some() || recv.try_wait().is_some()
@@ -882,11 +589,37 @@ fn kill_dest_during_lazy_phase(size_mib: &str) -> Attempt {
     });
     let copy = Restored::new(outer);
     wait_until("the copy is resumed", GUARD, || {
-        copy_resumed(outer, "wl_heap") || recv.try_wait().is_some()
+        copy_resumed(outer, "wl_heap")
+            || match victim {
+                Victim::Dest => recv.try_wait().is_some(),
+                Victim::Source => mig.try_wait().is_some(),
+            }
     });
-    // Init (pid 1 of the copy's namespace) is receive's child until receive dies, then ours.
     let init = pidns_init_of(outer)
         .unwrap_or_else(|| panic!("no init in the namespace of the copy {outer}"));
+    LazyRun {
+        _link: link,
+        wl,
+        recv,
+        mig,
+        copy,
+        outer,
+        init,
+    }
+}
+
+/// Lazy migration of wl_heap SIZE_MIB; SIGKILLs `receive` as soon as the copy runs; checks that
+/// the copy dies, that the source reports the lost link and thaws the original, which PASSes.
+fn kill_dest_during_lazy_phase(size_mib: &str) -> Attempt {
+    let LazyRun {
+        _link,
+        mut wl,
+        mut recv,
+        mut mig,
+        copy,
+        outer,
+        init,
+    } = start_lazy_until_resumed("killdst", size_mib, Victim::Dest);
     let rss_at_kill = status_field(outer, "RssAnon");
     let recv_status = recv.kill_and_reap();
     let killed_at = Instant::now();
@@ -910,7 +643,7 @@ fn kill_dest_during_lazy_phase(size_mib: &str) -> Attempt {
         );
         reap_killed_original(&mut wl);
         // The copy may run on (released): kill it and reap what is ours.
-        drop(MigratedCopy { copy, init });
+        drop(NsCopy::from_parts(copy, init));
         return Attempt::TooLate;
     }
     assert!(
@@ -942,7 +675,7 @@ fn kill_dest_during_lazy_phase(size_mib: &str) -> Attempt {
         "the copy ran to its end: {:?}",
         result(&wl)
     );
-    let line = mig.wait_one_line_error();
+    let line = wait_one_line_error(&mut mig);
     eprintln!(
         "migrate failed {:?} after the kill: {line}",
         killed_at.elapsed()
@@ -956,49 +689,45 @@ fn kill_dest_during_lazy_phase(size_mib: &str) -> Attempt {
     Attempt::Tested
 }
 
-#[test]
-fn migrate_dest_dies_during_lazy_phase_kills_copy() {
+/// Runs `attempt` with each of [`LAZY_KILL_SIZES`] until a kill of `victim` lands inside the
+/// lazy phase, checking for stray children after each; panics if none did.
+fn until_tested(victim: Victim, attempt: fn(&str) -> Attempt) {
     require_root();
+    let (side, command) = match victim {
+        Victim::Dest => ("destination", "receive"),
+        Victim::Source => ("source", "migrate"),
+    };
     for size in LAZY_KILL_SIZES {
-        let attempt = kill_dest_during_lazy_phase(size);
-        assert_no_stray_children(&format!("destination killed ({size} MiB)"));
+        let attempt = attempt(size);
+        assert_no_stray_children(&format!("{side} killed ({size} MiB)"));
         if matches!(attempt, Attempt::Tested) {
             return;
         }
     }
     panic!(
-        "the lazy phase was always over before receive could be killed ({LAZY_KILL_SIZES:?} \
-         MiB): the destination's death was never tested"
+        "the lazy phase was always over before {command} could be killed ({LAZY_KILL_SIZES:?} \
+         MiB): the {side}'s death was never tested"
     );
+}
+
+#[test]
+fn migrate_dest_dies_during_lazy_phase_kills_copy() {
+    until_tested(Victim::Dest, kill_dest_during_lazy_phase);
 }
 
 /// Lazy migration of wl_heap SIZE_MIB; SIGKILLs `migrate` as soon as the copy runs; checks that
 /// receive kills the copy and fails with the lost link, and that the original is left stopped
 /// (then continued by the test, it PASSes).
 fn kill_source_during_lazy_phase(size_mib: &str) -> Attempt {
-    let link = Link::new("killsrc");
-    let token = link.token("token");
-    let mut wl = Workload::spawn("wl_heap", &[size_mib]);
-    wl.wait_counter_advances();
-
-    let mut recv = link.receive(&token, true);
-    let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
-    let outer = wait_for_copy(&wl, || {
-        mig.try_wait().is_some() || recv.try_wait().is_some()
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no copy appeared before a side exited:\n{}\n{}",
-            mig.output(),
-            recv.output()
-        )
-    });
-    let copy = Restored::new(outer);
-    wait_until("the copy is resumed", GUARD, || {
-        copy_resumed(outer, "wl_heap") || mig.try_wait().is_some()
-    });
-    let init = pidns_init_of(outer)
-        .unwrap_or_else(|| panic!("no init in the namespace of the copy {outer}"));
+    let LazyRun {
+        _link,
+        mut wl,
+        mut recv,
+        mut mig,
+        copy,
+        outer,
+        init,
+    } = start_lazy_until_resumed("killsrc", size_mib, Victim::Source);
     let rss_at_kill = status_field(outer, "RssAnon");
     let mig_status = mig.kill_and_reap();
     let killed_at = Instant::now();
@@ -1021,7 +750,7 @@ fn kill_source_during_lazy_phase(size_mib: &str) -> Attempt {
         eprintln!("{size_mib} MiB: the lazy phase was over before migrate was killed");
         // The original is stopped (queued SIGSTOP) or was killed by the source: either way,
         // only the copy runs; end it and the original.
-        drop(MigratedCopy { copy, init });
+        drop(NsCopy::from_parts(copy, init));
         drop(wl);
         return Attempt::TooLate;
     }
@@ -1031,7 +760,7 @@ fn kill_source_during_lazy_phase(size_mib: &str) -> Attempt {
         mig.output(),
         recv.output()
     );
-    let line = recv.wait_one_line_error();
+    let line = wait_one_line_error(&mut recv);
     eprintln!("receive: {line}");
     assert!(
         line.contains("link") && line.contains("lost"),
@@ -1104,16 +833,5 @@ fn kill_source_during_lazy_phase(size_mib: &str) -> Attempt {
 
 #[test]
 fn migrate_source_dies_during_lazy_phase() {
-    require_root();
-    for size in LAZY_KILL_SIZES {
-        let attempt = kill_source_during_lazy_phase(size);
-        assert_no_stray_children(&format!("source killed ({size} MiB)"));
-        if matches!(attempt, Attempt::Tested) {
-            return;
-        }
-    }
-    panic!(
-        "the lazy phase was always over before migrate could be killed ({LAZY_KILL_SIZES:?} \
-         MiB): the source's death was never tested"
-    );
+    until_tested(Victim::Source, kill_source_during_lazy_phase);
 }

@@ -5,7 +5,7 @@
 //! - `dump` → reap → `restore --lazy -d`;
 //! - `dump --leave-running` → `restore --pidns new -d` while the original still runs;
 //! - `dump --pre-copy auto` → reap → `restore -d`;
-//! - `migrate --lazy` to a `receive --pidns new` across a veth ([`NetPair`]).
+//! - `migrate --lazy` to a `receive --pidns new` across a veth (`vmtests::netns::NetPair`).
 //!
 //! After the restore, beside the workload's own verification (every thread checks its TID,
 //! TLS, robust list, clear_child_tid, rseq, signal mask, alternate stack, name and vector
@@ -19,20 +19,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vmtests::netns::NetPair;
-use vmtests::restored::{
-    Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, wait_until,
-};
+use vmtests::migration::{Link, NsCopy, reap_killed_original};
 use vmtests::{
-    KillOnDrop, ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children,
-    assert_success, fastcr, fastcr_bin, require_root, spawn_registered,
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr, require_root,
 };
 
 /// Hang guard for one step: never a timing assertion.
@@ -178,10 +170,6 @@ fn assert_same_threads(before: &BTreeMap<i32, ThreadInfo>, pid: i32, context: &s
     }
 }
 
-fn result(wl: &Workload) -> String {
-    fs::read_to_string(wl.statedir().join("result")).unwrap_or_default()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Restored in place
 
@@ -290,140 +278,24 @@ fn threads_epoll_dump_restore() {
 // ---------------------------------------------------------------------------------------------
 // Copies in a new pid namespace
 
-fn me() -> i32 {
-    i32::try_from(std::process::id()).expect("pids fit in i32")
-}
-
-/// Reaps our child `pid` without panicking (for drops), giving up after `timeout`.
-fn reap_quietly(pid: i32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let mut status = 0;
-        // SAFETY: valid out pointer; WNOHANG never blocks.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != 0 {
-            return;
-        }
-        sleep(Duration::from_millis(10));
-    }
-}
-
-/// A copy of `wl` restored into a new pid namespace (its inner PID is the original's), and that
-/// namespace's init; both descend from the test once the restoring fastcr has exited. On drop
-/// (a failing test) both are killed and whatever is the test's child is reaped.
-struct NsCopy {
-    copy: Restored,
-    init: i32,
-}
-
-impl NsCopy {
-    fn find(wl: &Workload) -> NsCopy {
-        let outer = find_in_new_pidns(wl.pid()).unwrap_or_else(|| {
-            panic!(
-                "no process with pid {} in a new pid namespace below the test; log: {}",
-                wl.pid(),
-                wl.log()
-            )
-        });
-        assert_ne!(outer, wl.pid(), "the copy must have another pid here");
+/// Same visible state and threads as the original before the checkpoint, except for the pid
+/// fields as seen from here; every thread's inner TID (NSpid) is the original's.
+fn assert_same_copy(
+    copy: &NsCopy,
+    before: &VisibleState,
+    threads: &BTreeMap<i32, ThreadInfo>,
+    what: &str,
+) {
+    copy.assert_same_state(before, what);
+    assert_same_threads(threads, copy.outer(), what);
+    // Every thread is in both namespaces: NSpid is [TID here, TID inside].
+    for ids in task_nspids(copy.outer()) {
         assert_eq!(
-            nspid(outer),
-            Some(vec![outer, wl.pid()]),
-            "NSpid of the copy"
+            ids.len(),
+            2,
+            "{what}: a thread of the copy {} has NSpid {ids:?}",
+            copy.outer()
         );
-        let copy = Restored::new(outer);
-        let init = pidns_init_of(outer)
-            .unwrap_or_else(|| panic!("no init (pid 1) in the namespace of the copy {outer}"));
-        let found = NsCopy { copy, init };
-        let init_stat = ProcStat::read(init).expect("init is gone");
-        assert_eq!(
-            init_stat.ppid,
-            me(),
-            "init {init} ({init_stat:?}) is not the test's child"
-        );
-        let copy_parent = found.copy.stat().expect("the copy is gone").ppid;
-        assert!(
-            copy_parent == init || copy_parent == me(),
-            "the copy's parent is {copy_parent}, neither the namespace's init {init} nor the test"
-        );
-        found
-    }
-
-    fn outer(&self) -> i32 {
-        self.copy.pid()
-    }
-
-    /// Same visible state and threads as the original before the checkpoint, except for the pid
-    /// fields as seen from here; every thread's inner TID (NSpid) is the original's.
-    fn assert_same(&self, before: &VisibleState, threads: &BTreeMap<i32, ThreadInfo>, what: &str) {
-        let outer = self.outer().to_string();
-        let mut after = VisibleState::capture(self.outer());
-        for key in ["Pid", "Tgid"] {
-            assert_eq!(
-                after.status.get(key),
-                Some(&outer),
-                "status {key} of the copy"
-            );
-            if let Some(v) = before.status.get(key) {
-                after.status.insert(key.to_string(), v.clone());
-            }
-        }
-        before.assert_same(&after, what);
-        assert_same_threads(threads, self.outer(), what);
-        // Every thread is in both namespaces: NSpid is [TID here, TID inside].
-        for ids in task_nspids(self.outer()) {
-            assert_eq!(
-                ids.len(),
-                2,
-                "{what}: a thread of the copy {} has NSpid {ids:?}",
-                self.outer()
-            );
-        }
-    }
-
-    /// SIGTERMs the copy, waits until it is gone, checks it reported PASS, and reaps its
-    /// namespace's init (which exits once the namespace is empty).
-    fn terminate_and_verify(self, wl: &Workload) {
-        let outer = self.outer();
-        if self.copy.stat().is_some_and(|s| s.ppid == me()) {
-            self.copy.signal(libc::SIGTERM);
-            let status = reap_within(outer, GUARD, "the copy");
-            assert!(
-                status.success(),
-                "the copy {status}; log: {}; result {:?}",
-                wl.log(),
-                result(wl)
-            );
-        } else {
-            self.copy.terminate();
-        }
-        let res = result(wl);
-        assert!(
-            res == "PASS\n",
-            "copy in a new pid namespace: result {:?}; log: {}",
-            res.trim_end(),
-            wl.log()
-        );
-        let status = reap_within(self.init, GUARD, "the pid namespace's init");
-        assert!(status.success(), "the namespace's init {status}");
-    }
-}
-
-impl Drop for NsCopy {
-    fn drop(&mut self) {
-        if self.copy.is_alive() && self.copy.stat().is_some_and(|s| s.ppid == me()) {
-            // SAFETY: our unreaped child (checked just above): the PID names the copy.
-            unsafe { libc::kill(self.copy.pid(), libc::SIGKILL) };
-        }
-        if self.copy.stat().is_some_and(|s| s.ppid == me()) {
-            reap_quietly(self.copy.pid(), Duration::from_secs(30));
-        }
-        if ProcStat::read(self.init).is_some_and(|s| s.ppid == me()) {
-            if self.copy.is_alive() {
-                // SAFETY: our unreaped child: killing init takes its namespace down.
-                unsafe { libc::kill(self.init, libc::SIGKILL) };
-            }
-            reap_quietly(self.init, Duration::from_secs(30));
-        }
     }
 }
 
@@ -457,129 +329,39 @@ fn threads_pidns_new() {
     let copy = NsCopy::find(&wl);
     // Both run at the same time: the original was never disturbed.
     assert_same_threads(&threads, wl.pid(), "the original beside its copy");
-    copy.assert_same(&before, &threads, "copy restored into a new pid namespace");
+    assert_same_copy(
+        &copy,
+        &before,
+        &threads,
+        "copy restored into a new pid namespace",
+    );
 
     // Both write the same STATEDIR: from here on only the copy does.
     wl.kill_and_reap();
     wl.wait_counter_advances_as(copy.outer());
-    copy.terminate_and_verify(&wl);
+    copy.terminate_and_verify(&wl, "the copy");
     assert_no_stray_children("threads restore --pidns new");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Migration
 
-/// A fastcr endpoint running in the background inside a network namespace, stdout and stderr in
-/// files; SIGKILLed and reaped on drop if still running.
-struct Endpoint {
-    what: String,
-    child: KillOnDrop,
-    out: Scratch,
-    status: Option<ExitStatus>,
-}
-
-impl Endpoint {
-    fn spawn(what: &str, cmd: &mut Command) -> Endpoint {
-        let out = Scratch::new("thr-mig");
-        let stdout = fs::File::create(out.join("stdout")).expect("create stdout file");
-        let stderr = fs::File::create(out.join("stderr")).expect("create stderr file");
-        let child = spawn_registered(cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr));
-        Endpoint {
-            what: what.to_string(),
-            child: KillOnDrop(child),
-            out,
-            status: None,
-        }
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.0.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    fn stdout(&self) -> String {
-        fs::read_to_string(self.out.join("stdout")).unwrap_or_default()
-    }
-
-    fn output(&self) -> String {
-        format!(
-            "{} status {:?}\n--- stdout:\n{}--- stderr:\n{}",
-            self.what,
-            self.status,
-            self.stdout(),
-            fs::read_to_string(self.out.join("stderr")).unwrap_or_default()
-        )
-    }
-
-    /// Waits until it has exited; its status.
-    fn wait(&mut self) -> ExitStatus {
-        let what = format!("{} exits", self.what);
-        wait_until(&what, GUARD, || self.try_wait().is_some());
-        self.status.expect("it has exited")
-    }
-}
-
-/// A token file with 48 random hex characters.
-fn token_file(dir: &Scratch) -> PathBuf {
-    let mut buf = [0u8; 24];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
-    let path = dir.join("token");
-    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-    fs::write(&path, hex).expect("write the token file");
-    path
-}
-
-/// `receive --pidns new` in namespace b, once it listens.
-fn receive(pair: &NetPair, addr: &str, token: &Path) -> Endpoint {
-    let mut cmd = pair.command_in_b(&fastcr_bin());
-    cmd.args(["receive", "--listen", addr, "--token-file"])
-        .arg(token)
-        .args(["--json", "--pidns", "new"]);
-    let mut recv = Endpoint::spawn("fastcr receive", &mut cmd);
-    wait_until("fastcr receive listens", GUARD, || {
-        assert!(
-            recv.try_wait().is_none(),
-            "receive exited before listening: {}",
-            recv.output()
-        );
-        recv.stdout().starts_with("listening on ")
-    });
-    recv
-}
-
 /// `migrate --lazy` across a veth to `receive --pidns new`: the copy has the original's threads
 /// (inner TIDs), the same visible state, and PASSes.
 #[test]
 fn threads_migrate_lazy() {
     require_root();
-    let pair = NetPair::new("thr");
-    let keys = Scratch::new("thr-keys");
-    let token = token_file(&keys);
-    let addr = format!("{}:{PORT}", pair.addr_b());
+    let link = Link::new("thr", PORT);
+    let token = link.token("token");
     let mut wl = Workload::spawn("wl_threads", ARGS);
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let threads = original_threads(&wl);
 
-    let mut recv = receive(&pair, &addr, &token);
-    let mut cmd = pair.command_in_a(&fastcr_bin());
-    cmd.args([
-        "migrate",
-        "-t",
-        &wl.pid_arg(),
-        "--to",
-        &addr,
-        "--token-file",
-    ])
-    .arg(&token)
-    .args(["--json", "--lazy"]);
-    let mut mig = Endpoint::spawn("fastcr migrate --lazy", &mut cmd);
+    let mut recv = link.receive(&token, true, GUARD);
+    let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
     // Both sides must succeed; either's failure is shown with the other's output.
-    let (mig_status, recv_status) = (mig.wait(), recv.wait());
+    let (mig_status, recv_status) = (mig.wait(GUARD), recv.wait(GUARD));
     assert!(
         mig_status.success() && recv_status.success(),
         "the migration failed:\n{}\n{}",
@@ -591,16 +373,11 @@ fn threads_migrate_lazy() {
         mig.stdout().trim_end(),
         recv.stdout().trim_end()
     );
-    let status = wl.reap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "the source must SIGKILL the original after the migration, but it {status}"
-    );
+    reap_killed_original(&mut wl);
 
     let copy = NsCopy::find(&wl);
-    copy.assert_same(&before, &threads, "the migrated copy");
+    assert_same_copy(&copy, &before, &threads, "the migrated copy");
     wl.wait_counter_advances_as(copy.outer());
-    copy.terminate_and_verify(&wl);
+    copy.terminate_and_verify(&wl, "the copy");
     assert_no_stray_children("threads migrate --lazy");
 }

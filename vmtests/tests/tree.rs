@@ -33,18 +33,16 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::ExitStatus;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vmtests::netns::NetPair;
+use vmtests::migration::{Link, me};
 use vmtests::restored::{descends_from_test, find_in_new_pidns, nspid, pidns_init_of, wait_until};
 use vmtests::{
-    KillOnDrop, ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children,
-    assert_one_line_error, assert_success, fastcr, fastcr_bin, require_root, spawn_registered,
-    status_field,
+    ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
+    assert_success, fastcr, require_root, status_field,
 };
 
 /// Hang guard for one step (a restore, a migration, a process exiting): never a timing assertion.
@@ -53,10 +51,6 @@ const GUARD: Duration = Duration::from_secs(300);
 const SIZE_MIB: &str = "32";
 /// The port `receive` listens on; every test has its own pair of network namespaces.
 const PORT: u16 = 7421;
-
-fn me() -> i32 {
-    i32::try_from(std::process::id()).expect("pids fit in i32")
-}
 
 // ---------------------------------------------------------------------------------------------
 // The tree's processes
@@ -770,125 +764,22 @@ fn tree_pidns_new() {
 // ---------------------------------------------------------------------------------------------
 // Migration
 
-/// A fastcr endpoint running in the background in a network namespace, stdout and stderr in
-/// files; SIGKILLed and reaped on drop if still running.
-struct Bg {
-    what: String,
-    child: KillOnDrop,
-    out: Scratch,
-    status: Option<ExitStatus>,
-}
-
-impl Bg {
-    fn spawn(what: &str, cmd: &mut Command) -> Bg {
-        let out = Scratch::new("tree-bg");
-        let stdout = fs::File::create(out.join("stdout")).expect("create stdout file");
-        let stderr = fs::File::create(out.join("stderr")).expect("create stderr file");
-        let child = spawn_registered(cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr));
-        Bg {
-            what: what.to_string(),
-            child: KillOnDrop(child),
-            out,
-            status: None,
-        }
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.0.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + GUARD;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {GUARD:?}; {}",
-                self.what,
-                self.output()
-            );
-            sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stdout(&self) -> String {
-        fs::read_to_string(self.out.join("stdout")).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.out.join("stderr")).unwrap_or_default()
-    }
-
-    fn output(&self) -> String {
-        format!(
-            "{} status {:?}\n--- stdout:\n{}--- stderr:\n{}",
-            self.what,
-            self.status,
-            self.stdout(),
-            self.stderr()
-        )
-    }
-
-    fn as_output(&self) -> Output {
-        Output {
-            status: self.status.expect("the process has not exited"),
-            stdout: self.stdout().into_bytes(),
-            stderr: self.stderr().into_bytes(),
-        }
-    }
-}
-
 /// Migrates wl_tree (`migrate FLAGS` in network namespace a, `receive --pidns new` in b): the
 /// source must kill the original tree; the copy has the original's shape and visible state and
 /// PASSes.
 fn migrate_tree(flags: &[&str]) {
     let (mut wl, pids, mut guard, before) = spawn_tree();
-    let pair = NetPair::new("tree");
-    let keys = Scratch::new("tree-keys");
-    let token: PathBuf = keys.join("token");
-    fs::write(&token, random_hex()).expect("write the token file");
-    let dest = format!("{}:{PORT}", pair.addr_b());
-
-    let mut recv_cmd = pair.command_in_b(&fastcr_bin());
-    recv_cmd
-        .args(["receive", "--listen", &dest, "--token-file"])
-        .arg(&token)
-        .args(["--pidns", "new", "--json"]);
-    let mut recv = Bg::spawn("fastcr receive", &mut recv_cmd);
-    wait_until("fastcr receive listens", GUARD, || {
-        assert!(
-            recv.try_wait().is_none(),
-            "receive exited before listening: {}",
-            recv.output()
-        );
-        recv.stdout().starts_with("listening on ")
-    });
-    let mut mig_cmd = pair.command_in_a(&fastcr_bin());
-    mig_cmd
-        .args([
-            "migrate",
-            "-t",
-            &wl.pid_arg(),
-            "--to",
-            &dest,
-            "--token-file",
-        ])
-        .arg(&token)
-        .arg("--json")
-        .args(flags);
-    let mut mig = Bg::spawn(&format!("fastcr migrate {}", flags.join(" ")), &mut mig_cmd);
-    let mig_status = mig.wait();
+    let link = Link::new("tree", PORT);
+    let token = link.token("token");
+    let mut recv = link.receive(&token, true, GUARD);
+    let mut mig = link.migrate(wl.pid(), &token, flags);
+    let mig_status = mig.wait(GUARD);
     if !mig_status.success() {
         // Say what fastcr answered before anything else (e.g. a mode not supported for trees).
         assert_one_line_error(&mig.as_output(), &mig.what);
         panic!("migrate failed: {}\n{}", mig.output(), recv.output());
     }
-    let recv_status = recv.wait();
+    let recv_status = recv.wait(GUARD);
     assert!(recv_status.success(), "receive failed: {}", recv.output());
     let mstats = json_line(&mig.stdout(), &mig.what);
     let rstats = json_line(&recv.stdout(), &recv.what);
@@ -919,16 +810,6 @@ fn migrate_tree(flags: &[&str]) {
     wl.wait_counter_advances_as(copy.outer[&pids.root]);
     copy.terminate_and_verify(&wl, &pids);
     assert_no_stray_children(&format!("migrate {}", flags.join(" ")));
-}
-
-/// 48 hex characters from /dev/urandom.
-fn random_hex() -> String {
-    use std::io::Read;
-    let mut buf = [0u8; 24];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
