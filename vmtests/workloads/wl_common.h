@@ -74,16 +74,21 @@ static WL_UNUSED int wl_write_file(const char *name, const char *data, size_t le
 	char tmp[4200], dst[4200];
 	size_t off = 0;
 	int fd;
-
-	struct timespec now;
+	char self[32];
+	ssize_t self_len;
 
 	/*
-	 * A tmp name of its own per write: a restored copy (same pid inside
-	 * its namespace) may run beside its original on the same STATEDIR.
+	 * The tmp name carries the pid as the host sees it (/proc/self): a
+	 * restored copy in a new pid namespace has its original's pid inside
+	 * but not outside, and may run beside it on the same STATEDIR. A
+	 * process restored in place gets the same name again, so an fd a dump
+	 * caught open on it finds its file back.
 	 */
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	snprintf(tmp, sizeof(tmp), "%s/%s.%lld.%09ld.tmp", wl_dir, name,
-		 (long long)now.tv_sec, now.tv_nsec);
+	self_len = readlink("/proc/self", self, sizeof(self) - 1);
+	if (self_len <= 0)
+		self_len = 0;
+	self[self_len] = 0;
+	snprintf(tmp, sizeof(tmp), "%s/%s.%s.tmp", wl_dir, name, self);
 	wl_path(dst, sizeof(dst), name);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)

@@ -495,33 +495,6 @@ static void __attribute__((noreturn)) run_c1(int sync_r, int sync_w)
 	child_finish();
 }
 
-/*
- * wl_tick(), with a temporary file of its own: a copy restored beside the
- * running original (--pidns new, same pid inside) shares STATEDIR, and two
- * writers of one STATEDIR/counter.tmp make one of them fail its rename.
- */
-static void tick(void)
-{
-	char tmp[4200], dst[4200], buf[32];
-	struct timespec ts;
-	int n, fd, ok;
-
-	wl_counter++;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	snprintf(tmp, sizeof(tmp), "%s/counter.%lld.%ld.tmp", wl_dir, (long long)ts.tv_sec,
-		 ts.tv_nsec);
-	wl_path(dst, sizeof(dst), "counter");
-	n = snprintf(buf, sizeof(buf), "%llu\n", (unsigned long long)wl_counter);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		wl_fail("root: create %s: %s", tmp, strerror(errno));
-		return;
-	}
-	ok = write(fd, buf, (size_t)n) == n;
-	if (close(fd) || !ok || rename(tmp, dst))
-		wl_fail("root: publish the counter: %s", strerror(errno));
-}
-
 static void write_pids(void)
 {
 	char buf[128];
@@ -632,7 +605,7 @@ int main(int argc, char **argv)
 			seq--;
 			break;
 		}
-		tick();
+		wl_tick();
 	}
 
 	/* C1 reads P1 to EOF, then reports the last number it read. */
