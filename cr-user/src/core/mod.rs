@@ -370,7 +370,14 @@ pub fn restore_timers(inj: &Injector, core: &CoreImage) -> Result<(), CoreError>
         if t.iter().all(|&w| w == 0) {
             continue;
         }
-        let addr = inj.put(SCRATCH_ITIMER, &to_bytes(t))?;
+        let mut t = *t;
+        // A periodic timer reads 0 left while its signal is pending: the kernel re-arms it only
+        // when the signal is taken. That pending signal is not in the image, so the timer is
+        // started to fire at once instead; set to 0 it would stay disarmed for good.
+        if t[2] == 0 && t[3] == 0 {
+            t[3] = 1;
+        }
+        let addr = inj.put(SCRATCH_ITIMER, &to_bytes(&t))?;
         inj.call(
             || format!("setitimer({which})"),
             "setitimer",
