@@ -173,7 +173,14 @@ pub fn release(pid: i32, kept: i32) -> Result<(), LazyError> {
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
         todo.extend(crate::tree::children(p).unwrap_or_default());
-        release_one(p, kept, p == pid)?;
+        match release_one(p, kept, p == pid) {
+            // A child forked during the lazy phase (often about to exit) keeps a harmless
+            // extra fd rather than failing the restore of the process it came from.
+            Err(e) if p != pid => {
+                tracing::warn!(pid = p, error = %e, "could not drop the userfaultfd copy of a child");
+            }
+            other => other?,
+        }
     }
     Ok(())
 }
@@ -192,8 +199,9 @@ fn release_one(pid: i32, kept: i32, restored: bool) -> Result<(), LazyError> {
     }
     let frozen = match Frozen::freeze(pid) {
         Ok(f) => f,
-        // It ended meanwhile.
-        Err(crate::freeze::FreezeError::NoSuchProcess { .. }) => return Ok(()),
+        // It ended meanwhile (a short-lived child of the restored process, typically).
+        Err(_) if !matches!(proc::stat::stat(pid), Ok(s) if s.state != 'Z') => return Ok(()),
+
         Err(e) => return Err(fail(&e)),
     };
     frozen.block_signals().map_err(|e| fail(&e))?;
