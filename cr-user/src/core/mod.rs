@@ -309,17 +309,6 @@ pub fn restore_name(inj: &Injector, comm: &str) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Sets the name, session and process group.
-pub fn restore_identity(inj: &Injector, core: &CoreImage) -> Result<(), CoreError> {
-    restore_name(inj, &core.comm)?;
-    if core.session_leader {
-        inj.call(|| "setsid".into(), "setsid", libc::SYS_setsid, [0; 6])?;
-    } else if core.pgrp_leader {
-        inj.call(|| "setpgid".into(), "setpgid", libc::SYS_setpgid, [0; 6])?;
-    }
-    Ok(())
-}
-
 /// Drops the calling thread to the dumped credentials (last, since earlier steps need root;
 /// credentials are per thread, so every thread does it).
 pub fn restore_creds(inj: &Injector, c: &Creds) -> Result<(), CoreError> {
