@@ -362,10 +362,15 @@ fn dump_with(
     // still runs, before any pre-copy round so the last round is followed by the freeze at
     // once; inside the window only the cheap maps is read, unless BPF saw the layout change.
     let layout_watch = tracker.as_mut().and_then(|t| {
-        t.watch_memory().ok()?;
-        t.drain_vma_events().ok()?;
-        let lost = t.lost_vma_events().ok()?;
-        Some(lost)
+        let watch = t
+            .watch_memory()
+            .and_then(|()| t.drain_vma_events())
+            .and_then(|_| t.lost_vma_events());
+        watch
+            .inspect_err(
+                |e| tracing::debug!(error = %e, "no VMA events: the layout is read in the freeze"),
+            )
+            .ok()
     });
     let pre_smaps = match layout_watch {
         Some(_) => Some(proc::maps::smaps(pid)?),
@@ -387,7 +392,13 @@ fn dump_with(
             // alone do (the final set is always the scan's).
             let hinting = tracker.as_mut().is_some_and(|t| t.watch_memory().is_ok());
             let hints = if hinting { tracker.as_mut() } else { None };
-            match precopy::run(pid, rounds, hints) {
+            // With the layout known (and watched by BPF), pages are also selected during the
+            // rounds instead of in the freeze.
+            let layout = match pre_smaps.as_ref() {
+                Some(pre) => Some(crate::mm::dump::layout(pid, pre)?),
+                None => None,
+            };
+            match precopy::run(pid, rounds, hints, layout.as_deref()) {
                 Ok(pc) => {
                     stats.precopy_time_us = micros(t.elapsed());
                     stats.rounds = pc.rounds.clone();
@@ -423,10 +434,7 @@ fn dump_with(
     check_single(pid)?;
     let t = Instant::now();
     let layout_changed = match (tracker.as_mut(), layout_watch) {
-        (Some(t), Some(lost_before)) => {
-            let events = t.drain_vma_events()?;
-            !events.is_empty() || t.lost_vma_events()? != lost_before
-        }
+        (Some(t), Some(lost_before)) => vma_activity(t, lost_before)?,
         _ => true,
     };
     let smaps = match pre_smaps {
@@ -434,7 +442,10 @@ fn dump_with(
             let now = proc::maps::maps(pid)?;
             match proc::maps::with_flags_from(&now, &pre) {
                 Some(merged) => merged,
-                None => proc::maps::smaps(pid)?,
+                None => {
+                    tracing::debug!("maps differ from the smaps read before: smaps read again");
+                    proc::maps::smaps(pid)?
+                }
             }
         }
         _ => proc::maps::smaps(pid)?,
@@ -457,7 +468,7 @@ fn dump_with(
     let (mut pagemap, pages) = match (precopy.as_mut(), adopted.as_mut(), parent.as_ref()) {
         (None, Some((tracker, _)), Some(parent)) => {
             let t = Instant::now();
-            let (written, intact) = tracker.final_scan()?;
+            let (written, intact) = tracker.final_scan(true)?;
             stats.frozen_steps.final_scan_us = micros(t.elapsed());
             let sel = crate::mm::dump::select_pages(pid, &mm.vmas)?;
             stats.pages_scanned = sel.pages_scanned;
@@ -490,7 +501,7 @@ fn dump_with(
             (d.pagemap, Pages::Buffer(buf))
         }
         (Some(pc), _, _) => {
-            let (pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas)?;
+            let (pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas, !layout_changed)?;
             stats.pages_scanned = scanned;
             stats.residual_pages = fin.residual_pages;
             stats.frozen_steps.final_scan_us = fin.final_scan_us;
@@ -563,6 +574,16 @@ fn dump_with(
         }
         (_, held) => Ok((stats, held.map(FrozenTree::single))),
     }
+}
+
+/// Whether BPF saw a VMA syscall of the tracked tasks since the last call, or lost any event
+/// since `lost_before` was read.
+fn vma_activity(t: &mut TaskTracker, lost_before: u64) -> Result<bool, DumpError> {
+    let events = t.drain_vma_events()?;
+    if let Some(e) = events.first() {
+        tracing::debug!(count = events.len(), first = ?e, "VMA syscalls seen: the layout is read again");
+    }
+    Ok(!events.is_empty() || t.lost_vma_events()? != lost_before)
 }
 
 /// The pagemap of a lazy migration: readable private anonymous VMAs are left to the migration

@@ -128,12 +128,21 @@ impl DumpStats {
             .map(|(i, r)| {
                 (
                     format!("round {i}"),
-                    format!(
-                        "{} pages ({} hot deferred) {}",
-                        r.pages,
-                        r.deferred,
-                        ms(r.time_us)
-                    ),
+                    if r.hinted_only {
+                        format!(
+                            "{} pages (of {} hinted; no full scan) {}",
+                            r.pages,
+                            r.hinted,
+                            ms(r.time_us)
+                        )
+                    } else {
+                        format!(
+                            "{} pages ({} hot deferred) {}",
+                            r.pages,
+                            r.deferred,
+                            ms(r.time_us)
+                        )
+                    },
                 )
             })
             .collect();

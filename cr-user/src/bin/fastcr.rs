@@ -49,8 +49,9 @@ enum Command {
         /// Allow standard streams that are terminals or pipes; restore hands them its own.
         #[arg(long)]
         shell_job: bool,
-        /// Copy memory while the process runs (N rounds, or `auto`: until the dirty set stops
-        /// shrinking), then freeze only to copy what changed since.
+        /// Copy memory while the process runs (N full rounds, or `auto`: until the dirty set
+        /// stops shrinking; then short rounds of the pages BPF saw written), then freeze only to
+        /// copy what changed since.
         #[arg(long, value_name = "N|auto", num_args = 0..=1, default_missing_value = "auto", value_parser = parse_rounds)]
         pre_copy: Option<Rounds>,
         /// Parent image made by `fastcr pre-dump`: pages unchanged since are referenced, not

@@ -25,6 +25,7 @@ mod dirty;
 mod logging;
 mod vma;
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::{collections::BTreeSet, io, path::PathBuf};
 
 use aya::{
@@ -170,6 +171,15 @@ pub enum BpfError {
         #[source]
         source: MapError,
     },
+    /// A batched map operation failed.
+    #[error("BPF map {map} batch operation failed")]
+    Batch {
+        /// Map name.
+        map: &'static str,
+        /// The call.
+        #[source]
+        source: SyscallError,
+    },
     /// Adding a process to the tracked set failed.
     #[error("cannot track tgid {tgid}")]
     Track {
@@ -195,6 +205,7 @@ pub struct TaskTracker {
     events: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
     dirty: HashMap<MapData, DirtyKey, u32>,
+    dirty_fd: Option<OwnedFd>,
     dirty_stats: PerCpuArray<MapData, u64>,
     vma_events: RingBuf<MapData>,
     vma_stats: PerCpuArray<MapData, u64>,
@@ -257,7 +268,18 @@ impl TaskTracker {
             })?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, TASK_EVENTS_MAP)?;
         let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, TASK_STATS_MAP)?;
-        let dirty = take_map(&mut ebpf, DIRTY_HINTS_MAP)?;
+        let dirty_raw = ebpf.take_map(DIRTY_HINTS_MAP).ok_or(BpfError::MissingMap {
+            map: DIRTY_HINTS_MAP,
+        })?;
+        // A second handle on the hint map for batched draining (see `dirty::drain`).
+        let dirty_fd = match &dirty_raw {
+            aya::maps::Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
+        let dirty = HashMap::try_from(dirty_raw).map_err(|source| BpfError::Map {
+            map: DIRTY_HINTS_MAP,
+            source,
+        })?;
         let dirty_stats = take_map(&mut ebpf, DIRTY_STATS_MAP)?;
         let vma_events = take_map(&mut ebpf, VMA_EVENTS_MAP)?;
         let vma_stats = take_map(&mut ebpf, VMA_STATS_MAP)?;
@@ -271,6 +293,7 @@ impl TaskTracker {
             events,
             stats,
             dirty,
+            dirty_fd,
             dirty_stats,
             vma_events,
             vma_stats,
@@ -411,7 +434,7 @@ impl TaskTracker {
     /// [`BpfError::Map`] if reading or deleting an entry fails.
     pub fn drain_dirty(&mut self) -> Result<Vec<DirtyHint>, BpfError> {
         self.logger.flush();
-        dirty::drain(&mut self.dirty)
+        dirty::drain(&mut self.dirty, self.dirty_fd.as_ref().map(AsFd::as_fd))
     }
 
     /// Returns every VMA-change event queued since the last call, oldest first, without

@@ -118,12 +118,7 @@ fn select_pages_scan(pid: i32, vmas: &[Vma]) -> Result<PageDump, MmError> {
     })?;
     let mut out = PageDump::default();
     let mut regions = Vec::new();
-    for vma in vmas {
-        if matches!(vma.kind, VmaKind::Vdso | VmaKind::Vvar { .. })
-            || (vma.shared && vma.kind != VmaKind::Anon)
-        {
-            continue;
-        }
+    for vma in vmas.iter().filter(|v| selectable(v)) {
         out.pages_scanned += (vma.end - vma.start) / PAGE_SIZE;
         // Only a private file mapping mixes file pages (in the file) with its own COW copies;
         // asking for PAGE_IS_FILE makes the kernel look at every page's struct page, so it is
@@ -154,6 +149,34 @@ fn select_pages_scan(pid: i32, vmas: &[Vma]) -> Result<PageDump, MmError> {
         }
     }
     Ok(out)
+}
+
+/// Whether [`select_pages`] looks at `vma` at all.
+fn selectable(vma: &Vma) -> bool {
+    !(matches!(vma.kind, VmaKind::Vdso | VmaKind::Vvar { .. })
+        || (vma.shared && vma.kind != VmaKind::Anon))
+}
+
+/// The page index of `ranges` (sorted, disjoint pages already judged worth saving), split at
+/// VMA boundaries like [`select_pages`]' own; also returns the pages such a selection would
+/// have examined.
+pub fn pagemap_of_ranges(vmas: &[Vma], ranges: &[(u64, u64)]) -> (PagemapImage, u64) {
+    let mut pagemap = PagemapImage::default();
+    let mut scanned = 0;
+    for vma in vmas.iter().filter(|v| selectable(v)) {
+        scanned += (vma.end - vma.start) / PAGE_SIZE;
+        let first_new = pagemap.entries.len();
+        let from = ranges.partition_point(|r| r.1 <= vma.start);
+        for &(s, e) in ranges[from..].iter().take_while(|r| r.0 < vma.end) {
+            push_run(
+                &mut pagemap.entries,
+                first_new,
+                s.max(vma.start),
+                e.min(vma.end),
+            );
+        }
+    }
+    (pagemap, scanned)
 }
 
 /// Appends `[start, end)` as runs of at most [`MAX_RUN_PAGES`], continuing the last run when
@@ -194,12 +217,7 @@ fn select_pages_words(pid: i32, vmas: &[Vma]) -> Result<PageDump, MmError> {
     let mut out = PageDump::default();
     let mut words = Vec::new();
     let zero_pfn = *ZERO_PFN.get_or_init(mem::zero_page_pfn);
-    for vma in vmas {
-        if matches!(vma.kind, VmaKind::Vdso | VmaKind::Vvar { .. })
-            || (vma.shared && vma.kind != VmaKind::Anon)
-        {
-            continue;
-        }
+    for vma in vmas.iter().filter(|v| selectable(v)) {
         let npages = (vma.end - vma.start) / PAGE_SIZE;
         out.pages_scanned += npages;
         let first_new = out.pagemap.entries.len();
@@ -345,6 +363,22 @@ mod tests {
             name: String::new(),
             madv: vec![],
         }
+    }
+
+    #[test]
+    fn ranges_become_runs_split_at_vmas() {
+        let mut a = vma(VmaKind::Anon, false);
+        let mut b = vma(VmaKind::Anon, false);
+        (a.start, a.end, b.start, b.end) = (0x1000, 0x5000, 0x5000, 0x9000);
+        let vdso = Vma {
+            start: 0x9000,
+            end: 0xa000,
+            ..vma(VmaKind::Vdso, false)
+        };
+        let (pm, scanned) = pagemap_of_ranges(&[a, b, vdso], &[(0x2000, 0x7000), (0x8000, 0xa000)]);
+        let runs: Vec<(u64, u32)> = pm.entries.iter().map(|e| (e.vaddr, e.nr_pages)).collect();
+        assert_eq!(runs, vec![(0x2000, 3), (0x5000, 2), (0x8000, 1)]);
+        assert_eq!(scanned, 8);
     }
 
     #[test]

@@ -277,8 +277,17 @@ impl WriteTracker {
 
     /// Like [`WriteTracker::harvest`] but without looking for new VMAs.
     pub fn scan(&mut self) -> Result<Vec<(u64, u64)>, TrackError> {
+        let all = std::mem::take(&mut self.ranges);
+        let written = self.scan_ranges(&all);
+        self.ranges = all;
+        written
+    }
+
+    /// Written pages of `ranges` (inside the tracked ones) since they were last scanned,
+    /// write-protected again atomically: a harvest of part of memory.
+    pub fn scan_ranges(&mut self, ranges: &[(u64, u64)]) -> Result<Ranges, TrackError> {
         let mut regions: Vec<PageRegion> = Vec::new();
-        for &(start, end) in &self.ranges {
+        for &(start, end) in ranges {
             self.scan_range(start, end, PM_SCAN_WP_MATCHING, &mut regions)?;
         }
         Ok(regions.into_iter().map(|r| (r.start, r.end)).collect())
@@ -287,20 +296,38 @@ impl WriteTracker {
     /// The final harvest, with the process frozen. Each registered range is scanned with
     /// `PM_SCAN_CHECK_WPASYNC`, which fails if any VMA in it is no longer registered with our
     /// userfaultfd (it was unmapped and mapped again, say): such a range is returned as broken,
-    /// and its pages must be copied whole. Returns (written ranges, still-tracked ranges).
-    pub fn final_scan(&mut self) -> Result<(Ranges, Ranges), TrackError> {
-        let mut regions: Vec<PageRegion> = Vec::new();
+    /// and its pages must be copied whole. With `reprotect` the written pages are protected
+    /// again (tracking goes on after this dump); without it the page tables are only read, on
+    /// two CPUs at once when there is much to walk (a tracked range may then come back cut in
+    /// two). Returns (written ranges, sorted and merged; still-tracked ranges, sorted).
+    pub fn final_scan(&mut self, reprotect: bool) -> Result<(Ranges, Ranges), TrackError> {
+        let flags = PM_SCAN_CHECK_WPASYNC | if reprotect { PM_SCAN_WP_MATCHING } else { 0 };
+        let (first, second) = if reprotect {
+            (self.ranges.clone(), Vec::new())
+        } else {
+            halves(&self.ranges)
+        };
+        let scanned: Vec<Result<Vec<PageRegion>, TrackError>> = if second.is_empty() {
+            self.scan_pieces(&first, flags)
+        } else {
+            std::thread::scope(|s| {
+                let other = s.spawn(|| self.scan_pieces(&second, flags));
+                let mut out = self.scan_pieces(&first, flags);
+                match other.join() {
+                    Ok(rest) => out.extend(rest),
+                    // A panic in the scan is a bug; that half is scanned again here.
+                    Err(_) => out.extend(self.scan_pieces(&second, flags)),
+                }
+                out
+            })
+        };
+        let pieces = first.iter().chain(&second);
+        let mut written = Vec::new();
         let mut intact = Vec::new();
-        for &(start, end) in &self.ranges {
-            let mut part = Vec::new();
-            match self.scan_range(
-                start,
-                end,
-                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                &mut part,
-            ) {
-                Ok(()) => {
-                    regions.extend(part);
+        for (&(start, end), result) in pieces.zip(scanned) {
+            match result {
+                Ok(regions) => {
+                    written.extend(regions.into_iter().map(|r| (r.start, r.end)));
                     intact.push((start, end));
                 }
                 Err(TrackError::Syscall { source, .. }) if source.errno() == Some(libc::EPERM) => {
@@ -314,10 +341,21 @@ impl WriteTracker {
                 Err(e) => return Err(e),
             }
         }
-        Ok((
-            regions.into_iter().map(|r| (r.start, r.end)).collect(),
-            intact,
-        ))
+        Ok((ranges::normalize(written), intact))
+    }
+
+    fn scan_pieces(
+        &self,
+        pieces: &[(u64, u64)],
+        flags: u64,
+    ) -> Vec<Result<Vec<PageRegion>, TrackError>> {
+        pieces
+            .iter()
+            .map(|&(start, end)| {
+                let mut part = Vec::new();
+                self.scan_range(start, end, flags, &mut part).map(|()| part)
+            })
+            .collect()
     }
 
     fn scan_range(
@@ -344,6 +382,38 @@ impl WriteTracker {
     }
 }
 
+/// Below this much memory one CPU walks the page tables faster than two can start.
+const PARALLEL_SCAN_MIN: u64 = 256 << 20;
+
+/// `ranges` cut into two halves of about equal size (at a 2 MiB boundary) when they are big
+/// enough to be worth scanning on two CPUs; else all of them and an empty second half.
+fn halves(ranges: &[(u64, u64)]) -> (Ranges, Ranges) {
+    let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if total < PARALLEL_SCAN_MIN || cpus < 2 {
+        return (ranges.to_vec(), Vec::new());
+    }
+    const ALIGN: u64 = 2 << 20;
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut left = total / 2;
+    for &(s, e) in ranges {
+        if left == 0 {
+            second.push((s, e));
+        } else if e - s <= left {
+            first.push((s, e));
+            left -= e - s;
+        } else {
+            let cut = (s + left).next_multiple_of(ALIGN).min(e);
+            first.push((s, cut));
+            if cut < e {
+                second.push((cut, e));
+            }
+            left = 0;
+        }
+    }
+    (first, second)
+}
+
 /// Total pages in a list of ranges.
 pub fn pages_in(ranges: &[(u64, u64)]) -> u64 {
     ranges
@@ -356,6 +426,21 @@ pub fn pages_in(ranges: &[(u64, u64)]) -> u64 {
 mod tests {
     use super::*;
     use crate::proc::maps::parse_maps_line;
+
+    #[test]
+    fn big_ranges_are_halved_at_2mib() {
+        let gib = 1u64 << 30;
+        let (a, b) = halves(&[(0x1000, 0x3000), (gib, 5 * gib)]);
+        if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+            assert!(b.is_empty());
+            return;
+        }
+        assert_eq!(a, vec![(0x1000, 0x3000), (gib, 3 * gib)]);
+        assert_eq!(b, vec![(3 * gib, 5 * gib)]);
+        let (small, none) = halves(&[(0x1000, 0x3000)]);
+        assert_eq!(small, vec![(0x1000, 0x3000)]);
+        assert!(none.is_empty());
+    }
 
     #[test]
     fn trackable_vmas() {

@@ -50,6 +50,8 @@ pub struct RoundStat {
     pub hinted: u64,
     /// Duration of the round.
     pub time_us: u64,
+    /// A closing round: only the ranges BPF hinted were scanned (see [`run`]).
+    pub hinted_only: bool,
 }
 
 /// What the running phase produced.
@@ -64,6 +66,16 @@ pub struct PreCopy {
     pub dirty_rate: f64,
     /// Hot pages not copied yet: the final pass copies them whatever the last scan says.
     pub deferred: Vec<(u64, u64)>,
+    /// The page selection of the tracked VMAs, taken after the last round; see [`preselect`].
+    preselected: Option<Preselection>,
+}
+
+/// Which pages of the tracked ranges were worth saving just after the last harvest.
+struct Preselection {
+    /// The tracked ranges at that moment.
+    tracked: Vec<(u64, u64)>,
+    /// The selected pages, sorted and merged.
+    pages: Vec<(u64, u64)>,
 }
 
 /// Consecutive rounds a page must be hinted in to count as hot.
@@ -94,11 +106,14 @@ impl Heat {
 }
 
 /// Runs the copy rounds while `pid` keeps running. With `hints` (BPF write-fault hints
-/// attached), pages written round after round are deferred to the final pass.
+/// attached), pages written round after round are deferred to the final pass, and the full
+/// rounds are followed by short closing rounds that scan and copy only what the hints name,
+/// so the freeze follows a round of a millisecond or so instead of a walk of all memory.
 pub fn run(
     pid: i32,
     rounds: Rounds,
     mut hints: Option<&mut TaskTracker>,
+    layout: Option<&[Vma]>,
 ) -> Result<PreCopy, TrackError> {
     let mut tracker = WriteTracker::start(pid)?;
     let mut shadow = Shadow::new();
@@ -111,6 +126,7 @@ pub fn run(
     let mut dirty_rate = 0.0;
     let mut heat = Heat::default();
     let mut deferred: Vec<(u64, u64)> = Vec::new();
+    let mut preselected: Option<Preselection> = None;
     for round in 0..limit {
         let t = Instant::now();
         // Hints first, then the scan: what BPF saw is then always inside what the scan reports.
@@ -138,6 +154,11 @@ pub fn run(
             dirty_rate = pages as f64 / since.as_secs_f64();
         }
         let dirty = normalize(dirty);
+        if let Some(pre) = preselected.as_mut() {
+            let mut pages = std::mem::take(&mut pre.pages);
+            pages.extend_from_slice(&dirty);
+            pre.pages = normalize(pages);
+        }
         let (copy, defer) = if round + 1 < limit {
             (subtract(&dirty, &hot), intersect(&dirty, &hot))
         } else {
@@ -150,6 +171,16 @@ pub fn run(
                 step: "copy of dirty pages",
                 source,
             })?;
+        // Merged now, while the process runs, so the final pass does not sort every range
+        // ever copied.
+        shadow.covered();
+        if round == 0
+            && let Some(vmas) = layout
+        {
+            preselected = preselect(pid, &tracker, vmas)
+                .inspect_err(|e| tracing::debug!(error = %e, "no preselection"))
+                .ok();
+        }
         // A page copied now is fresh; one deferred now waits for the final pass.
         let mut all = subtract(&deferred, &copy);
         all.extend_from_slice(&defer);
@@ -159,10 +190,21 @@ pub fn run(
             deferred: pages_in(&defer),
             hinted: hinted.len() as u64,
             time_us: micros(t.elapsed()),
+            hinted_only: false,
         });
         if rounds == Rounds::Auto && auto_converged(&stats) {
             break;
         }
+    }
+    if let Some(bpf) = hints {
+        let mut run = Closing {
+            pid,
+            tracker: &mut tracker,
+            shadow: &mut shadow,
+            deferred: &mut deferred,
+            preselected: &mut preselected,
+        };
+        run.rounds(bpf, &mut stats)?;
     }
     Ok(PreCopy {
         tracker,
@@ -170,7 +212,169 @@ pub fn run(
         rounds: stats,
         dirty_rate,
         deferred,
+        preselected,
     })
+}
+
+/// Selects the pages of the tracked VMAs while the process still runs, so the final pass does
+/// not walk all of memory a second time inside the freeze. Every later harvest adds its
+/// written pages to the selection.
+///
+/// Why this is exact: a page that becomes present after this selection was written after it,
+/// so a later harvest or the final `PAGEMAP_SCAN` reports it; a page can leave a private
+/// mapping only by a syscall of the process (munmap, madvise, mremap, mmap over it, brk),
+/// which the caller must rule out with BPF's VMA events before passing `layout_unchanged` to
+/// [`finish`]. A range that stopped being tracked without a break is selected again there.
+fn preselect(pid: i32, tracker: &WriteTracker, vmas: &[Vma]) -> Result<Preselection, TrackError> {
+    let tracked = tracker.tracked().to_vec();
+    let inside: Vec<Vma> = vmas
+        .iter()
+        .filter(|v| subtract(&[(v.start, v.end)], &tracked).is_empty())
+        .cloned()
+        .collect();
+    let sel = select_pages(pid, &inside)?;
+    Ok(Preselection {
+        tracked,
+        pages: entry_ranges(&sel.pagemap),
+    })
+}
+
+/// The runs of a page index as sorted, merged ranges.
+fn entry_ranges(pagemap: &PagemapImage) -> Vec<(u64, u64)> {
+    normalize(
+        pagemap
+            .entries
+            .iter()
+            .map(|e| (e.vaddr, e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE))
+            .collect(),
+    )
+}
+
+/// The page selection at the freeze: from the preselection plus what was written since, when
+/// that is exact (see [`preselect`]), else by walking every VMA again.
+fn select_at_freeze(
+    pc: &mut PreCopy,
+    vmas: &[Vma],
+    layout_unchanged: bool,
+    written: &[(u64, u64)],
+    intact: &[(u64, u64)],
+) -> Result<(PagemapImage, u64), TrackError> {
+    let pid = pc.tracker.pid();
+    let pre = pc.preselected.take().filter(|p| {
+        layout_unchanged
+            && normalize(p.tracked.clone()) == normalize(intact.to_vec())
+            && p.tracked == pc.tracker.tracked()
+    });
+    tracing::debug!(
+        preselected = pre.is_some(),
+        layout_unchanged,
+        "final pass: selection"
+    );
+    let Some(pre) = pre else {
+        let sel = select_pages(pid, vmas)?;
+        return Ok((sel.pagemap, sel.pages_scanned));
+    };
+    // VMAs outside the tracked ranges (read-only ones, say) are small: selected afresh.
+    let outside: Vec<Vma> = vmas
+        .iter()
+        .filter(|v| !subtract(&[(v.start, v.end)], &pre.tracked).is_empty())
+        .cloned()
+        .collect();
+    let fresh = select_pages(pid, &outside)?;
+    let mut ranges = pre.pages;
+    ranges.extend_from_slice(written);
+    ranges.extend(entry_ranges(&fresh.pagemap));
+    let ranges = normalize(ranges);
+    Ok(crate::mm::dump::pagemap_of_ranges(vmas, &ranges))
+}
+
+/// Closing rounds at most.
+const CLOSING_ROUNDS: usize = 4;
+/// A closing round that copies at most this many pages is the last one.
+const CLOSING_DONE: u64 = 32;
+/// Hinted pages this close are scanned as one range (one ioctl instead of several).
+const HINT_GAP_PAGES: u64 = 32;
+
+/// The state the closing rounds work on.
+struct Closing<'a> {
+    pid: i32,
+    tracker: &'a mut WriteTracker,
+    shadow: &'a mut Shadow,
+    deferred: &'a mut Vec<(u64, u64)>,
+    preselected: &'a mut Option<Preselection>,
+}
+
+impl Closing<'_> {
+    /// Rounds that scan (and write-protect again) only the ranges the hints name, and copy
+    /// what the scan confirms written. Exact for the same reason a full round is: a written
+    /// page the hints missed stays marked written, so the final scan still reports it.
+    fn rounds(
+        &mut self,
+        bpf: &mut TaskTracker,
+        stats: &mut Vec<RoundStat>,
+    ) -> Result<(), TrackError> {
+        let mut last = u64::MAX;
+        for _ in 0..CLOSING_ROUNDS {
+            let t = Instant::now();
+            let hinted: Vec<u64> = match bpf.drain_dirty() {
+                Ok(h) => h
+                    .iter()
+                    .filter(|h| h.tgid == self.pid as u32)
+                    .map(|h| h.page)
+                    .collect(),
+                Err(e) => {
+                    tracing::info!(error = %e, "BPF hints unavailable; no closing rounds");
+                    return Ok(());
+                }
+            };
+            let ranges = intersect(
+                &hint_ranges(&hinted),
+                &normalize(self.tracker.tracked().to_vec()),
+            );
+            let written = normalize(self.tracker.scan_ranges(&ranges)?);
+            self.shadow
+                .copy_from(self.pid, &written)
+                .map_err(|source| TrackError::Syscall {
+                    pid: self.pid,
+                    step: "copy of hinted pages",
+                    source,
+                })?;
+            self.shadow.covered();
+            if let Some(pre) = self.preselected.as_mut() {
+                let mut pages = std::mem::take(&mut pre.pages);
+                pages.extend_from_slice(&written);
+                pre.pages = normalize(pages);
+            }
+            *self.deferred = subtract(self.deferred, &written);
+            let pages = pages_in(&written);
+            stats.push(RoundStat {
+                pages,
+                deferred: 0,
+                hinted: hinted.len() as u64,
+                time_us: micros(t.elapsed()),
+                hinted_only: true,
+            });
+            if pages <= CLOSING_DONE || pages >= last {
+                break;
+            }
+            last = pages;
+        }
+        Ok(())
+    }
+}
+
+/// Sorted hinted pages as ranges, pages at most [`HINT_GAP_PAGES`] apart joined.
+fn hint_ranges(pages: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &p in pages {
+        match out.last_mut() {
+            Some(last) if p >= last.0 && p <= last.1 + HINT_GAP_PAGES * PAGE_SIZE => {
+                last.1 = last.1.max(p + PAGE_SIZE);
+            }
+            _ => out.push((p, p + PAGE_SIZE)),
+        }
+    }
+    out
 }
 
 /// Whether `auto` pre-copy should stop after the rounds in `stats`: the set is small, or it no
@@ -184,7 +388,12 @@ fn auto_converged(stats: &[RoundStat]) -> bool {
     if stats.len() >= 2 && last.pages < AUTO_SMALL_SET {
         return true;
     }
-    stats.len() >= 3 && last.pages * 5 > stats[stats.len() - 2].pages * 4
+    // Not shrinking any more, and not a passing spike (the workload catching up a backlog,
+    // or fastcr losing its CPU): within a quarter of the smallest set seen since round 1.
+    let floor = stats[1..].iter().map(|r| r.pages).min().unwrap_or(0);
+    stats.len() >= 3
+        && last.pages * 5 > stats[stats.len() - 2].pages * 4
+        && last.pages * 4 <= floor * 5
 }
 
 /// Figures of the final pass.
@@ -206,14 +415,17 @@ pub struct FinalPass {
 pub fn finish(
     pc: &mut PreCopy,
     vmas: &[Vma],
+    layout_unchanged: bool,
 ) -> Result<(PagemapImage, u64, FinalPass), TrackError> {
     let pid = pc.tracker.pid();
     let mut fin = FinalPass::default();
     let t = Instant::now();
-    let (written, tracked) = pc.tracker.final_scan()?;
+    let (written, tracked) = pc.tracker.final_scan(false)?;
     fin.final_scan_us = micros(t.elapsed());
     let t = Instant::now();
-    let sel = select_pages(pid, vmas)?;
+    let written = normalize(written);
+    let (pagemap, pages_scanned) =
+        select_at_freeze(pc, vmas, layout_unchanged, &written, &tracked)?;
     tracing::debug!(us = micros(t.elapsed()), "final pass: pages selected");
     // A page comes from the shadow if its range stayed tracked, the shadow holds it, and it was
     // not written since; everything else the image needs is read now.
@@ -223,13 +435,7 @@ pub fn finish(
         &intersect(&normalize(tracked), pc.shadow.covered()),
         &normalize(stale),
     );
-    let selected = normalize(
-        sel.pagemap
-            .entries
-            .iter()
-            .map(|e| (e.vaddr, e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE))
-            .collect(),
-    );
+    let selected = entry_ranges(&pagemap);
     let residue = subtract(&selected, &trusted);
     let (residue_pages, selected_pages) = (pages_in(&residue), pages_in(&selected));
     // When writes outran the rounds, the residue is large and scattered, and copying it run by
@@ -272,7 +478,7 @@ pub fn finish(
     fin.residual_pages = if bulk { selected_pages } else { residue_pages };
     fin.residual_copy_us = micros(t.elapsed());
     fin.bulk = bulk;
-    Ok((sel.pagemap, sel.pages_scanned, fin))
+    Ok((pagemap, pages_scanned, fin))
 }
 
 /// Residue at least 1/BULK_DENOMINATOR of the selected pages is copied in bulk.
@@ -327,6 +533,39 @@ mod tests {
         ]));
         assert!(auto_converged(&[r(1_000_000), r(10)]));
         assert!(!auto_converged(&[r(10)]));
+    }
+
+    #[test]
+    fn auto_goes_on_after_a_spike() {
+        let r = |pages| RoundStat {
+            pages,
+            ..Default::default()
+        };
+        // Round 4 grew (a burst): not the floor, so another round is run.
+        assert!(!auto_converged(&[
+            r(1_000_000),
+            r(300_000),
+            r(900),
+            r(700),
+            r(4_700)
+        ]));
+        assert!(auto_converged(&[
+            r(1_000_000),
+            r(300_000),
+            r(900),
+            r(700),
+            r(800)
+        ]));
+    }
+
+    #[test]
+    fn hinted_pages_join_into_ranges() {
+        let p = |n: u64| n * PAGE_SIZE;
+        assert_eq!(
+            hint_ranges(&[p(1), p(2), p(3 + HINT_GAP_PAGES), p(100)]),
+            vec![(p(1), p(4 + HINT_GAP_PAGES)), (p(100), p(101))]
+        );
+        assert!(hint_ranges(&[]).is_empty());
     }
 
     #[test]
