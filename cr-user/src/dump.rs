@@ -166,15 +166,14 @@ pub(crate) fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Sta
     Ok((stat, status))
 }
 
-/// This version dumps one process (with any number of threads) without children.
+/// The single-process path needs a process without children; one that forked meanwhile is
+/// dumped again as a tree.
 pub(crate) fn check_single(pid: i32) -> Result<(), DumpError> {
     let children = proc::children(pid)?;
     if !children.is_empty() {
         return Err(DumpError::Raced {
             pid,
-            what: format!(
-                "it has child processes {children:?}; process trees are not supported yet"
-            ),
+            what: format!("child processes {children:?} appeared during the dump"),
         });
     }
     Ok(())
@@ -321,7 +320,7 @@ fn dump_with(
     let pid = opts.pid;
     let (stat, status) = preflight(pid)?;
     if crate::tree::has_children(pid)? {
-        return crate::tree::dump::dump(opts, after);
+        return crate::tree::dump::dump(opts, after, None);
     }
     let dir = prepare_dir(&opts.dir)?;
     if opts.pre_copy.is_some() && opts.prev_images_dir.is_some() {
@@ -399,7 +398,13 @@ fn dump_with(
                 None => None,
             };
             match precopy::run(pid, rounds, hints, layout.as_deref()) {
+                // It forked during the rounds: the tree goes on from here, its copy kept.
+                Ok(pc) if crate::tree::has_children(pid)? => {
+                    drop(tracker);
+                    return crate::tree::dump::dump(opts, after, Some(pc));
+                }
                 Ok(pc) => {
+                    stats.precopy_processes = 1;
                     stats.precopy_time_us = micros(t.elapsed());
                     stats.rounds = pc.rounds.clone();
                     stats.dirty_rate_pages_per_s = pc.dirty_rate;

@@ -30,6 +30,9 @@ pub struct DumpStats {
     pub precopy_mode: String,
     /// Pre-copy rounds (empty for a stop-the-world dump).
     pub rounds: Vec<RoundStat>,
+    /// Processes whose memory was pre-copied (a child forked during the rounds counts from
+    /// the round after its fork).
+    pub precopy_processes: u32,
     /// Time spent in pre-copy rounds before the freeze.
     pub precopy_time_us: u64,
     /// Pages copied inside the frozen window.

@@ -314,6 +314,12 @@ fn is_our_child(pid: i32) -> bool {
     ProcStat::read(pid).is_some_and(|s| s.ppid == our_pid())
 }
 
+/// Reaps `pid`, a process that became our child (by reparenting to this subreaper); returns
+/// its raw wait status, or panics if it does not exit in time.
+pub fn reap_orphan(pid: i32) -> i32 {
+    waitpid_timeout(pid, EXIT_TIMEOUT).unwrap_or_else(|e| panic!("reaping pid {pid}: {e:#}"))
+}
+
 /// waitpid(pid) polling with WNOHANG until `timeout`; the raw wait status.
 fn waitpid_timeout(pid: i32, timeout: Duration) -> Result<i32> {
     let deadline = Instant::now() + timeout;

@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr, require_root,
+    ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
+    reap_orphan, require_root,
 };
 
 const SIZE_MIB: &str = "256";
@@ -214,6 +215,94 @@ fn precopy3_churn() {
 #[test]
 fn precopy_auto_leave_running_churn() {
     dump_and_restore(10, true, Mode::PreCopyAutoLeaveRunning);
+}
+
+/// A fork and a new thread while the rounds run: `wl_dirty spawn` forks a child (which keeps
+/// dirtying its own copy of memory) and starts a thread (writing a region of its own) once
+/// STATEDIR/spawn exists, created here while `dump --pre-copy 12` copies. The image must hold
+/// both processes and the thread: after the restore the child is the parent's child again, and
+/// the parent's PASS covers the thread's region and the child's own verification (exit 0).
+#[test]
+fn precopy_fork_and_thread_during_rounds() {
+    require_root();
+    let mut wl = Workload::spawn("wl_dirty", &["512", "10", "spawn"]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("precopy-spawn-img");
+    let pid = wl.pid_arg();
+    let args = [
+        "dump",
+        "-t",
+        &pid,
+        "-D",
+        images.as_str(),
+        "--pre-copy",
+        "12",
+        "--json",
+    ];
+    let dump = std::process::Command::new(vmtests::fastcr_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start fastcr dump");
+    // Round 0 copies 512 MiB, which takes a few hundred milliseconds: the fork lands in it
+    // or in a later round.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::fs::write(wl.statedir().join("spawn"), b"").expect("create STATEDIR/spawn");
+    let out = dump.wait_with_output().expect("wait for fastcr dump");
+    assert_success(&out, &args.join(" "));
+    let stats = stdout_stats(&out.stdout);
+    eprintln!("dump stats: {stats:?}");
+    let child: i32 = std::fs::read_to_string(wl.statedir().join("spawned"))
+        .expect("the workload never spawned (STATEDIR/spawned)")
+        .trim()
+        .parse()
+        .expect("STATEDIR/spawned holds a pid");
+    let status = wl.reap();
+    assert!(
+        status.signal().is_some(),
+        "the dump should have killed the process, but it {status}"
+    );
+    // The original child, killed with the tree, was reparented to this subreaper: reaped here,
+    // its pid is free for the restore.
+    let status = reap_orphan(child);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "the dump should have SIGKILLed the child too, status {status:#x}"
+    );
+    let tracked = stats
+        .find("precopy_processes")
+        .and_then(Json::as_f64)
+        .unwrap_or(0.0);
+    assert_eq!(
+        tracked, 2.0,
+        "both processes should have been pre-copied: {stats:?}"
+    );
+    assert_eq!(
+        stats.find("precopy_mode"),
+        Some(&Json::Str("uffd-wp-async".into())),
+        "{stats:?}"
+    );
+
+    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
+    assert_success(&out, "restore -d");
+    wl.adopt_restored();
+    let ppid = ProcStat::read(child).map(|s| s.ppid);
+    assert_eq!(
+        ppid,
+        Some(wl.pid()),
+        "restored child {child} should be the parent's child"
+    );
+    let threads = std::fs::read_dir(format!("/proc/{}/task", wl.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        threads, 2,
+        "the restored parent should have its spawned thread"
+    );
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("precopy_fork_and_thread_during_rounds");
 }
 
 #[test]

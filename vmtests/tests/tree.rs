@@ -19,11 +19,12 @@
 //! [`TreeGuard`] kills and reaps whatever is left of a tree when a test fails, so the next test
 //! does not find strays.
 //!
-//! Modes: `dump` + `restore -d`, `dump --leave-running` + `restore -d`, `dump` +
+//! Modes: `dump` + `restore -d`, `dump --leave-running` (also with `--pre-copy auto`) +
+//! `restore -d`, `dump` +
 //! `restore --lazy -d`, `dump --leave-running` + `restore --pidns new -d` beside the running
 //! original, and `migrate` (plain and `--lazy`) to `receive --pidns new` across a veth pair.
-//! `--pre-copy` is not supported for trees yet: it must be refused with a clear error, leaving the
-//! tree running.
+//! `dump --pre-copy auto --leave-running` pre-copies every process of the tree; the fork of a
+//! new process during the rounds is covered by `precopy.rs`.
 //!
 //! One known difference is tolerated by the comparisons and checked exactly by a test of its own
 //! (ignored while it fails): restored pipe fds of a tree carry `O_LARGEFILE`.
@@ -470,7 +471,7 @@ fn assert_pipe_data_in_flight(images: &Scratch) {
 // ---------------------------------------------------------------------------------------------
 // Restore in the test's pid namespace
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     /// `dump` (kills the tree), `restore -d`.
     Dump,
@@ -478,6 +479,9 @@ enum Mode {
     LeaveRunning,
     /// `dump`, `restore --lazy -d`.
     Lazy,
+    /// `dump --pre-copy auto --leave-running --json` (every process of the tree pre-copied),
+    /// then as `LeaveRunning`.
+    PreCopy,
 }
 
 /// Dumps wl_tree the way `mode` says, restores it with `restore -d` and checks everything the
@@ -497,18 +501,27 @@ fn dump_restore(mode: Mode, strict: bool) {
             reap_dumped_tree(&mut wl, &pids, "after dump");
             assert_pipe_data_in_flight(&images);
         }
-        Mode::LeaveRunning => {
-            assert_success(
-                &fastcr(&[
-                    "dump",
-                    "-t",
-                    &root,
-                    "-D",
-                    images.as_str(),
-                    "--leave-running",
-                ]),
-                "dump --leave-running",
-            );
+        Mode::LeaveRunning | Mode::PreCopy => {
+            let mut args = vec![
+                "dump",
+                "-t",
+                &root,
+                "-D",
+                images.as_str(),
+                "--leave-running",
+            ];
+            if mode == Mode::PreCopy {
+                args.extend(["--pre-copy", "auto", "--json"]);
+            }
+            let out = fastcr(&args);
+            assert_success(&out, &args.join(" "));
+            if mode == Mode::PreCopy {
+                let stats = json_line(&String::from_utf8_lossy(&out.stdout), "dump --pre-copy");
+                eprintln!("dump --pre-copy stats: {stats}");
+                assert_eq!(stats["precopy_mode"], "uffd-wp-async", "{stats}");
+                // The root, C1, G and C2: every live process.
+                assert_eq!(stats["precopy_processes"], 4, "{stats}");
+            }
             assert_shape(&pids, &|p| p, me(), "after dump --leave-running");
             wl.assert_running_untraced();
             assert_same_states(
@@ -577,40 +590,11 @@ fn tree_lazy_restore() {
     dump_restore(Mode::Lazy, false);
 }
 
-/// `dump --pre-copy` is refused for a tree before anything is touched: one error line naming
-/// process trees, exit 1; the tree runs on untraced, unchanged, and PASSes.
+/// `dump --pre-copy auto`: each process of the tree has its own tracking and shadow; the
+/// restored tree holds the frozen moment (the pipe sequence has no gap, memory verifies).
 #[test]
-fn tree_refuses_precopy() {
-    let (wl, pids, _guard, before) = spawn_tree();
-    let images = Scratch::new("tree-precopy-img");
-    let out = fastcr(&[
-        "dump",
-        "-t",
-        &wl.pid_arg(),
-        "-D",
-        images.as_str(),
-        "--pre-copy",
-    ]);
-    assert_one_line_error(&out, "dump --pre-copy of a tree");
-    assert_eq!(out.status.code(), Some(1), "dump --pre-copy exit status");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.trim_end().lines().last().unwrap_or_default();
-    eprintln!("dump --pre-copy: {line}");
-    assert!(
-        line.contains("process trees"),
-        "the error should name process trees: {line}"
-    );
-    assert_shape(&pids, &|p| p, me(), "after the refused dump");
-    wl.assert_running_untraced();
-    assert_same_states(
-        &pids,
-        &before,
-        &capture(&pids, &|p| p),
-        "after the refused dump",
-    );
-    wl.terminate_and_verify();
-    assert_tree_gone(&pids, &|p| p, "refused pre-copy");
-    assert_no_stray_children("tree_refuses_precopy");
+fn tree_precopy_restore() {
+    dump_restore(Mode::PreCopy, false);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,6 +17,14 @@
  * - "max": dirty as fast as possible instead (the rate is ignored).
  * - "churn": every ~20 ms, munmap a small region and mmap a new one with a
  *   pattern, and mremap another one to a new place; all are checked at the end.
+ * - "spawn": as the rate mode, and once STATEDIR/spawn exists (a test creates
+ *   it while a pre-copy runs), fork a child and start a thread, then write
+ *   STATEDIR/spawned ("CHILD_PID\n"). The child goes on dirtying its own copy
+ *   of the memory on the same schedule (it writes no STATEDIR file); on
+ *   SIGTERM it verifies its memory and exits 0, or 1 after printing why. The
+ *   thread rewrites pages of a region of its own (T, 1024 pages, with its own
+ *   generations) 16 pages every 2 ms. On SIGTERM the parent stops and joins
+ *   the thread, verifies T, sends SIGTERM to the child and requires exit 0.
  * - STATEDIR/progress, rewritten every tick (every 5 ms in "max" mode, where it
  *   measures the write throughput): "MONOTONIC_NS TOTAL_WRITES".
  * - STATEDIR/layout, written once: "HOT_START HOT_PAGES" (hex address, pages).
@@ -29,7 +37,9 @@
  */
 #include "wl_common.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #define PAGE 4096UL
 #define WORDS (PAGE / 8)
@@ -41,7 +51,7 @@
 #define CHURN_SLOTS 16
 #define MIX_SEED 0xD1B7ULL
 
-enum mode { MODE_RATE, MODE_MAX, MODE_CHURN };
+enum mode { MODE_RATE, MODE_MAX, MODE_CHURN, MODE_SPAWN };
 
 static uint64_t mix[WORDS];
 static uint8_t *region;
@@ -61,6 +71,15 @@ struct slot {
 };
 static struct slot slots[CHURN_SLOTS];
 static uint64_t churn_steps, churn_moves;
+
+#define T_PAGES 1024
+#define T_BATCH 16
+static uint8_t *t_region;
+static uint32_t t_expected[T_PAGES];
+static uint64_t t_writes;
+static pthread_t t_thread;
+static pid_t child = -1;
+static int is_child;
 
 static int64_t mono_ns(void)
 {
@@ -275,6 +294,90 @@ static void verify_memory(void)
 	}
 }
 
+/* The spawned thread: pages of T in turn, each with its next generation. */
+static void *t_loop(void *arg)
+{
+	(void)arg;
+	while (!wl_stop) {
+		for (int i = 0; i < T_BATCH; i++) {
+			size_t p = t_writes % T_PAGES;
+			uint32_t g = t_expected[p] + 1;
+			uint64_t *w = (uint64_t *)(t_region + p * PAGE);
+
+			for (size_t j = 0; j < WORDS; j++)
+				w[j] = ((uint64_t)g << 32 | (0x7000000 + p)) ^ mix[j];
+			t_expected[p] = g;
+			t_writes++;
+		}
+		wl_sleep_ms(BATCH_MS);
+	}
+	return NULL;
+}
+
+static void t_verify(void)
+{
+	uint64_t sum = 0;
+
+	for (size_t p = 0; p < T_PAGES; p++) {
+		const uint64_t *w = (const uint64_t *)(t_region + p * PAGE);
+
+		sum += t_expected[p];
+		for (size_t j = 0; j < WORDS; j++)
+			if (w[j] != (((uint64_t)t_expected[p] << 32 | (0x7000000 + p)) ^ mix[j])) {
+				wl_fail("thread page %zu word %zu holds %llx, generation %u expected", p,
+					j, (unsigned long long)w[j], t_expected[p]);
+				return;
+			}
+	}
+	if (sum != t_writes)
+		wl_fail("thread generations sum to %llu, %llu writes", (unsigned long long)sum,
+			(unsigned long long)t_writes);
+}
+
+/* Forks the child and starts the thread (see "spawn" above). */
+static void spawn(void)
+{
+	char buf[32];
+	int n;
+
+	child = fork();
+	if (child < 0)
+		wl_fail("fork: %s", strerror(errno));
+	if (child == 0) {
+		is_child = 1;
+		return;
+	}
+	t_region = map_anon(T_PAGES * PAGE);
+	if (pthread_create(&t_thread, NULL, t_loop, NULL))
+		wl_fail("pthread_create failed");
+	n = snprintf(buf, sizeof(buf), "%d\n", (int)child);
+	if (wl_write_file("spawned", buf, (size_t)n))
+		wl_fail("cannot write spawned: %s", strerror(errno));
+}
+
+/* The parent's side of the end of "spawn" mode. */
+static void spawn_verify(void)
+{
+	int status = 0;
+
+	if (child <= 0) {
+		wl_fail("spawn mode: nothing was spawned (no STATEDIR/spawn)");
+		return;
+	}
+	pthread_join(t_thread, NULL);
+	t_verify();
+	if (t_writes == 0)
+		wl_fail("the spawned thread never wrote");
+	kill(child, SIGTERM);
+	while (waitpid(child, &status, 0) < 0)
+		if (errno != EINTR) {
+			wl_fail("waitpid(child): %s", strerror(errno));
+			return;
+		}
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		wl_fail("the spawned child ended with status %#x", status);
+}
+
 static void write_progress(void)
 {
 	char buf[64];
@@ -304,6 +407,8 @@ int main(int argc, char **argv)
 		mode = MODE_CHURN;
 	else if (argc > 4 && !strcmp(argv[4], "max"))
 		mode = MODE_MAX;
+	else if (argc > 4 && !strcmp(argv[4], "spawn"))
+		mode = MODE_SPAWN;
 	else if (argc > 4) {
 		fprintf(stderr, "unknown mode %s\n", argv[4]);
 		return 2;
@@ -351,10 +456,17 @@ int main(int argc, char **argv)
 	while (!wl_stop) {
 		int64_t now = mono_ns();
 
-		if (now - last_tick >= TICK_NS) {
+		if (now - last_tick >= TICK_NS && !is_child) {
 			wl_tick();
 			write_progress();
 			last_tick = now;
+			if (mode == MODE_SPAWN && child < 0) {
+				char path[4200];
+
+				wl_path(path, sizeof(path), "spawn");
+				if (access(path, F_OK) == 0)
+					spawn();
+			}
 		}
 		if (mode == MODE_CHURN && now - last_churn >= CHURN_NS) {
 			churn_step();
@@ -386,6 +498,13 @@ int main(int argc, char **argv)
 	}
 
 	verify_memory();
+	if (is_child) {
+		if (wl_failure[0])
+			fprintf(stderr, "wl_dirty child: FAIL: %s\n", wl_failure);
+		_exit(wl_failure[0] ? 1 : 0);
+	}
+	if (mode == MODE_SPAWN)
+		spawn_verify();
 	if (mode == MODE_CHURN)
 		churn_verify();
 	if (mode != MODE_RATE || per_100ms)

@@ -54,7 +54,8 @@ pub struct RoundStat {
     pub hinted_only: bool,
 }
 
-/// What the running phase produced.
+/// One process's pre-copy: its tracking session, the newest copies of its pages, and what the
+/// rounds found.
 pub struct PreCopy {
     /// The tracking session, still active.
     pub tracker: WriteTracker,
@@ -62,17 +63,19 @@ pub struct PreCopy {
     pub shadow: Shadow,
     /// Per-round figures.
     pub rounds: Vec<RoundStat>,
-    /// Pages written per second, from the last round.
+    /// Pages written per second, from the last full round.
     pub dirty_rate: f64,
     /// Hot pages not copied yet: the final pass copies them whatever the last scan says.
     pub deferred: Vec<(u64, u64)>,
-    /// The page selection of the tracked VMAs, taken after the last round; see [`preselect`].
+    /// The page selection of the tracked VMAs, taken in round 0; see [`preselect`].
     preselected: Option<Preselection>,
+    heat: Heat,
+    last_harvest: Instant,
 }
 
-/// Which pages of the tracked ranges were worth saving just after the last harvest.
+/// Which pages of the tracked ranges were worth saving, kept up to date by every round.
 struct Preselection {
-    /// The tracked ranges at that moment.
+    /// The tracked ranges when it was taken.
     tracked: Vec<(u64, u64)>,
     /// The selected pages, sorted and merged.
     pages: Vec<(u64, u64)>,
@@ -109,111 +112,179 @@ impl Heat {
 /// attached), pages written round after round are deferred to the final pass, and the full
 /// rounds are followed by short closing rounds that scan and copy only what the hints name,
 /// so the freeze follows a round of a millisecond or so instead of a walk of all memory.
+/// With `layout` (the process's VMAs, watched by BPF for changes) round 0 also selects the
+/// pages, so the freeze need not.
 pub fn run(
     pid: i32,
     rounds: Rounds,
     mut hints: Option<&mut TaskTracker>,
     layout: Option<&[Vma]>,
 ) -> Result<PreCopy, TrackError> {
-    let mut tracker = WriteTracker::start(pid)?;
-    let mut shadow = Shadow::new();
-    let mut stats: Vec<RoundStat> = Vec::new();
-    let limit = match rounds {
-        Rounds::Fixed(n) => n.max(1),
-        Rounds::Auto => AUTO_MAX_ROUNDS,
-    };
-    let mut last_harvest = Instant::now();
-    let mut dirty_rate = 0.0;
-    let mut heat = Heat::default();
-    let mut deferred: Vec<(u64, u64)> = Vec::new();
-    let mut preselected: Option<Preselection> = None;
+    let mut pc = PreCopy::start(pid)?;
+    let limit = rounds.limit();
     for round in 0..limit {
-        let t = Instant::now();
-        // Hints first, then the scan: what BPF saw is then always inside what the scan reports.
-        let hinted: Vec<u64> = match hints.as_deref_mut() {
-            Some(bpf) => match bpf.drain_dirty() {
-                Ok(h) => h
-                    .iter()
-                    .filter(|h| h.tgid == pid as u32)
-                    .map(|h| h.page)
-                    .collect(),
-                Err(e) => {
-                    tracing::info!(error = %e, "BPF hints unavailable; scheduling from scans alone");
-                    hints = None;
-                    Vec::new()
+        let hinted = drain_hints(&mut hints);
+        let last = round + 1 == limit;
+        pc.full_round(hinted.get(&pid).map_or(&[], Vec::as_slice), last, layout)?;
+        if rounds == Rounds::Auto && auto_converged(&pc.rounds) {
+            break;
+        }
+    }
+    if let Some(bpf) = hints {
+        let mut last = u64::MAX;
+        for _ in 0..CLOSING_ROUNDS {
+            let Ok(all) = bpf.drain_dirty() else {
+                break;
+            };
+            let hinted: Vec<u64> = all
+                .iter()
+                .filter(|h| h.tgid == pid as u32)
+                .map(|h| h.page)
+                .collect();
+            let pages = pc.closing_round(&hinted)?;
+            if pages <= CLOSING_DONE || pages >= last {
+                break;
+            }
+            last = pages;
+        }
+    }
+    Ok(pc)
+}
+
+/// The hinted pages of every process since the last drain; none once the hints fail (the
+/// rounds then go on from the scans alone).
+pub fn drain_hints(hints: &mut Option<&mut TaskTracker>) -> HashMap<i32, Vec<u64>> {
+    let mut out: HashMap<i32, Vec<u64>> = HashMap::new();
+    if let Some(bpf) = hints.as_deref_mut() {
+        match bpf.drain_dirty() {
+            Ok(all) => {
+                for h in all {
+                    out.entry(h.tgid as i32).or_default().push(h.page);
                 }
-            },
-            None => Vec::new(),
-        };
-        let hot = heat.round(&hinted);
-        let dirty = tracker.harvest()?;
-        let since = last_harvest.elapsed();
-        last_harvest = Instant::now();
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "BPF hints unavailable; scheduling from scans alone");
+                *hints = None;
+            }
+        }
+    }
+    out
+}
+
+impl Rounds {
+    /// Full rounds at most.
+    pub fn limit(self) -> u32 {
+        match self {
+            Rounds::Fixed(n) => n.max(1),
+            Rounds::Auto => AUTO_MAX_ROUNDS,
+        }
+    }
+}
+
+impl PreCopy {
+    /// Starts tracking `pid`; nothing is copied yet.
+    pub fn start(pid: i32) -> Result<Self, TrackError> {
+        Ok(Self {
+            tracker: WriteTracker::start(pid)?,
+            shadow: Shadow::new(),
+            rounds: Vec::new(),
+            dirty_rate: 0.0,
+            deferred: Vec::new(),
+            preselected: None,
+            heat: Heat::default(),
+            last_harvest: Instant::now(),
+        })
+    }
+
+    /// One full round: harvest every tracked VMA (the first time: every populated page) and
+    /// copy what was written, hot pages left for later unless this is the `last` round.
+    /// `hinted` must be drained before the harvest, so it is inside what the harvest reports.
+    pub fn full_round(
+        &mut self,
+        hinted: &[u64],
+        last: bool,
+        layout: Option<&[Vma]>,
+    ) -> Result<(), TrackError> {
+        let pid = self.tracker.pid();
+        let t = Instant::now();
+        let first = self.rounds.is_empty();
+        let hot = self.heat.round(hinted);
+        let dirty = self.tracker.harvest()?;
+        let since = self.last_harvest.elapsed();
+        self.last_harvest = Instant::now();
         let pages = pages_in(&dirty);
-        if round > 0 && since.as_secs_f64() > 0.0 {
-            dirty_rate = pages as f64 / since.as_secs_f64();
+        if !first && since.as_secs_f64() > 0.0 {
+            self.dirty_rate = pages as f64 / since.as_secs_f64();
         }
         let dirty = normalize(dirty);
-        if let Some(pre) = preselected.as_mut() {
-            let mut pages = std::mem::take(&mut pre.pages);
-            pages.extend_from_slice(&dirty);
-            pre.pages = normalize(pages);
-        }
-        let (copy, defer) = if round + 1 < limit {
-            (subtract(&dirty, &hot), intersect(&dirty, &hot))
+        self.add_to_selection(&dirty);
+        let (copy, defer) = if last {
+            (dirty, Vec::new())
         } else {
-            (dirty.clone(), Vec::new())
+            (subtract(&dirty, &hot), intersect(&dirty, &hot))
         };
-        shadow
-            .copy_from(pid, &copy)
-            .map_err(|source| TrackError::Syscall {
-                pid,
-                step: "copy of dirty pages",
-                source,
-            })?;
-        // Merged now, while the process runs, so the final pass does not sort every range
-        // ever copied.
-        shadow.covered();
-        if round == 0
-            && let Some(vmas) = layout
-        {
-            preselected = preselect(pid, &tracker, vmas)
+        self.copy(&copy, "copy of dirty pages")?;
+        if first && let Some(vmas) = layout {
+            self.preselected = preselect(pid, &self.tracker, vmas)
                 .inspect_err(|e| tracing::debug!(error = %e, "no preselection"))
                 .ok();
         }
         // A page copied now is fresh; one deferred now waits for the final pass.
-        let mut all = subtract(&deferred, &copy);
+        let mut all = subtract(&self.deferred, &copy);
         all.extend_from_slice(&defer);
-        deferred = normalize(all);
-        stats.push(RoundStat {
+        self.deferred = normalize(all);
+        self.rounds.push(RoundStat {
             pages,
             deferred: pages_in(&defer),
             hinted: hinted.len() as u64,
             time_us: micros(t.elapsed()),
             hinted_only: false,
         });
-        if rounds == Rounds::Auto && auto_converged(&stats) {
-            break;
+        Ok(())
+    }
+
+    /// A closing round: scans (and write-protects again) only the ranges the hints name, and
+    /// copies what the scan confirms written. Exact for the same reason a full round is: a
+    /// written page the hints missed stays marked written, so the final scan still reports it.
+    /// Returns the pages copied.
+    pub fn closing_round(&mut self, hinted: &[u64]) -> Result<u64, TrackError> {
+        let t = Instant::now();
+        let tracked = normalize(self.tracker.tracked().to_vec());
+        let ranges = intersect(&hint_ranges(hinted), &tracked);
+        let written = normalize(self.tracker.scan_ranges(&ranges)?);
+        self.copy(&written, "copy of hinted pages")?;
+        self.add_to_selection(&written);
+        self.deferred = subtract(&self.deferred, &written);
+        let pages = pages_in(&written);
+        self.rounds.push(RoundStat {
+            pages,
+            deferred: 0,
+            hinted: hinted.len() as u64,
+            time_us: micros(t.elapsed()),
+            hinted_only: true,
+        });
+        Ok(pages)
+    }
+
+    fn copy(&mut self, ranges: &[(u64, u64)], step: &'static str) -> Result<(), TrackError> {
+        let pid = self.tracker.pid();
+        self.shadow
+            .copy_from(pid, ranges)
+            .map_err(|source| TrackError::Syscall { pid, step, source })?;
+        // Merged now, while the process runs, so the final pass does not sort every range
+        // ever copied.
+        self.shadow.covered();
+        Ok(())
+    }
+
+    /// Pages written are present (or were): they join the preselection.
+    fn add_to_selection(&mut self, written: &[(u64, u64)]) {
+        if let Some(pre) = self.preselected.as_mut() {
+            let mut pages = std::mem::take(&mut pre.pages);
+            pages.extend_from_slice(written);
+            pre.pages = normalize(pages);
         }
     }
-    if let Some(bpf) = hints {
-        let mut run = Closing {
-            pid,
-            tracker: &mut tracker,
-            shadow: &mut shadow,
-            deferred: &mut deferred,
-            preselected: &mut preselected,
-        };
-        run.rounds(bpf, &mut stats)?;
-    }
-    Ok(PreCopy {
-        tracker,
-        shadow,
-        rounds: stats,
-        dirty_rate,
-        deferred,
-        preselected,
-    })
 }
 
 /// Selects the pages of the tracked VMAs while the process still runs, so the final pass does
@@ -289,79 +360,11 @@ fn select_at_freeze(
 }
 
 /// Closing rounds at most.
-const CLOSING_ROUNDS: usize = 4;
+pub const CLOSING_ROUNDS: usize = 4;
 /// A closing round that copies at most this many pages is the last one.
-const CLOSING_DONE: u64 = 32;
+pub const CLOSING_DONE: u64 = 32;
 /// Hinted pages this close are scanned as one range (one ioctl instead of several).
 const HINT_GAP_PAGES: u64 = 32;
-
-/// The state the closing rounds work on.
-struct Closing<'a> {
-    pid: i32,
-    tracker: &'a mut WriteTracker,
-    shadow: &'a mut Shadow,
-    deferred: &'a mut Vec<(u64, u64)>,
-    preselected: &'a mut Option<Preselection>,
-}
-
-impl Closing<'_> {
-    /// Rounds that scan (and write-protect again) only the ranges the hints name, and copy
-    /// what the scan confirms written. Exact for the same reason a full round is: a written
-    /// page the hints missed stays marked written, so the final scan still reports it.
-    fn rounds(
-        &mut self,
-        bpf: &mut TaskTracker,
-        stats: &mut Vec<RoundStat>,
-    ) -> Result<(), TrackError> {
-        let mut last = u64::MAX;
-        for _ in 0..CLOSING_ROUNDS {
-            let t = Instant::now();
-            let hinted: Vec<u64> = match bpf.drain_dirty() {
-                Ok(h) => h
-                    .iter()
-                    .filter(|h| h.tgid == self.pid as u32)
-                    .map(|h| h.page)
-                    .collect(),
-                Err(e) => {
-                    tracing::info!(error = %e, "BPF hints unavailable; no closing rounds");
-                    return Ok(());
-                }
-            };
-            let ranges = intersect(
-                &hint_ranges(&hinted),
-                &normalize(self.tracker.tracked().to_vec()),
-            );
-            let written = normalize(self.tracker.scan_ranges(&ranges)?);
-            self.shadow
-                .copy_from(self.pid, &written)
-                .map_err(|source| TrackError::Syscall {
-                    pid: self.pid,
-                    step: "copy of hinted pages",
-                    source,
-                })?;
-            self.shadow.covered();
-            if let Some(pre) = self.preselected.as_mut() {
-                let mut pages = std::mem::take(&mut pre.pages);
-                pages.extend_from_slice(&written);
-                pre.pages = normalize(pages);
-            }
-            *self.deferred = subtract(self.deferred, &written);
-            let pages = pages_in(&written);
-            stats.push(RoundStat {
-                pages,
-                deferred: 0,
-                hinted: hinted.len() as u64,
-                time_us: micros(t.elapsed()),
-                hinted_only: true,
-            });
-            if pages <= CLOSING_DONE || pages >= last {
-                break;
-            }
-            last = pages;
-        }
-        Ok(())
-    }
-}
 
 /// Sorted hinted pages as ranges, pages at most [`HINT_GAP_PAGES`] apart joined.
 fn hint_ranges(pages: &[u64]) -> Vec<(u64, u64)> {
@@ -381,7 +384,7 @@ fn hint_ranges(pages: &[u64]) -> Vec<(u64, u64)> {
 /// longer shrinks by a fifth from one round to the next. Round 0 is the full copy, and what
 /// round 1 finds is only how much was written while that copy ran, so the trend is judged
 /// from round 2 on.
-fn auto_converged(stats: &[RoundStat]) -> bool {
+pub fn auto_converged(stats: &[RoundStat]) -> bool {
     let Some(last) = stats.last() else {
         return false;
     };

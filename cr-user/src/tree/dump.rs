@@ -1,6 +1,7 @@
 //! Dump of a whole process tree: every live process frozen (parents first, until no new one
 //! appears), each saved like a single process, pipes between them saved once, zombies recorded
-//! with their exit status. Memory is copied with the tree stopped (no pre-copy for trees yet).
+//! with their exit status. Memory is copied with the tree stopped, or mostly before the freeze
+//! with `--pre-copy` (see `precopy.rs`).
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,7 @@ use crate::image::pagemap::PagemapImage;
 use crate::image::{ImageDir, Kind};
 use crate::proc;
 use crate::stats::{DumpStats, micros};
+use crate::track::precopy::{self, PreCopy};
 
 /// Everything saved of one process.
 struct Saved {
@@ -63,11 +65,21 @@ fn freeze_all(root: i32) -> Result<(Vec<FrozenProcess>, crate::image::tree::Tree
     }
 }
 
+/// Figures of the final passes of the pre-copied processes.
+#[derive(Default)]
+struct Final {
+    scan_us: u64,
+    residual_pages: u64,
+    bulk: bool,
+}
+
 fn save(
     f: &FrozenProcess,
     shell_job: bool,
     lazy: bool,
     pipes: &crate::files::TreePipes,
+    precopied: Option<&mut PreCopy>,
+    fin: &mut Final,
 ) -> Result<Saved, DumpError> {
     let pid = f.main().pid();
     let stat = proc::stat::stat(pid)?;
@@ -79,11 +91,25 @@ fn save(
     let (vmas, files) = dump_layout_files(pid, &smaps, status.umask, shell_job, None, pipes)?;
     let (mm, core, threads) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
     let mut buf = Vec::new();
-    let pagemap = if lazy {
-        let keep = crate::lazy::register::kernel_written(&core, &threads);
-        crate::dump::lazy_pagemap(pid, &mm.vmas, &keep, &mut buf)?.0
-    } else {
-        crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?.pagemap
+    let (pagemap, pages) = match precopied {
+        Some(pc) => {
+            // The layout was not watched per process: pages are selected in the freeze.
+            let (pagemap, _, pass) = precopy::finish(pc, &mm.vmas, false)?;
+            fin.scan_us += pass.final_scan_us;
+            fin.residual_pages += pass.residual_pages;
+            fin.bulk |= pass.bulk;
+            (pagemap, Pages::Shadow(std::mem::take(&mut pc.shadow)))
+        }
+        None if lazy => {
+            let keep = crate::lazy::register::kernel_written(&core, &threads);
+            let pagemap = crate::dump::lazy_pagemap(pid, &mm.vmas, &keep, &mut buf)?.0;
+            (pagemap, Pages::Buffer(buf))
+        }
+        None => {
+            let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
+            fin.residual_pages += d.pagemap.total_pages();
+            (d.pagemap, Pages::Buffer(buf))
+        }
     };
     Ok(Saved {
         pid,
@@ -92,20 +118,24 @@ fn save(
         files,
         mm,
         pagemap,
-        pages: Pages::Buffer(buf),
+        pages,
     })
 }
 
 /// Dumps the tree rooted at `opts.pid` into `opts.dir`.
+///
+/// `seed` is the pre-copy of the root made before it turned out to have children: the rounds
+/// go on from it.
 pub(crate) fn dump(
     opts: &DumpOptions,
     after: After,
+    seed: Option<PreCopy>,
 ) -> Result<(DumpStats, Option<FrozenTree>), DumpError> {
     let root = opts.pid;
-    if opts.pre_copy.is_some() || opts.prev_images_dir.is_some() || opts.track_mem {
+    if opts.prev_images_dir.is_some() || opts.track_mem {
         return Err(DumpError::Unsupported {
             pid: root,
-            what: "it has child processes; --pre-copy, --prev-images-dir and --track-mem are not supported for process trees yet".into(),
+            what: "it has child processes; --prev-images-dir and --track-mem are not supported for process trees yet".into(),
         });
     }
     let dir = prepare_dir(&opts.dir)?;
@@ -118,6 +148,34 @@ pub(crate) fn dump(
         task_tracking: if tracker.is_some() { "bpf" } else { "proc" }.into(),
         precopy_mode: "off".into(),
         ..Default::default()
+    };
+    let mut precopied = match opts.pre_copy {
+        None => None,
+        Some(_) if opts.no_wp_async => {
+            stats.precopy_mode =
+                "stop-the-world (userfaultfd write-protect disabled by --no-wp-async)".into();
+            None
+        }
+        Some(rounds) => {
+            let t = Instant::now();
+            let hinting = tracker.as_mut().is_some_and(|t| t.watch_memory().is_ok());
+            let hints = if hinting { tracker.as_mut() } else { None };
+            match super::precopy::run(root, rounds, hints, seed) {
+                Ok(pc) => {
+                    stats.precopy_processes = pc.sessions.len() as u32;
+                    stats.precopy_time_us = micros(t.elapsed());
+                    stats.rounds = pc.rounds.clone();
+                    stats.dirty_rate_pages_per_s = pc.dirty_rate;
+                    stats.precopy_mode = "uffd-wp-async".into();
+                    Some(pc)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pre-copy unavailable; copying with the tree stopped");
+                    stats.precopy_mode = format!("stop-the-world ({})", crate::error_chain(&e));
+                    None
+                }
+            }
+        }
     };
     let t_freeze = Instant::now();
     let (frozen, tree) = freeze_all(root)?;
@@ -133,13 +191,28 @@ pub(crate) fn dump(
     let t = Instant::now();
     let pipes = crate::files::tree_pipes(&live)?;
     let mut saved = Vec::with_capacity(frozen.len());
+    let mut fin = Final::default();
     for f in &frozen {
-        saved.push(save(f, opts.shell_job, opts.lazy_pages, &pipes)?);
+        let pc = precopied
+            .as_mut()
+            .and_then(|p| p.sessions.get_mut(&f.main().pid()));
+        saved.push(save(
+            f,
+            opts.shell_job,
+            opts.lazy_pages,
+            &pipes,
+            pc,
+            &mut fin,
+        )?);
     }
     stats.memdump_time_us = micros(t.elapsed());
+    stats.frozen_steps.final_scan_us = fin.scan_us;
+    if fin.bulk {
+        stats.precopy_mode = "uffd-wp-async (did not converge: final copy in bulk)".into();
+    }
     stats.pages_scanned = saved.iter().map(|s| s.pagemap.total_pages()).sum();
-    stats.residual_pages = stats.pages_scanned;
-    stats.pages_written = stats.pages_scanned;
+    stats.residual_pages = fin.residual_pages;
+    stats.pages_written = saved.iter().map(|s| s.pagemap.stored_pages()).sum();
     let frozen = FrozenTree::new(frozen);
     let still_frozen = if matches!(after, After::Thaw) {
         frozen.thaw()?;
@@ -148,6 +221,8 @@ pub(crate) fn dump(
     } else {
         Some(frozen)
     };
+    // After the thaw: closing a userfaultfd walks its whole range (see `dump_with`).
+    drop(precopied);
     let t_write = Instant::now();
     write(&dir, &mut saved, &tree, root, opts.shell_job)?;
     stats.memwrite_time_us = micros(t_write.elapsed());

@@ -3,6 +3,7 @@
 //! process groups before each one is rebuilt by transplant.
 
 pub mod dump;
+pub mod precopy;
 pub mod restore;
 
 use crate::image::tree::{TreeImage, TreeProc};

@@ -1,0 +1,145 @@
+//! Pre-copy of a whole tree: every live process has its own tracking session and shadow, and
+//! the rounds go over the tree as it is at each round. A child forked during the rounds is
+//! tracked from the next round on (its round 0 copies all of it while it runs); one forked
+//! after the last round, or one whose tracking broke (it called `execve`), is copied whole in
+//! the freeze. A process that exited is forgotten.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use crate::bpf::TaskTracker;
+use crate::proc::ProcError;
+use crate::stats::micros;
+use crate::track::TrackError;
+use crate::track::precopy::{
+    self, CLOSING_DONE, CLOSING_ROUNDS, PreCopy, RoundStat, Rounds, auto_converged,
+};
+
+/// What the rounds over a tree produced.
+pub struct TreePreCopy {
+    /// One session per process still tracked, by pid.
+    pub sessions: BTreeMap<i32, PreCopy>,
+    /// Per-round figures summed over the tree (time is the round's wall time).
+    pub rounds: Vec<RoundStat>,
+    /// Pages written per second over the tree, from the last full round.
+    pub dirty_rate: f64,
+}
+
+/// Runs the copy rounds over the tree rooted at `root` while it runs.
+/// `seed`, the root's pre-copy made before it forked, is carried on.
+pub fn run(
+    root: i32,
+    rounds: Rounds,
+    mut hints: Option<&mut TaskTracker>,
+    seed: Option<PreCopy>,
+) -> Result<TreePreCopy, TrackError> {
+    let mut sessions: BTreeMap<i32, PreCopy> = seed.map(|pc| (root, pc)).into_iter().collect();
+    // The seed's rounds are the first of the story.
+    let mut stats: Vec<RoundStat> = sessions
+        .get(&root)
+        .map(|pc| pc.rounds.clone())
+        .unwrap_or_default();
+    let limit = rounds.limit();
+    for round in 0..limit {
+        let t = Instant::now();
+        let live = live(root)?;
+        sessions.retain(|pid, _| live.contains(pid));
+        let hinted = precopy::drain_hints(&mut hints);
+        let last = round + 1 == limit;
+        let mut sum = RoundStat::default();
+        for &pid in &live {
+            let pc = match sessions.entry(pid) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => match PreCopy::start(pid) {
+                    Ok(pc) => v.insert(pc),
+                    Err(_) if !alive(pid) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            let before = pc.rounds.len();
+            let mine = hinted.get(&pid).map_or(&[][..], Vec::as_slice);
+            if let Err(e) = pc.full_round(mine, last, None) {
+                // It exited, or its tracking broke (execve): copied whole in the freeze, or
+                // tracked afresh next round.
+                tracing::debug!(pid, error = %e, "tracking dropped");
+                sessions.remove(&pid);
+                continue;
+            }
+            add(&mut sum, &pc.rounds[before..]);
+        }
+        sum.time_us = micros(t.elapsed());
+        stats.push(sum);
+        if rounds == Rounds::Auto && auto_converged(&stats) {
+            break;
+        }
+    }
+    if let Some(bpf) = hints {
+        let mut last = u64::MAX;
+        for _ in 0..CLOSING_ROUNDS {
+            let t = Instant::now();
+            let Ok(all) = bpf.drain_dirty() else {
+                break;
+            };
+            let mut hinted: HashMap<i32, Vec<u64>> = HashMap::new();
+            for h in all {
+                hinted.entry(h.tgid as i32).or_default().push(h.page);
+            }
+            let mut sum = RoundStat {
+                hinted_only: true,
+                ..RoundStat::default()
+            };
+            for (pid, pc) in sessions.iter_mut() {
+                let mine = hinted.get(pid).map_or(&[][..], Vec::as_slice);
+                let before = pc.rounds.len();
+                pc.closing_round(mine)?;
+                add(&mut sum, &pc.rounds[before..]);
+            }
+            sum.time_us = micros(t.elapsed());
+            let pages = sum.pages;
+            stats.push(sum);
+            if pages <= CLOSING_DONE || pages >= last {
+                break;
+            }
+            last = pages;
+        }
+    }
+    let dirty_rate = sessions.values().map(|pc| pc.dirty_rate).sum();
+    Ok(TreePreCopy {
+        sessions,
+        rounds: stats,
+        dirty_rate,
+    })
+}
+
+fn add(sum: &mut RoundStat, rounds: &[RoundStat]) {
+    for r in rounds {
+        sum.pages += r.pages;
+        sum.deferred += r.deferred;
+        sum.hinted += r.hinted;
+    }
+}
+
+/// The live (not zombie) processes of the tree. Listing races with exits; it is tried again.
+fn live(root: i32) -> Result<Vec<i32>, ProcError> {
+    let mut tries = 0;
+    loop {
+        match super::collect(root) {
+            Ok(tree) => {
+                return Ok(tree
+                    .procs
+                    .iter()
+                    .filter(|p| p.zombie.is_none())
+                    .map(|p| p.pid)
+                    .collect());
+            }
+            Err(_) if tries < 3 && alive(root) => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `pid` still exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    crate::proc::stat::stat(pid).is_ok_and(|s| s.state != 'Z')
+}
