@@ -4,7 +4,7 @@
 //!
 //! - `stw_frozen/<size>` and `precopy_frozen/<size>`, parameter the dirty rate: `frozen_time_us`
 //!   of one dump of `wl_dirty SIZE_MIB PERMILLE`, which dirties 0.1 %, 1 % or 10 % of its pages
-//!   every 100 ms (4 GiB: 1 % only). For each (size, rate) one workload is started, the
+//!   every 100 ms. For each (size, rate) one workload is started, the
 //!   baseline is measured, then the pre-copy; the workload then verifies its memory and must pass.
 //! - `write_cost_1000_pages/untracked` and `write_cost_1000_pages/tracked`, parameter the size:
 //!   the time `wl_dirty SIZE_MIB 0 max` takes to dirty 1000 pages (so ms in the table are µs per

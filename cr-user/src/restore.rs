@@ -317,10 +317,12 @@ pub fn finish_lazy(
         return Ok(None);
     }
     let placer = crate::lazy::Placer::new(std::mem::take(&mut r.lazy));
-    let served = crate::lazy::serve(placer, feed).and_then(|stats| {
+    let served = crate::lazy::serve(placer, feed).and_then(|(stats, stragglers)| {
         for &(here, kept) in &r.lazy_release {
             crate::lazy::register::release(here, kept)?;
         }
+        // Released: no process holds a userfaultfd copy any more.
+        drop(stragglers);
         Ok(stats)
     });
     match served {

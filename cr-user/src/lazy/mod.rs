@@ -13,6 +13,7 @@
 pub mod local;
 pub mod pageset;
 pub mod register;
+pub mod stragglers;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -24,6 +25,7 @@ use crate::sys::uffd;
 use crate::sys::uffd_lazy::{self, Event, PAGEFAULT_FLAG_WRITE, Placed};
 use crate::sys::{PAGE_SIZE, SyscallError};
 use crate::track::ranges;
+pub use stragglers::Stragglers;
 pub use pageset::PageSet;
 
 /// Why lazy restore failed. The restored tree is killed by the caller.
@@ -352,7 +354,8 @@ impl Placer {
         }
     }
 
-    fn finish(mut self, t0: Instant) -> LazyStats {
+    /// The figures, and the userfaultfds of the spaces still live (for [`Stragglers`]).
+    fn finish(mut self, t0: Instant) -> (LazyStats, Vec<OwnedFd>) {
         self.latencies_us.sort_unstable();
         let pct = |p: usize| {
             self.latencies_us
@@ -363,7 +366,13 @@ impl Placer {
         self.stats.fault_p50_us = pct(50);
         self.stats.fault_p99_us = pct(99);
         self.stats.time_to_all_pages_us = micros(t0.elapsed());
-        self.stats
+        let live = self
+            .spaces
+            .into_iter()
+            .filter(|s| s.live)
+            .map(|s| s.uffd)
+            .collect();
+        (self.stats, live)
     }
 }
 
@@ -388,8 +397,12 @@ pub trait Feed {
 }
 
 /// Serves faults and fills pages until every space has all its pages (or its process is
-/// gone). Dropping the placer afterwards closes the userfaultfds, which unregisters the ranges.
-pub fn serve(mut placer: Placer, feed: &mut dyn Feed) -> Result<LazyStats, LazyError> {
+/// gone), then unregisters every range. The returned [`Stragglers`] reads late events until
+/// it is dropped, which the caller does once the processes are released.
+pub fn serve(
+    mut placer: Placer,
+    feed: &mut dyn Feed,
+) -> Result<(LazyStats, Stragglers), LazyError> {
     let t0 = Instant::now();
     loop {
         placer.read_all_events()?;
@@ -432,5 +445,6 @@ pub fn serve(mut placer: Placer, feed: &mut dyn Feed) -> Result<LazyStats, LazyE
         }
     }
     placer.unregister_all()?;
-    Ok(placer.finish(t0))
+    let (stats, live) = placer.finish(t0);
+    Ok((stats, Stragglers::start(live)))
 }
