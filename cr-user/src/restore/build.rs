@@ -70,9 +70,18 @@ pub(super) fn build<'a>(
     crate::core::restore_signals(&inj, &p.core)?;
     let main = p.core.main_thread();
     crate::core::restore_task_links(&inj, &main)?;
-    let threads = crate::core::threads::create(&inj, &p.threads, &p.core.creds)?;
-    crate::core::restore_creds(&inj, &p.core.creds)?;
+    let sig = p.sigstate.as_ref();
+    if let Some(s) = sig {
+        crate::core::sigstate::restore_early(&inj, s)?;
+    }
+    let threads = crate::core::threads::create(&inj, pid, &p.threads, &p.core.creds, sig)?;
+    crate::core::restore_creds(&inj, &p.core.creds, sig.map(|s| &s.caps))?;
     crate::core::restore_timers(&inj, &p.core)?;
+    if let Some(s) = sig {
+        // Signals are queued while everything is still blocked; the dumped mask comes with
+        // the registers at the end.
+        crate::core::sigstate::restore_late(&inj, pid, s)?;
+    }
     if let (Some((uffd, _)), Some(plan)) = (&uffd, lazy) {
         crate::lazy::register::register(uffd, here, plan)?;
     }

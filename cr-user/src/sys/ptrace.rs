@@ -313,3 +313,41 @@ pub fn get_rseq(pid: i32) -> Result<RseqConfig, SyscallError> {
         sig: raw.sig,
     })
 }
+
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+/// Size of the kernel's `siginfo_t`.
+pub const SIGINFO_LEN: usize = 128;
+
+/// The queued (pending) signals of a stopped tracee, oldest first, as raw `siginfo_t`: its own
+/// queue, or with `shared` its process's. Reading does not dequeue anything.
+pub fn peek_siginfo(pid: i32, shared: bool) -> Result<Vec<[u8; SIGINFO_LEN]>, SyscallError> {
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const BATCH: usize = 32;
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [[0u8; SIGINFO_LEN]; BATCH];
+        let mut args = Args {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: BATCH as i32,
+        };
+        let n = ptrace_raw(
+            PTRACE_PEEKSIGINFO,
+            pid,
+            (&raw mut args) as u64,
+            buf.as_mut_ptr() as u64,
+            "ptrace(PTRACE_PEEKSIGINFO)",
+        )?;
+        let n = usize::try_from(n).unwrap_or(0).min(BATCH);
+        out.extend_from_slice(&buf[..n]);
+        if n < BATCH {
+            return Ok(out);
+        }
+    }
+}
