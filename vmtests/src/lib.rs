@@ -58,6 +58,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_lazy",
     "wl_threads",
     "wl_tree",
+    "wl_sigstate",
 ];
 
 /// The cargo workspace root.

@@ -268,7 +268,8 @@ fn restore_posix_timers(inj: &Injector, tgid: i32, s: &SigStateImage) -> Result<
             errno: (-ret) as i32,
         });
     }
-    for t in &s.timers {
+    // /proc lists the newest timer first: creating them oldest first lists them as before.
+    for t in s.timers.iter().rev() {
         // struct sigevent: sigev_value, sigev_signo, sigev_notify, then the union whose first
         // member is the thread id of SIGEV_THREAD_ID.
         let mut sev = [0u64; 8];
