@@ -163,7 +163,7 @@ pub(crate) fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Sta
             tgid: status.tgid,
         });
     }
-    // Refused before the freeze too: pre-copy injects syscalls into the running process.
+    // Strict mode is refused before the freeze.
     crate::core::sigstate::check_seccomp(pid)?;
     Ok((stat, status))
 }
@@ -660,7 +660,10 @@ pub(crate) fn dump_cpu(
 > {
     let pid = frozen.main().pid();
     // Before any injection: a filter could kill the process for a syscall fastcr injects.
-    crate::core::sigstate::check_seccomp(pid)?;
+    let filtered = crate::core::sigstate::check_seccomp(pid)?;
+    if filtered {
+        frozen.suspend_seccomp()?;
+    }
     frozen.block_signals()?;
     let ip = crate::inject::vdso_syscall_ip(pid, smaps)?;
     let mut inj = Injector::new(Remote::new(pid, *frozen.main().regs(), ip));
@@ -668,7 +671,7 @@ pub(crate) fn dump_cpu(
         let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
         let core = crate::core::dump(frozen.main(), inj, status, stat, comm)?;
         let threads = crate::core::threads::dump(pid, frozen.others(), inj, ip)?;
-        let sigstate = crate::core::sigstate::dump(pid, &frozen.tids(), inj, status)?;
+        let sigstate = crate::core::sigstate::dump(pid, &frozen.tids(), inj, status, filtered)?;
         // The tracking fd a pre-dump left in the process is not the program's: it goes.
         if let Some(fd) = close_fd {
             inj.call(

@@ -4,7 +4,9 @@
 //! - `dump` → reap → `restore -d`;
 //! - `dump --leave-running` → the original keeps running → SIGKILL and reap → `restore -d`;
 //! - `dump --leave-running` → `restore --pidns new -d` while the original still runs;
-//! - a process under a seccomp filter is refused with one error line and keeps running;
+//! - the same with a seccomp filter in both threads (it still refuses its syscall after the
+//!   restore, and each thread has as many filters as before);
+//! - a process in seccomp strict mode is refused with one error line and left as it was;
 //! - a hard limit the restorer cannot raise is restored lower, with a warning naming it;
 //! - an image without `sigstate-<pid>.img` (as older versions wrote) still restores.
 //!
@@ -18,14 +20,17 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
+use std::time::Duration;
 
 use vmtests::migration::NsCopy;
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
-    assert_success, fastcr, fastcr_bin, require_root, run,
+    ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
+    assert_success, fastcr, fastcr_bin, require_root, restored, run, status_field,
 };
 
 const WORKLOAD: &str = "wl_sigstate";
+/// Hang guard for one step: never a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
 /// SIGRTMIN+6 (glibc's SIGRTMIN is 34): timer B's signal, handled, so it may or may not be
 /// pending at any moment.
 const TIMER_B_SIGNAL: u32 = 40;
@@ -41,14 +46,20 @@ struct SigView {
     timers: String,
     /// `/proc/PID/limits`.
     limits: String,
+    /// `Seccomp_filters` of each thread.
+    filters: Vec<String>,
 }
 
-fn hex_field(status: &str, key: &str) -> u64 {
-    let v = status
+fn field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .unwrap_or_else(|| panic!("no {key} in status"))
-        .trim();
+        .trim()
+}
+
+fn hex_field(status: &str, key: &str) -> u64 {
+    let v = field(status, key);
     u64::from_str_radix(v, 16).unwrap_or_else(|e| panic!("{key}: {v}: {e}"))
 }
 
@@ -63,10 +74,12 @@ fn sig_view(pid: i32, strip_ids: bool) -> SigView {
         .collect();
     tids.sort_unstable();
     assert_eq!(tids.len(), 2, "threads of {pid}: {tids:?}");
+    let mut filters = Vec::new();
     for (i, tid) in tids.iter().enumerate() {
         let s =
             fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).expect("read task status");
         pending.insert(format!("SigPnd[{i}]"), hex_field(&s, "SigPnd") & mask);
+        filters.push(field(&s, "Seccomp_filters").to_string());
     }
     let timers = fs::read_to_string(format!("/proc/{pid}/timers")).expect("read timers");
     let timers = if strip_ids {
@@ -90,6 +103,7 @@ fn sig_view(pid: i32, strip_ids: bool) -> SigView {
         pending,
         timers,
         limits,
+        filters,
     }
 }
 
@@ -101,9 +115,9 @@ enum Mode {
     LeaveRunning,
 }
 
-fn dump_and_restore(mode: Mode) {
+fn dump_and_restore(mode: Mode, args: &[&str]) {
     require_root();
-    let mut wl = Workload::spawn(WORKLOAD, &[]);
+    let mut wl = Workload::spawn(WORKLOAD, args);
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let view = sig_view(wl.pid(), false);
@@ -157,12 +171,25 @@ fn dump_and_restore(mode: Mode) {
 
 #[test]
 fn sigstate_dump_restore() {
-    dump_and_restore(Mode::Dump);
+    dump_and_restore(Mode::Dump, &[]);
 }
 
 #[test]
 fn sigstate_leave_running_restore() {
-    dump_and_restore(Mode::LeaveRunning);
+    dump_and_restore(Mode::LeaveRunning, &[]);
+}
+
+/// With a seccomp filter (getpriority fails with EPERM) in both threads: it is saved with
+/// `PTRACE_SECCOMP_GET_FILTER`, and after the restore each thread has as many filters as before
+/// (`Seccomp_filters`) and the workload finds getpriority still refused.
+#[test]
+fn sigstate_seccomp_dump_restore() {
+    dump_and_restore(Mode::Dump, &["seccomp"]);
+}
+
+#[test]
+fn sigstate_seccomp_leave_running_restore() {
+    dump_and_restore(Mode::LeaveRunning, &["seccomp"]);
 }
 
 /// `dump --leave-running`, then `restore --pidns new -d` while the original still runs; the
@@ -170,8 +197,17 @@ fn sigstate_leave_running_restore() {
 /// which is the copy's own inside its namespace).
 #[test]
 fn sigstate_pidns_new() {
+    pidns_new(&[]);
+}
+
+#[test]
+fn sigstate_seccomp_pidns_new() {
+    pidns_new(&["seccomp"]);
+}
+
+fn pidns_new(args: &[&str]) {
     require_root();
-    let mut wl = Workload::spawn(WORKLOAD, &[]);
+    let mut wl = Workload::spawn(WORKLOAD, args);
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let view = sig_view(wl.pid(), true);
@@ -207,29 +243,41 @@ fn sigstate_pidns_new() {
     assert_no_stray_children("sigstate restore --pidns new");
 }
 
-/// A process under a seccomp filter is refused before anything is injected into it: one error
-/// line naming the pid and the filter, no image, and the process runs on (its filter still
-/// works: its own verification checks it).
+/// A thread in seccomp strict mode cannot be restored (nothing could be injected after it):
+/// the dump is refused before the freeze with one error line naming the pid and the mode, and
+/// the process is left running (blocked in `read`, its only way to wait), untraced.
 #[test]
-fn sigstate_seccomp_filter_refused() {
+fn sigstate_seccomp_strict_refused() {
     require_root();
-    let wl = Workload::spawn(WORKLOAD, &["seccomp"]);
-    wl.wait_counter_advances();
-    let images = Scratch::new("sigstate-seccomp-img");
+    let mut wl = Workload::spawn(WORKLOAD, &["strict"]);
+    restored::wait_until("the workload blocks in strict mode", GUARD, || {
+        status_field(wl.pid(), "Seccomp").as_deref() == Some("1")
+            && ProcStat::read(wl.pid()).is_some_and(|s| s.state == 'S')
+    });
+    let images = Scratch::new("sigstate-strict-img");
     let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
-    assert_one_line_error(&out, "dump of a process under a seccomp filter");
+    assert_one_line_error(&out, "dump of a process in seccomp strict mode");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("seccomp filter") && stderr.contains(&wl.pid_arg()),
-        "the error names neither the filter nor the pid: {stderr}"
+        stderr.contains("seccomp strict mode") && stderr.contains(&wl.pid_arg()),
+        "the error names neither strict mode nor the pid: {stderr}"
     );
     assert!(
         !images.join("inventory.img").exists(),
         "a refused dump left an inventory"
     );
-    wl.assert_running_untraced();
-    assert_no_stray_children("refused seccomp dump");
-    wl.terminate_and_verify();
+    let stat = ProcStat::read(wl.pid()).expect("the workload is gone");
+    assert!(
+        !matches!(stat.state, 't' | 'T' | 'Z' | 'X'),
+        "state of the workload after the refusal: {stat:?}"
+    );
+    assert_eq!(
+        status_field(wl.pid(), "TracerPid").as_deref(),
+        Some("0"),
+        "the workload is still traced"
+    );
+    wl.kill_and_reap();
+    assert_no_stray_children("refused strict-mode dump");
 }
 
 /// The restorer runs with a hard RLIMIT_MSGQUEUE below the dumped one and, without

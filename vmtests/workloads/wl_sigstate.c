@@ -19,8 +19,11 @@
  * no_new_privs = 1, CAP_SYS_BOOT out of the bounding set, CAP_NET_RAW out of
  * the effective set, CAP_NET_BIND_SERVICE inheritable and ambient.
  *
- * With "seccomp", a filter is also installed (getpriority fails with EPERM);
- * fastcr must refuse to dump it, and the process must verify as usual.
+ * With "seccomp", a filter is also installed in both threads (getpriority
+ * fails with EPERM), and must still be there after the restore.
+ * With "strict", once ready the main thread enters seccomp strict mode and
+ * blocks in read() for good: only for the test that fastcr refuses it (it
+ * can never report a result; the test kills it).
  *
  * On SIGTERM each thread verifies its own queue (sigtimedwait: signal, code,
  * value, pid, timer id; nothing extra), then main the process-wide part.
@@ -399,6 +402,19 @@ int main(int argc, char **argv)
 	status_lines("/proc/thread-self/status", status_start, sizeof(status_start));
 
 	wl_ready();
+	if (argc > 2 && !strcmp(argv[2], "strict")) {
+		int p[2];
+		char c;
+
+		if (pipe(p))
+			die("pipe");
+		if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0))
+			die("PR_SET_SECCOMP strict");
+		for (;;)
+			if (read(p[0], &c, 1) == 1)
+				break;
+		syscall(SYS_exit, 1);
+	}
 	while (!wl_stop) {
 		wl_sleep_ms(50);
 		wl_tick();

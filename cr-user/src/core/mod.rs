@@ -36,7 +36,7 @@ pub enum CoreError {
     /// `/proc` could not be read.
     #[error(transparent)]
     Proc(#[from] crate::proc::ProcError),
-    /// A thread runs under seccomp, which cannot be restored.
+    /// A thread runs in seccomp strict mode, which cannot be restored.
     #[error(
         "process {pid}: thread {tid} runs under {}, which fastcr cannot restore",
         if *mode == 1 { "seccomp strict mode" } else { "a seccomp filter" }

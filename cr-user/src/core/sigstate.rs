@@ -15,7 +15,8 @@
 use super::CoreError;
 use crate::image::core::Creds;
 use crate::image::sigstate::{
-    Caps, PendingSignal, PosixTimer, Rlimit, SIGEV_THREAD_ID, SigStateImage, ThreadPending,
+    Caps, PendingSignal, PosixTimer, Rlimit, SIGEV_THREAD_ID, SeccompFilter, SigStateImage,
+    ThreadPending, ThreadSeccomp,
 };
 use crate::inject::{Injector, to_bytes, words};
 use crate::proc::status::Status;
@@ -43,6 +44,7 @@ const PR_CAP_AMBIENT_CLEAR_ALL: u64 = 4;
 /// `prctl(PR_TIMER_CREATE_RESTORE_IDS, ON/OFF)` (Linux 6.14 and later).
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 const _LINUX_CAPABILITY_VERSION_3: u64 = 0x2008_0522;
+const SECCOMP_SET_MODE_FILTER: u64 = 1;
 
 const RLIMIT_NAMES: [&str; 16] = [
     "RLIMIT_CPU",
@@ -71,12 +73,14 @@ fn rlimit_name(resource: u32) -> &'static str {
 }
 
 /// Saves the state of the frozen process `pid` whose threads are `tids` (main first). `inj`
-/// runs in the main thread, with the dump's scratch page; every signal is blocked.
+/// runs in the main thread, with the dump's scratch page; every signal is blocked. `filtered`:
+/// some thread has seccomp filters (see [`check_seccomp`]).
 pub fn dump(
     pid: i32,
     tids: &[i32],
     inj: &Injector,
     status: &Status,
+    filtered: bool,
 ) -> Result<SigStateImage, CoreError> {
     let peek = |tid: i32, shared: bool| {
         ptrace::peek_siginfo(tid, shared)
@@ -128,7 +132,30 @@ pub fn dump(
             signal_pending: false,
         });
     }
+    let mut seccomp = Vec::new();
+    if filtered {
+        for &tid in tids {
+            let filters = ptrace::seccomp_filters(tid).map_err(|source| CoreError::Ptrace {
+                tid,
+                step: "read seccomp filters (needs CAP_SYS_ADMIN)",
+                source,
+            })?;
+            if !filters.is_empty() {
+                seccomp.push(ThreadSeccomp {
+                    tid,
+                    filters: filters
+                        .into_iter()
+                        .map(|f| SeccompFilter {
+                            flags: f.flags,
+                            insns: f.insns,
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
     let mut img = SigStateImage {
+        seccomp,
         shared_pending,
         thread_pending,
         timers: Vec::new(),
@@ -168,25 +195,71 @@ pub fn dump(
     Ok(img)
 }
 
-/// Refuses a process under seccomp: any thread of `pid` in strict or filter mode.
-pub fn check_seccomp(pid: i32) -> Result<(), CoreError> {
+/// Refuses a process any thread of which runs in seccomp strict mode; returns whether a
+/// thread has seccomp filters (they are saved, and the injected syscalls must not be filtered:
+/// see [`crate::freeze::FrozenProcess::suspend_seccomp`]).
+pub fn check_seccomp(pid: i32) -> Result<bool, CoreError> {
+    let mut filtered = false;
     for tid in crate::proc::threads(pid)? {
         let text = match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
             Ok(t) => t,
             // The thread exited meanwhile.
             Err(_) => continue,
         };
-        let mode = crate::proc::status::parse_status(&text)?.seccomp;
-        if mode != 0 {
-            return Err(CoreError::Seccomp { pid, tid, mode });
+        match crate::proc::status::parse_status(&text)?.seccomp {
+            0 => {}
+            2 => filtered = true,
+            mode => return Err(CoreError::Seccomp { pid, tid, mode }),
         }
+    }
+    Ok(filtered)
+}
+
+/// Installs `filters` (oldest first) in the thread `inj` runs in. The program goes in a
+/// temporary mapping: it may be larger than the scratch area.
+pub fn install_filters(inj: &Injector, filters: &[SeccompFilter]) -> Result<(), CoreError> {
+    for (i, f) in filters.iter().enumerate() {
+        let len = 16 + 8 * f.insns.len() as u64;
+        let size = len.div_ceil(crate::sys::PAGE_SIZE) * crate::sys::PAGE_SIZE;
+        let buf = inj.call(
+            || "mmap for a seccomp filter".into(),
+            "mmap",
+            libc::SYS_mmap,
+            [
+                0,
+                size,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        // struct sock_fprog { unsigned short len; struct sock_filter *filter; }, then the
+        // instructions.
+        let mut bytes = to_bytes(&[f.insns.len() as u64, buf + 16]);
+        bytes.extend(to_bytes(&f.insns));
+        inj.write_at(buf, &bytes)?;
+        let installed = inj.call(
+            || format!("seccomp(SECCOMP_SET_MODE_FILTER) of filter {i}"),
+            "seccomp",
+            libc::SYS_seccomp,
+            [SECCOMP_SET_MODE_FILTER, f.flags, buf, 0, 0, 0],
+        );
+        inj.call(
+            || "munmap of a seccomp filter".into(),
+            "munmap",
+            libc::SYS_munmap,
+            [buf, size, 0, 0, 0, 0],
+        )?;
+        installed?;
     }
     Ok(())
 }
 
 /// First step of the process-wide part, before its threads are created (they inherit it):
-/// personality and `no_new_privs`.
-pub fn restore_early(inj: &Injector, s: &SigStateImage) -> Result<(), CoreError> {
+/// personality, `no_new_privs`, and the seccomp filters all threads of `tids` (the main one
+/// first) have in common.
+pub fn restore_early(inj: &Injector, tids: &[i32], s: &SigStateImage) -> Result<(), CoreError> {
     inj.call(
         || format!("personality({:#x})", s.personality),
         "personality",
@@ -200,6 +273,10 @@ pub fn restore_early(inj: &Injector, s: &SigStateImage) -> Result<(), CoreError>
             libc::SYS_prctl,
             [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
         )?;
+    }
+    let shared = s.shared_filters(tids);
+    if let Some(&main) = tids.first() {
+        install_filters(inj, s.filters_of(main).get(..shared).unwrap_or_default())?;
     }
     Ok(())
 }
@@ -246,11 +323,22 @@ pub fn queue(
 /// credentials are set: POSIX timers with their ids, the process's pending signals and the main
 /// thread's own, then the resource limits (last: a lowered `RLIMIT_SIGPENDING` would refuse the
 /// queueing). `tgid` is the process's pid as it sees itself.
-pub fn restore_late(inj: &Injector, tgid: i32, s: &SigStateImage) -> Result<(), CoreError> {
+///
+/// Last of all come the main thread's seccomp filters beyond the ones its threads share (those
+/// were installed by [`restore_early`]); the restorer traces with `PTRACE_O_SUSPEND_SECCOMP`, so
+/// they apply from the detach on. `tids` are all the threads, the main one first.
+pub fn restore_late(
+    inj: &Injector,
+    tgid: i32,
+    tids: &[i32],
+    s: &SigStateImage,
+) -> Result<(), CoreError> {
     restore_posix_timers(inj, tgid, s)?;
     queue(inj, tgid, None, &s.shared_pending, s)?;
     queue(inj, tgid, Some(tgid), s.pending_of(tgid), s)?;
-    restore_rlimits(inj, tgid, &s.rlimits)
+    restore_rlimits(inj, tgid, &s.rlimits)?;
+    let shared = s.shared_filters(tids);
+    install_filters(inj, s.filters_of(tgid).get(shared..).unwrap_or_default())
 }
 
 fn restore_posix_timers(inj: &Injector, tgid: i32, s: &SigStateImage) -> Result<(), CoreError> {

@@ -121,6 +121,16 @@ pub fn create<'a>(
         if let Some(s) = sig {
             // The new thread inherited the restorer's mask, which blocks everything.
             super::sigstate::queue(&inj, pid, Some(t.tid), s.pending_of(t.tid), s)?;
+            // Last for this thread: its filters beyond the ones it inherited from the main
+            // thread (the tracer's PTRACE_O_SUSPEND_SECCOMP keeps them off until the detach).
+            let tids: Vec<i32> = std::iter::once(pid)
+                .chain(image.threads.iter().map(|o| o.tid))
+                .collect();
+            let shared = s.shared_filters(&tids);
+            super::sigstate::install_filters(
+                &inj,
+                s.filters_of(t.tid).get(shared..).unwrap_or_default(),
+            )?;
         }
         out.push(Created { tid_here, core: t });
     }

@@ -110,6 +110,27 @@ pub struct Caps {
     pub ambient: u64,
 }
 
+/// One seccomp filter (`SECCOMP_SET_MODE_FILTER`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// `SECCOMP_FILTER_FLAG_*` (the kernel reports `SECCOMP_FILTER_FLAG_LOG` only).
+    pub flags: u64,
+    /// The classic BPF program, one `struct sock_filter` per word.
+    pub insns: Vec<u64>,
+}
+
+/// The seccomp filters of one thread, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSeccomp {
+    /// The thread (the main thread included).
+    pub tid: i32,
+    /// Its filters, oldest first (each applies on top of the ones before).
+    pub filters: Vec<SeccompFilter>,
+}
+
+/// Largest classic BPF program (`BPF_MAXINSNS`).
+pub const SECCOMP_MAX_INSNS: usize = 4096;
+
 /// `sigstate-<pid>.img`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigStateImage {
@@ -127,6 +148,8 @@ pub struct SigStateImage {
     pub no_new_privs: bool,
     /// Capabilities (of the main thread; every thread is given them).
     pub caps: Caps,
+    /// seccomp filters of the threads that have any.
+    pub seccomp: Vec<ThreadSeccomp>,
 }
 
 impl SigStateImage {
@@ -136,6 +159,32 @@ impl SigStateImage {
             .iter()
             .find(|t| t.tid == tid)
             .map_or(&[], |t| &t.signals)
+    }
+
+    /// The seccomp filters of thread `tid`, oldest first.
+    pub fn filters_of(&self, tid: i32) -> &[SeccompFilter] {
+        self.seccomp
+            .iter()
+            .find(|t| t.tid == tid)
+            .map_or(&[], |t| &t.filters)
+    }
+
+    /// How many of the oldest filters every thread of `tids` has in common: the restore installs
+    /// them in the main thread before the other threads are created, so they share them again
+    /// (as after a `SECCOMP_FILTER_FLAG_TSYNC` or a filter set before `pthread_create`).
+    pub fn shared_filters(&self, tids: &[i32]) -> usize {
+        let mut chains = tids.iter().map(|&t| self.filters_of(t));
+        let Some(first) = chains.next() else {
+            return 0;
+        };
+        chains.fold(first.len(), |n, c| {
+            first
+                .iter()
+                .zip(c)
+                .take(n)
+                .take_while(|(a, b)| a == b)
+                .count()
+        })
     }
 
     /// True if the timer `id` had its signal queued at dump.
@@ -174,6 +223,20 @@ impl SigStateImage {
             }
             if t.interval.1 >= 1_000_000_000 || t.value_left.1 >= 1_000_000_000 {
                 return Err(format!("timer {} has a bad time", t.id));
+            }
+        }
+        for (i, t) in self.seccomp.iter().enumerate() {
+            if !tids.contains(&t.tid) || self.seccomp[..i].iter().any(|o| o.tid == t.tid) {
+                return Err(format!("seccomp filters for thread {}", t.tid));
+            }
+            if t.filters
+                .iter()
+                .any(|f| f.insns.is_empty() || f.insns.len() > SECCOMP_MAX_INSNS)
+            {
+                return Err(format!(
+                    "a seccomp filter of thread {} has a bad length",
+                    t.tid
+                ));
             }
         }
         if let Some(r) = self.rlimits.iter().find(|r| r.resource >= 16) {
@@ -224,6 +287,41 @@ mod tests {
         assert!(img.validate(&[4]).is_err());
         img.shared_pending.push(sig(65, 0, 0));
         assert!(img.validate(&[4, 5]).is_err());
+    }
+
+    #[test]
+    fn shared_filters_are_the_common_prefix() {
+        let f = |w: u64| SeccompFilter {
+            flags: 0,
+            insns: vec![w],
+        };
+        let img = SigStateImage {
+            seccomp: vec![
+                ThreadSeccomp {
+                    tid: 1,
+                    filters: vec![f(1), f(2)],
+                },
+                ThreadSeccomp {
+                    tid: 2,
+                    filters: vec![f(1), f(2), f(3)],
+                },
+                ThreadSeccomp {
+                    tid: 3,
+                    filters: vec![f(1), f(9)],
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(img.shared_filters(&[1, 2]), 2);
+        assert_eq!(img.shared_filters(&[2, 1]), 2);
+        assert_eq!(img.shared_filters(&[1, 2, 3]), 1);
+        assert_eq!(img.shared_filters(&[1, 4]), 0);
+        assert_eq!(img.shared_filters(&[2]), 3);
+        assert!(img.validate(&[1, 2, 3]).is_ok());
+        assert!(img.validate(&[1, 2]).is_err());
+        let mut bad = img.clone();
+        bad.seccomp[0].filters[0].insns.clear();
+        assert!(bad.validate(&[1, 2, 3]).is_err());
     }
 
     #[test]

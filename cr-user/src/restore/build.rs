@@ -71,8 +71,25 @@ pub(super) fn build<'a>(
     let main = p.core.main_thread();
     crate::core::restore_task_links(&inj, &main)?;
     let sig = p.sigstate.as_ref();
+    let tids: Vec<i32> = std::iter::once(pid)
+        .chain(p.threads.threads.iter().map(|t| t.tid))
+        .collect();
     if let Some(s) = sig {
-        crate::core::sigstate::restore_early(&inj, s)?;
+        if !s.seccomp.is_empty() {
+            // Inherited by the threads created below.
+            ptrace::set_options(
+                here,
+                ptrace::OPT_TRACESYSGOOD
+                    | ptrace::OPT_EXITKILL
+                    | ptrace::OPT_TRACECLONE
+                    | ptrace::OPT_TRACEFORK
+                    | ptrace::OPT_SUSPEND_SECCOMP,
+            )
+            .map_err(err(
+                "suspend seccomp (PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN)",
+            ))?;
+        }
+        crate::core::sigstate::restore_early(&inj, &tids, s)?;
     }
     let threads = crate::core::threads::create(&inj, pid, &p.threads, &p.core.creds, sig)?;
     crate::core::restore_creds(&inj, &p.core.creds, sig.map(|s| &s.caps))?;
@@ -80,7 +97,7 @@ pub(super) fn build<'a>(
     if let Some(s) = sig {
         // Signals are queued while everything is still blocked; the dumped mask comes with
         // the registers at the end.
-        crate::core::sigstate::restore_late(&inj, pid, s)?;
+        crate::core::sigstate::restore_late(&inj, pid, &tids, s)?;
     }
     if let (Some((uffd, _)), Some(plan)) = (&uffd, lazy) {
         crate::lazy::register::register(uffd, here, plan)?;
