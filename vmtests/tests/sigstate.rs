@@ -1,6 +1,7 @@
 //! Pending signals, POSIX timers, limits and identity (`wl_sigstate`: two threads, signals
-//! queued process-wide and per thread, four timers, lowered rlimits, a personality flag,
-//! no_new_privs and changed capability sets; see `workloads/wl_sigstate.c`):
+//! queued process-wide and per thread, four POSIX timers, a periodic ITIMER_REAL caught with
+//! its SIGALRM pending, lowered rlimits, a personality flag, no_new_privs and changed
+//! capability sets; see `workloads/wl_sigstate.c`):
 //! - `dump` → reap → `restore -d`;
 //! - `dump --leave-running` → the original keeps running → SIGKILL and reap → `restore -d`;
 //! - `dump --leave-running` → `restore --pidns new -d` while the original still runs;

@@ -14,7 +14,9 @@
  * Timers (a first timer is created and deleted so that the ids have a gap):
  * A periodic 20 ms CLOCK_MONOTONIC, SIGRTMIN+2 blocked; B periodic 10 ms
  * CLOCK_REALTIME, SIGRTMIN+6 handled (counter); C one-shot 1 h, to t2; D
- * one-shot 1 ms, to t2, expired. Limits lowered: NOFILE 200/400, CORE 0/1 MiB,
+ * one-shot 1 ms, to t2, expired. ITIMER_REAL periodic 30 ms with SIGALRM
+ * blocked: it expired, its SIGALRM is pending (SI_KERNEL) and the kernel
+ * re-arms it only when that is taken. Limits lowered: NOFILE 200/400, CORE 0/1 MiB,
  * STACK soft 4 MiB, SIGPENDING 900/1000. personality |= ADDR_NO_RANDOMIZE,
  * no_new_privs = 1, CAP_SYS_BOOT out of the bounding set, CAP_NET_RAW out of
  * the effective set, CAP_NET_BIND_SERVICE inheritable and ambient.
@@ -37,6 +39,7 @@
 #include <stddef.h>
 #include <sys/personality.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 
 #define A_VALUE 0xA1
 #define B_VALUE 0xB2
@@ -45,6 +48,7 @@
 #define A_PERIOD_NS 20000000L
 #define B_PERIOD_NS 10000000L
 #define C_SECONDS 3600
+#define ITIMER_PERIOD_US 30000
 
 static timer_t tm_a, tm_b, tm_c, tm_d;
 static pid_t t2_tid;
@@ -341,6 +345,7 @@ int main(int argc, char **argv)
 	for (int i = 1; i <= 5; i++)
 		sigaddset(&block, SIGRTMIN + i);
 	sigaddset(&block, SIGRTMIN + 7);
+	sigaddset(&block, SIGALRM);
 	sigprocmask(SIG_BLOCK, &block, NULL);
 	{
 		sigset_t one;
@@ -379,6 +384,12 @@ int main(int argc, char **argv)
 	arm(tm_b, B_PERIOD_NS, 0, B_PERIOD_NS);
 	arm(tm_c, 0, C_SECONDS, 0);
 	arm(tm_d, 0, 0, 1000000);
+	{
+		struct itimerval it = { { 0, ITIMER_PERIOD_US }, { 0, ITIMER_PERIOD_US } };
+
+		if (setitimer(ITIMER_REAL, &it, NULL))
+			die("setitimer");
+	}
 
 	/* Signals. */
 	kill(wl_pid, SIGUSR1);
@@ -447,6 +458,22 @@ int main(int argc, char **argv)
 		      222, NULL);
 	expect_signal(fail, sizeof(fail), "SIGRTMIN+2 (timer A)", SIGRTMIN + 2, SI_TIMER, A_VALUE,
 		      &tm_a);
+	{
+		struct itimerval it;
+
+		/* Pending, as the kernel left it: 0 left, the interval kept. */
+		if (getitimer(ITIMER_REAL, &it) || it.it_interval.tv_sec != 0 ||
+		    it.it_interval.tv_usec != ITIMER_PERIOD_US)
+			wl_fail("ITIMER_REAL interval %ld.%06ld, want %d us",
+				(long)it.it_interval.tv_sec, (long)it.it_interval.tv_usec,
+				ITIMER_PERIOD_US);
+		expect_signal(fail, sizeof(fail), "SIGALRM (ITIMER_REAL)", SIGALRM, SI_KERNEL, 0,
+			      NULL);
+		/* Taking it re-armed the timer. */
+		if (getitimer(ITIMER_REAL, &it) ||
+		    (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0))
+			wl_fail("ITIMER_REAL was not re-armed when its SIGALRM was taken");
+	}
 	expect_none(fail, sizeof(fail), "SIGRTMIN+5", SIGRTMIN + 5);
 	expect_none(fail, sizeof(fail), "SIGUSR1", SIGUSR1);
 	expect_none(fail, sizeof(fail), "SIGRTMIN+1", SIGRTMIN + 1);

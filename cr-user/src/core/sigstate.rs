@@ -1,10 +1,11 @@
-//! Pending signals, POSIX timers, resource limits, personality, `no_new_privs` and
-//! capabilities of one process: both the dump half and the restore half.
+//! Pending signals, POSIX timers, resource limits, personality, `no_new_privs`, capabilities
+//! and seccomp filters of one process: both the dump half and the restore half.
 //!
 //! Dump reads the signal queues with `PTRACE_PEEKSIGINFO` (which dequeues nothing), the timers
 //! from `/proc/PID/timers` plus an injected `timer_gettime`, the limits with an injected
 //! `prlimit64` on the task itself (which needs no privilege, whoever owns the task), the
-//! personality with an injected `personality(0xffffffff)`, the rest from `/proc/PID/status`.
+//! personality with an injected `personality(0xffffffff)`, the filters with
+//! `PTRACE_SECCOMP_GET_FILTER`, the rest from `/proc/PID/status`.
 //!
 //! Restore puts them back by syscalls injected into the restored task itself: a task may queue
 //! a signal with any `si_code` to itself (`rt_sigqueueinfo`, `rt_tgsigqueueinfo` from the very
@@ -43,7 +44,7 @@ const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const PR_CAP_AMBIENT_CLEAR_ALL: u64 = 4;
 /// `prctl(PR_TIMER_CREATE_RESTORE_IDS, ON/OFF)` (Linux 6.14 and later).
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
-const _LINUX_CAPABILITY_VERSION_3: u64 = 0x2008_0522;
+const LINUX_CAPABILITY_VERSION_3: u64 = 0x2008_0522;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
 
 const RLIMIT_NAMES: [&str; 16] = [
@@ -498,7 +499,7 @@ pub(super) fn caps_after_creds(inj: &Injector, caps: &Caps, c: &Creds) -> Result
     let lo = |v: u64| v & 0xffff_ffff;
     let hi = |v: u64| v >> 32;
     let data = [
-        _LINUX_CAPABILITY_VERSION_3,
+        LINUX_CAPABILITY_VERSION_3,
         lo(caps.effective) | (lo(caps.permitted) << 32),
         lo(caps.inheritable) | (hi(caps.effective) << 32),
         hi(caps.permitted) | (hi(caps.inheritable) << 32),
