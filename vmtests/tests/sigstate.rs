@@ -5,6 +5,7 @@
 //! - `dump` → reap → `restore -d`;
 //! - `dump --leave-running` → the original keeps running → SIGKILL and reap → `restore -d`;
 //! - `dump --leave-running` → `restore --pidns new -d` while the original still runs;
+//! - `migrate --lazy` to a `receive --pidns new` across a veth;
 //! - the same with a seccomp filter in both threads (it still refuses its syscall after the
 //!   restore, and each thread has as many filters as before);
 //! - a process in seccomp strict mode is refused with one error line and left as it was;
@@ -23,7 +24,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
-use vmtests::migration::NsCopy;
+use vmtests::migration::{Link, NsCopy, reap_killed_original};
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
     assert_success, fastcr, fastcr_bin, require_root, restored, run, status_field,
@@ -31,7 +32,9 @@ use vmtests::{
 
 const WORKLOAD: &str = "wl_sigstate";
 /// Hang guard for one step: never a timing assertion.
-const GUARD: Duration = Duration::from_secs(60);
+const GUARD: Duration = Duration::from_secs(300);
+/// The port `receive` listens on (every test has its own pair of namespaces).
+const PORT: u16 = 7431;
 /// SIGRTMIN+6 (glibc's SIGRTMIN is 34): timer B's signal, handled, so it may or may not be
 /// pending at any moment.
 const TIMER_B_SIGNAL: u32 = 40;
@@ -242,6 +245,36 @@ fn pidns_new(args: &[&str]) {
     wl.wait_counter_advances_as(copy.outer());
     copy.terminate_and_verify(&wl, "the copy");
     assert_no_stray_children("sigstate restore --pidns new");
+}
+
+/// `migrate --lazy` (the source holds the process frozen until the destination is ready) to a
+/// `receive --pidns new` across a veth: the copy has the same signal state and PASSes, filter
+/// included.
+#[test]
+fn sigstate_migrate_lazy() {
+    require_root();
+    let link = Link::new("sig", PORT);
+    let token = link.token("token");
+    let mut wl = Workload::spawn(WORKLOAD, &["seccomp"]);
+    wl.wait_counter_advances();
+    let before = VisibleState::capture(wl.pid());
+    let view = sig_view(wl.pid(), true);
+    let mut recv = link.receive(&token, true, GUARD);
+    let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
+    let (mig_status, recv_status) = (mig.wait(GUARD), recv.wait(GUARD));
+    assert!(
+        mig_status.success() && recv_status.success(),
+        "the migration failed:\n{}\n{}",
+        mig.output(),
+        recv.output()
+    );
+    reap_killed_original(&mut wl);
+    let copy = NsCopy::find(&wl);
+    copy.assert_same_state(&before, "the migrated copy");
+    assert_eq!(view, sig_view(copy.outer(), true), "the migrated copy");
+    wl.wait_counter_advances_as(copy.outer());
+    copy.terminate_and_verify(&wl, "the copy");
+    assert_no_stray_children("sigstate migrate --lazy");
 }
 
 /// A thread in seccomp strict mode cannot be restored (nothing could be injected after it):
