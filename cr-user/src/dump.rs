@@ -163,8 +163,6 @@ pub(crate) fn preflight(pid: i32) -> Result<(proc::stat::Stat, proc::status::Sta
             tgid: status.tgid,
         });
     }
-    // Strict mode is refused before the freeze.
-    crate::core::sigstate::check_seccomp(pid)?;
     Ok((stat, status))
 }
 
@@ -660,8 +658,8 @@ pub(crate) fn dump_cpu(
 > {
     let pid = frozen.main().pid();
     // Before any injection: a filter could kill the process for a syscall fastcr injects.
-    let filtered = crate::core::sigstate::check_seccomp(pid)?;
-    if filtered {
+    let seccomp = crate::core::sigstate::seccomp_threads(pid)?;
+    if !seccomp.is_empty() {
         frozen.suspend_seccomp()?;
     }
     frozen.block_signals()?;
@@ -671,7 +669,7 @@ pub(crate) fn dump_cpu(
         let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
         let core = crate::core::dump(frozen.main(), inj, status, stat, comm)?;
         let threads = crate::core::threads::dump(pid, frozen.others(), inj, ip)?;
-        let sigstate = crate::core::sigstate::dump(pid, &frozen.tids(), inj, status, filtered)?;
+        let sigstate = crate::core::sigstate::dump(pid, &frozen.tids(), inj, status, &seccomp)?;
         // The tracking fd a pre-dump left in the process is not the program's: it goes.
         if let Some(fd) = close_fd {
             inj.call(

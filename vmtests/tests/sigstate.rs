@@ -8,7 +8,8 @@
 //! - `migrate --lazy` to a `receive --pidns new` across a veth;
 //! - the same with a seccomp filter in both threads (it still refuses its syscall after the
 //!   restore, and each thread has as many filters as before);
-//! - a process in seccomp strict mode is refused with one error line and left as it was;
+//! - a process in seccomp strict mode (× dump and --leave-running) is still in it after the
+//!   restore: a forbidden syscall gets it killed;
 //! - a hard limit the restorer cannot raise is restored lower, with a warning naming it;
 //! - an image without `sigstate-<pid>.img` (as older versions wrote) still restores.
 //!
@@ -26,8 +27,8 @@ use std::time::Duration;
 
 use vmtests::migration::{Link, NsCopy, reap_killed_original};
 use vmtests::{
-    ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
-    assert_success, fastcr, fastcr_bin, require_root, restored, run, status_field,
+    ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
+    fastcr_bin, require_root, restored, run, status_field,
 };
 
 const WORKLOAD: &str = "wl_sigstate";
@@ -277,41 +278,82 @@ fn sigstate_migrate_lazy() {
     assert_no_stray_children("sigstate migrate --lazy");
 }
 
-/// A thread in seccomp strict mode cannot be restored (nothing could be injected after it):
-/// the dump is refused before the freeze with one error line naming the pid and the mode, and
-/// the process is left running (blocked in `read`, its only way to wait), untraced.
-#[test]
-fn sigstate_seccomp_strict_refused() {
+/// Waits until `pid` is single-threaded, in seccomp strict mode and asleep (in `read`).
+fn wait_strict(pid: i32, what: &str) {
+    restored::wait_until(what, GUARD, || {
+        status_field(pid, "Seccomp").as_deref() == Some("1")
+            && status_field(pid, "Threads").as_deref() == Some("1")
+            && ProcStat::read(pid).is_some_and(|s| s.state == 'S')
+    });
+}
+
+/// SIGTERMs the strict-mode workload: it then calls getpid, which strict mode answers with
+/// SIGKILL (it would exit with status 3 without strict mode).
+fn assert_killed_by_strict_mode(wl: Workload, what: &str) {
+    let (status, _, log) = wl.terminate();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{what}: the workload {status} instead of being killed by strict mode; log: {log}"
+    );
+}
+
+/// A thread in seccomp strict mode: the dump suspends it for its injected syscalls and the
+/// restore sets it again as the thread's last injected step. The restored process is in strict
+/// mode, asleep in `read` as before, and strict mode kills it for a forbidden syscall.
+fn strict_mode(mode: Mode) {
     require_root();
     let mut wl = Workload::spawn(WORKLOAD, &["strict"]);
-    restored::wait_until("the workload blocks in strict mode", GUARD, || {
-        status_field(wl.pid(), "Seccomp").as_deref() == Some("1")
-            && ProcStat::read(wl.pid()).is_some_and(|s| s.state == 'S')
-    });
+    wait_strict(wl.pid(), "the workload sleeps in strict mode");
     let images = Scratch::new("sigstate-strict-img");
-    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
-    assert_one_line_error(&out, "dump of a process in seccomp strict mode");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("seccomp strict mode") && stderr.contains(&wl.pid_arg()),
-        "the error names neither strict mode nor the pid: {stderr}"
+    let pid = wl.pid_arg();
+    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str()];
+    if matches!(mode, Mode::LeaveRunning) {
+        dump.push("--leave-running");
+    }
+    assert_success(&fastcr(&dump), &dump.join(" "));
+    if matches!(mode, Mode::LeaveRunning) {
+        // The original is left as it was, strict mode included.
+        wait_strict(
+            wl.pid(),
+            "the original sleeps in strict mode after the dump",
+        );
+        assert_eq!(
+            status_field(wl.pid(), "TracerPid").as_deref(),
+            Some("0"),
+            "the original is still traced"
+        );
+        wl.kill_and_reap();
+    } else {
+        wl.reap();
+    }
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
     );
-    assert!(
-        !images.join("inventory.img").exists(),
-        "a refused dump left an inventory"
-    );
-    let stat = ProcStat::read(wl.pid()).expect("the workload is gone");
-    assert!(
-        !matches!(stat.state, 't' | 'T' | 'Z' | 'X'),
-        "state of the workload after the refusal: {stat:?}"
-    );
-    assert_eq!(
-        status_field(wl.pid(), "TracerPid").as_deref(),
-        Some("0"),
-        "the workload is still traced"
-    );
-    wl.kill_and_reap();
-    assert_no_stray_children("refused strict-mode dump");
+    wl.adopt_restored();
+    wait_strict(wl.pid(), "the restored process sleeps in strict mode");
+    assert_killed_by_strict_mode(wl, "the restored process");
+    assert_no_stray_children("strict mode after restore");
+}
+
+#[test]
+fn sigstate_seccomp_strict_dump_restore() {
+    strict_mode(Mode::Dump);
+}
+
+#[test]
+fn sigstate_seccomp_strict_leave_running_restore() {
+    strict_mode(Mode::LeaveRunning);
+}
+
+/// The control for the strict-mode tests: the workload, never dumped, is killed the same way.
+#[test]
+fn sigstate_seccomp_strict_kills_undisturbed() {
+    require_root();
+    let wl = Workload::spawn(WORKLOAD, &["strict"]);
+    wait_strict(wl.pid(), "the workload sleeps in strict mode");
+    assert_killed_by_strict_mode(wl, "the undisturbed workload");
 }
 
 /// The restorer runs with a hard RLIMIT_MSGQUEUE below the dumped one and, without

@@ -23,9 +23,10 @@
  *
  * With "seccomp", a filter is also installed in both threads (getpriority
  * fails with EPERM), and must still be there after the restore.
- * With "strict", once ready the main thread enters seccomp strict mode and
- * blocks in read() for good: only for the test that fastcr refuses it (it
- * can never report a result; the test kills it).
+ * With "strict", once ready t2 is joined and the main thread enters seccomp
+ * strict mode and waits in read(); on SIGTERM it calls getpid(), for which
+ * strict mode kills it with SIGKILL (exit status 3 means strict mode was
+ * lost). It never writes a result.
  *
  * On SIGTERM each thread verifies its own queue (sigtimedwait: signal, code,
  * value, pid, timer id; nothing extra), then main the process-wide part.
@@ -417,14 +418,17 @@ int main(int argc, char **argv)
 		int p[2];
 		char c;
 
+		/* Single-threaded from here: strict mode kills only the calling thread. */
+		__atomic_store_n(&t2_verify, 1, __ATOMIC_SEQ_CST);
+		pthread_join(t2, NULL);
 		if (pipe(p))
 			die("pipe");
 		if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0))
 			die("PR_SET_SECCOMP strict");
-		for (;;)
-			if (read(p[0], &c, 1) == 1)
-				break;
-		syscall(SYS_exit, 1);
+		while (!wl_stop)
+			read(p[0], &c, 1);
+		syscall(SYS_getpid);
+		syscall(SYS_exit, 3);
 	}
 	while (!wl_stop) {
 		wl_sleep_ms(50);

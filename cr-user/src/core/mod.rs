@@ -36,17 +36,14 @@ pub enum CoreError {
     /// `/proc` could not be read.
     #[error(transparent)]
     Proc(#[from] crate::proc::ProcError),
-    /// A thread runs in seccomp strict mode, which cannot be restored.
-    #[error(
-        "process {pid}: thread {tid} runs under {}, which fastcr cannot restore",
-        if *mode == 1 { "seccomp strict mode" } else { "a seccomp filter" }
-    )]
+    /// A thread runs in a seccomp mode this version does not know.
+    #[error("process {pid}: thread {tid} runs in seccomp mode {mode}, which fastcr does not know")]
     Seccomp {
         /// The process.
         pid: i32,
         /// The thread.
         tid: i32,
-        /// Its seccomp mode (1 strict, 2 filter).
+        /// Its seccomp mode (`Seccomp:` of its status).
         mode: u32,
     },
     /// The kernel cannot create POSIX timers with given ids.

@@ -46,6 +46,9 @@ const PR_CAP_AMBIENT_CLEAR_ALL: u64 = 4;
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 const LINUX_CAPABILITY_VERSION_3: u64 = 0x2008_0522;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
+const SIGEV_NONE: i32 = 1;
+const PR_SET_SECCOMP: u64 = 22;
+const SECCOMP_MODE_STRICT: u64 = 1;
 
 const RLIMIT_NAMES: [&str; 16] = [
     "RLIMIT_CPU",
@@ -74,14 +77,14 @@ fn rlimit_name(resource: u32) -> &'static str {
 }
 
 /// Saves the state of the frozen process `pid` whose threads are `tids` (main first). `inj`
-/// runs in the main thread, with the dump's scratch page; every signal is blocked. `filtered`:
-/// some thread has seccomp filters (see [`check_seccomp`]).
+/// runs in the main thread, with the dump's scratch page; every signal is blocked. `seccomp`:
+/// the threads under seccomp and their mode (see [`seccomp_threads`]).
 pub fn dump(
     pid: i32,
     tids: &[i32],
     inj: &Injector,
     status: &Status,
-    filtered: bool,
+    seccomp: &[(i32, u32)],
 ) -> Result<SigStateImage, CoreError> {
     let peek = |tid: i32, shared: bool| {
         ptrace::peek_siginfo(tid, shared)
@@ -116,33 +119,39 @@ pub fn dump(
             libc::SYS_timer_getoverrun,
             [t.id as u64, 0, 0, 0, 0, 0],
         )?;
+        // A timer aimed at a thread that has exited signals nobody (the kernel drops its
+        // signal); `timer_create` cannot aim at a missing thread, so it comes back as
+        // SIGEV_NONE, which behaves the same.
+        let per_thread = t.notify & SIGEV_THREAD_ID != 0;
+        let orphan = per_thread && !tids.contains(&t.target);
         timers.push(PosixTimer {
             id: t.id,
             clock: t.clock,
-            notify: t.notify,
+            notify: if orphan { SIGEV_NONE } else { t.notify },
             signo: t.signo,
             value: t.value,
-            thread: if t.notify & SIGEV_THREAD_ID != 0 {
-                t.target
-            } else {
-                0
-            },
+            thread: if per_thread && !orphan { t.target } else { 0 },
             interval: (is, ins),
             value_left: (vs, vns),
             overrun: i32::try_from(overrun).unwrap_or(i32::MAX),
             signal_pending: false,
         });
     }
-    let mut seccomp = Vec::new();
-    if filtered {
-        for &tid in tids {
+    let seccomp_strict: Vec<i32> = seccomp
+        .iter()
+        .filter(|(_, mode)| *mode == 1)
+        .map(|(tid, _)| *tid)
+        .collect();
+    let mut filtered = Vec::new();
+    for &(tid, mode) in seccomp {
+        if mode == 2 {
             let filters = ptrace::seccomp_filters(tid).map_err(|source| CoreError::Ptrace {
                 tid,
                 step: "read seccomp filters (needs CAP_SYS_ADMIN)",
                 source,
             })?;
             if !filters.is_empty() {
-                seccomp.push(ThreadSeccomp {
+                filtered.push(ThreadSeccomp {
                     tid,
                     filters: filters
                         .into_iter()
@@ -156,7 +165,8 @@ pub fn dump(
         }
     }
     let mut img = SigStateImage {
-        seccomp,
+        seccomp: filtered,
+        seccomp_strict,
         shared_pending,
         thread_pending,
         timers: Vec::new(),
@@ -196,11 +206,10 @@ pub fn dump(
     Ok(img)
 }
 
-/// Refuses a process any thread of which runs in seccomp strict mode; returns whether a
-/// thread has seccomp filters (they are saved, and the injected syscalls must not be filtered:
-/// see [`crate::freeze::FrozenProcess::suspend_seccomp`]).
-pub fn check_seccomp(pid: i32) -> Result<bool, CoreError> {
-    let mut filtered = false;
+/// The threads of `pid` under seccomp, with their mode (1 strict, 2 filter). Injecting into
+/// any of them needs [`crate::freeze::FrozenProcess::suspend_seccomp`] first.
+pub fn seccomp_threads(pid: i32) -> Result<Vec<(i32, u32)>, CoreError> {
+    let mut out = Vec::new();
     for tid in crate::proc::threads(pid)? {
         let text = match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
             Ok(t) => t,
@@ -209,16 +218,22 @@ pub fn check_seccomp(pid: i32) -> Result<bool, CoreError> {
         };
         match crate::proc::status::parse_status(&text)?.seccomp {
             0 => {}
-            2 => filtered = true,
+            mode @ (1 | 2) => out.push((tid, mode)),
             mode => return Err(CoreError::Seccomp { pid, tid, mode }),
         }
     }
-    Ok(filtered)
+    Ok(out)
 }
 
-/// Installs `filters` (oldest first) in the thread `inj` runs in. The program goes in a
-/// temporary mapping: it may be larger than the scratch area.
-pub fn install_filters(inj: &Injector, filters: &[SeccompFilter]) -> Result<(), CoreError> {
+/// Puts `filters` (oldest first) on the thread `inj` runs in, then strict mode if `strict`.
+/// Each program goes in a temporary mapping: it may be larger than the scratch area. The
+/// restorer traces with `PTRACE_O_SUSPEND_SECCOMP`, so syscalls injected after this are not
+/// filtered; the detach ends that.
+pub fn restore_seccomp(
+    inj: &Injector,
+    filters: &[SeccompFilter],
+    strict: bool,
+) -> Result<(), CoreError> {
     for (i, f) in filters.iter().enumerate() {
         let len = 16 + 8 * f.insns.len() as u64;
         let size = len.div_ceil(crate::sys::PAGE_SIZE) * crate::sys::PAGE_SIZE;
@@ -254,6 +269,14 @@ pub fn install_filters(inj: &Injector, filters: &[SeccompFilter]) -> Result<(), 
         )?;
         installed?;
     }
+    if strict {
+        inj.call(
+            || "prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT)".into(),
+            "prctl",
+            libc::SYS_prctl,
+            [PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0, 0],
+        )?;
+    }
     Ok(())
 }
 
@@ -277,7 +300,11 @@ pub fn restore_early(inj: &Injector, tids: &[i32], s: &SigStateImage) -> Result<
     }
     let shared = s.shared_filters(tids);
     if let Some(&main) = tids.first() {
-        install_filters(inj, s.filters_of(main).get(..shared).unwrap_or_default())?;
+        restore_seccomp(
+            inj,
+            s.filters_of(main).get(..shared).unwrap_or_default(),
+            false,
+        )?;
     }
     Ok(())
 }
@@ -326,8 +353,8 @@ pub fn queue(
 /// queueing). `tgid` is the process's pid as it sees itself.
 ///
 /// Last of all come the main thread's seccomp filters beyond the ones its threads share (those
-/// were installed by [`restore_early`]); the restorer traces with `PTRACE_O_SUSPEND_SECCOMP`, so
-/// they apply from the detach on. `tids` are all the threads, the main one first.
+/// were installed by [`restore_early`]), or its strict mode; the restorer traces with
+/// `PTRACE_O_SUSPEND_SECCOMP`, so they apply from the detach on. `tids` are all the threads, the main one first.
 pub fn restore_late(
     inj: &Injector,
     tgid: i32,
@@ -339,7 +366,11 @@ pub fn restore_late(
     queue(inj, tgid, Some(tgid), s.pending_of(tgid), s)?;
     restore_rlimits(inj, tgid, &s.rlimits)?;
     let shared = s.shared_filters(tids);
-    install_filters(inj, s.filters_of(tgid).get(shared..).unwrap_or_default())
+    restore_seccomp(
+        inj,
+        s.filters_of(tgid).get(shared..).unwrap_or_default(),
+        s.seccomp_strict.contains(&tgid),
+    )
 }
 
 fn restore_posix_timers(inj: &Injector, tgid: i32, s: &SigStateImage) -> Result<(), CoreError> {

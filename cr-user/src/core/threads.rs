@@ -122,14 +122,16 @@ pub fn create<'a>(
             // The new thread inherited the restorer's mask, which blocks everything.
             super::sigstate::queue(&inj, pid, Some(t.tid), s.pending_of(t.tid), s)?;
             // Last for this thread: its filters beyond the ones it inherited from the main
-            // thread (the tracer's PTRACE_O_SUSPEND_SECCOMP keeps them off until the detach).
+            // thread, or strict mode (the tracer's PTRACE_O_SUSPEND_SECCOMP keeps them off
+            // until the detach).
             let tids: Vec<i32> = std::iter::once(pid)
                 .chain(image.threads.iter().map(|o| o.tid))
                 .collect();
             let shared = s.shared_filters(&tids);
-            super::sigstate::install_filters(
+            super::sigstate::restore_seccomp(
                 &inj,
                 s.filters_of(t.tid).get(shared..).unwrap_or_default(),
+                s.seccomp_strict.contains(&t.tid),
             )?;
         }
         out.push(Created { tid_here, core: t });

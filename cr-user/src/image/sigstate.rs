@@ -1,6 +1,7 @@
 //! `sigstate-<pid>.img`: the signal and limit state of one process that `core-<pid>.img` does
 //! not hold: pending signals (process-wide and per thread, with their `siginfo`), POSIX timers,
-//! resource limits, personality, `no_new_privs` and capabilities.
+//! resource limits, personality, `no_new_privs`, capabilities and seccomp (filters, strict
+//! mode).
 //!
 //! A file of its own rather than fields appended to [`super::CoreImage`]: payloads are bincode,
 //! which is not self-describing, so a reader cannot default a field an older image lacks
@@ -150,6 +151,8 @@ pub struct SigStateImage {
     pub caps: Caps,
     /// seccomp filters of the threads that have any.
     pub seccomp: Vec<ThreadSeccomp>,
+    /// The threads in seccomp strict mode.
+    pub seccomp_strict: Vec<i32>,
 }
 
 impl SigStateImage {
@@ -159,6 +162,11 @@ impl SigStateImage {
             .iter()
             .find(|t| t.tid == tid)
             .map_or(&[], |t| &t.signals)
+    }
+
+    /// True if some thread has seccomp filters or runs in strict mode.
+    pub fn has_seccomp(&self) -> bool {
+        !self.seccomp.is_empty() || !self.seccomp_strict.is_empty()
     }
 
     /// The seccomp filters of thread `tid`, oldest first.
@@ -237,6 +245,15 @@ impl SigStateImage {
                     "a seccomp filter of thread {} has a bad length",
                     t.tid
                 ));
+            }
+        }
+        for (i, &tid) in self.seccomp_strict.iter().enumerate() {
+            // Strict mode excludes filters (the kernel refuses to mix the modes).
+            if !tids.contains(&tid)
+                || self.seccomp_strict[..i].contains(&tid)
+                || !self.filters_of(tid).is_empty()
+            {
+                return Err(format!("seccomp strict mode for thread {tid}"));
             }
         }
         if let Some(r) = self.rlimits.iter().find(|r| r.resource >= 16) {
@@ -322,6 +339,13 @@ mod tests {
         let mut bad = img.clone();
         bad.seccomp[0].filters[0].insns.clear();
         assert!(bad.validate(&[1, 2, 3]).is_err());
+        let mut strict = img.clone();
+        strict.seccomp_strict = vec![4];
+        assert!(strict.has_seccomp());
+        assert!(strict.validate(&[1, 2, 3, 4]).is_ok());
+        strict.seccomp_strict = vec![1];
+        assert!(strict.validate(&[1, 2, 3, 4]).is_err());
+        assert!(!SigStateImage::default().has_seccomp());
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub(super) fn build<'a>(
         .chain(p.threads.threads.iter().map(|t| t.tid))
         .collect();
     if let Some(s) = sig {
-        if !s.seccomp.is_empty() {
+        if s.has_seccomp() {
             // Inherited by the threads created below.
             ptrace::set_options(
                 here,
