@@ -11,7 +11,9 @@
 //! - a process in seccomp strict mode (× dump and --leave-running) is still in it after the
 //!   restore: a forbidden syscall gets it killed;
 //! - a hard limit the restorer cannot raise is restored lower, with a warning naming it;
-//! - an image without `sigstate-<pid>.img` (as older versions wrote) still restores.
+//! - an image without `sigstate-<pid>.img` (as older versions wrote) still restores;
+//! - a process of an ordinary user with an ambient capability gets its capabilities back
+//!   (the uid change of the restore would otherwise clear them).
 //!
 //! Beside the workload's own verification (each thread takes its pending signals with
 //! `sigtimedwait` and checks code, value, pid and timer id; timers, limits, personality,
@@ -449,4 +451,41 @@ fn sigstate_workload_detects_lost_state() {
         "wl_sigstate without its signal state: {status}, result {result:?}; log: {log}"
     );
     assert_no_stray_children("restore of wl_sigstate without sigstate");
+}
+
+/// `wl_signals` run as uid 65534 with CAP_NET_BIND_SERVICE inheritable, permitted, effective and
+/// ambient (through `setpriv`): the restore changes uid from root to 65534, which clears the
+/// permitted, effective and ambient sets unless they are kept and set again. The visible state
+/// compares the uids and every capability set.
+#[test]
+fn sigstate_user_capabilities() {
+    require_root();
+    let caps = [
+        "--inh-caps=+net_bind_service",
+        "--ambient-caps=+net_bind_service",
+    ];
+    let mut wl = Workload::spawn_as("wl_signals", &[], 65534, &caps);
+    wl.wait_counter_advances();
+    let before = VisibleState::capture(wl.pid());
+    assert_eq!(
+        before.status.get("CapAmb").map(String::as_str),
+        Some("0000000000000400"),
+        "the workload did not start with its ambient capability: {:?}",
+        before.status
+    );
+    let images = Scratch::new("sigstate-caps-img");
+    assert_success(
+        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
+        "dump",
+    );
+    wl.reap();
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("restore of a user process with capabilities");
 }
