@@ -467,7 +467,8 @@ fn dump_with(
     stats.frozen_steps.metadata_us = micros(t.elapsed());
     let t = Instant::now();
     let close_fd = tracking_fd.filter(|_| !keep_tracking);
-    let (mm, core, threads) = dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
+    let (mm, core, threads, sigstate) =
+        dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
     stats.frozen_steps.registers_us = micros(t.elapsed());
     let t_mem = Instant::now();
     let (mut pagemap, pages) = match (precopy.as_mut(), adopted.as_mut(), parent.as_ref()) {
@@ -539,6 +540,7 @@ fn dump_with(
     if !threads.threads.is_empty() {
         dir.write(Kind::Threads, pid, &threads)?;
     }
+    dir.write(Kind::SigState, pid, &sigstate)?;
     dir.write(Kind::Files, pid, &files)?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -676,17 +678,24 @@ pub(crate) fn dump_cpu(
         crate::image::mm::MmImage,
         crate::image::core::CoreImage,
         crate::image::core::ThreadsImage,
+        crate::image::sigstate::SigStateImage,
     ),
     DumpError,
 > {
     let pid = frozen.main().pid();
+    // Before any injection: a filter could kill the process for a syscall fastcr injects.
+    let seccomp = crate::core::sigstate::seccomp_threads(pid)?;
+    if !seccomp.is_empty() {
+        frozen.suspend_seccomp()?;
+    }
     frozen.block_signals()?;
     let ip = crate::inject::vdso_syscall_ip(pid, smaps)?;
     let mut inj = Injector::new(Remote::new(pid, *frozen.main().regs(), ip));
-    let (brk, core, threads) = with_scratch(&mut inj, |inj| {
+    let (brk, core, threads, sigstate) = with_scratch(&mut inj, |inj| {
         let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
         let core = crate::core::dump(frozen.main(), inj, status, stat, comm)?;
         let threads = crate::core::threads::dump(pid, frozen.others(), inj, ip)?;
+        let sigstate = crate::core::sigstate::dump(pid, &frozen.tids(), inj, status, &seccomp)?;
         // The tracking fd a pre-dump left in the process is not the program's: it goes.
         if let Some(fd) = close_fd {
             inj.call(
@@ -696,12 +705,12 @@ pub(crate) fn dump_cpu(
                 [fd as u64, 0, 0, 0, 0, 0],
             )?;
         }
-        Ok((brk, core, threads))
+        Ok((brk, core, threads, sigstate))
     })?;
     let auxv = proc::auxv(pid)?;
     let exe = proc::read_link(pid, "exe")?.to_string_lossy().into_owned();
     let mm = crate::mm::dump::mm_image(exe, stat, brk, &auxv, vmas);
-    Ok((mm, core, threads))
+    Ok((mm, core, threads, sigstate))
 }
 
 /// Creates the image dir and proves it writable before the workload is touched.

@@ -158,6 +158,20 @@ impl Frozen {
         self.sigmask
     }
 
+    /// Lets syscalls injected into the task bypass its seccomp filters while it is traced
+    /// (`PTRACE_O_SUSPEND_SECCOMP`, needs `CAP_SYS_ADMIN`; the detach ends it).
+    pub fn suspend_seccomp(&self) -> Result<(), FreezeError> {
+        ptrace::set_options(
+            self.pid,
+            ptrace::OPT_TRACESYSGOOD | ptrace::OPT_SUSPEND_SECCOMP,
+        )
+        .map_err(|source| FreezeError::Ptrace {
+            pid: self.pid,
+            step: "suspend seccomp (PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN)",
+            source,
+        })
+    }
+
     /// Blocks every signal in the task, so none is delivered while syscalls are injected.
     pub fn block_signals(&self) -> Result<(), FreezeError> {
         ptrace::set_sigmask(self.pid, !0).map_err(|source| FreezeError::Ptrace {
@@ -276,6 +290,14 @@ impl FrozenProcess {
         std::iter::once(self.main.pid)
             .chain(self.others.iter().map(|f| f.pid))
             .collect()
+    }
+
+    /// Lets syscalls injected into any thread bypass its seccomp filters while it is traced
+    /// (`PTRACE_O_SUSPEND_SECCOMP`, needs `CAP_SYS_ADMIN`; the detach ends it).
+    pub fn suspend_seccomp(&self) -> Result<(), FreezeError> {
+        std::iter::once(&self.main)
+            .chain(&self.others)
+            .try_for_each(Frozen::suspend_seccomp)
     }
 
     /// Blocks every signal in every thread.

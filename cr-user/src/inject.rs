@@ -147,6 +147,19 @@ impl Injector {
         Ok(addr)
     }
 
+    /// Writes `bytes` at `addr` in the task (memory it mapped, outside the scratch area).
+    pub fn write_at(&self, addr: u64, bytes: &[u8]) -> Result<(), InjectError> {
+        let n = mem::write_remote(self.pid(), addr, bytes)
+            .map_err(|e| self.mem_error("write to the task", e))?;
+        if n != bytes.len() {
+            return Err(self.mem_error(
+                "write to the task",
+                SyscallError::from_errno("process_vm_writev", libc::EFAULT),
+            ));
+        }
+        Ok(())
+    }
+
     /// Writes a NUL-terminated string at `offset` in scratch.
     pub fn put_cstr(&self, offset: u64, s: &str) -> Result<u64, InjectError> {
         let mut b = s.as_bytes().to_vec();

@@ -46,6 +46,7 @@ pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
                 "pid": p.pid,
                 "core": core,
                 "threads": threads,
+                "sigstate": p.sigstate,
                 "mm": p.mm,
                 "files": p.files,
                 "pagemap": p.pagemap,
@@ -127,6 +128,25 @@ fn render(full: &LoadedImage) -> String {
         img.core.sigactions.len(),
         img.core.xstate.len()
     );
+    if let Some(sig) = &img.sigstate {
+        let _ = writeln!(
+            s,
+            "{} signals pending for the process, {} for single threads  {} POSIX timers  \
+             personality {:#x}{}",
+            sig.shared_pending.len(),
+            sig.thread_pending
+                .iter()
+                .map(|t| t.signals.len())
+                .sum::<usize>(),
+            sig.timers.len(),
+            sig.personality,
+            if sig.no_new_privs {
+                "  no_new_privs"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = writeln!(s, "{} VMAs:", img.mm.vmas.len());
     for v in &img.mm.vmas {
         let pages: u64 = img

@@ -58,6 +58,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_lazy",
     "wl_threads",
     "wl_tree",
+    "wl_sigstate",
 ];
 
 /// The cargo workspace root.
@@ -422,13 +423,43 @@ impl Workload {
     /// Like [`Workload::spawn`], but with `stdout` (e.g. a pipe the test holds) instead of the
     /// log file; stderr still goes to STATEDIR/log.
     pub fn spawn_with_stdout(name: &str, args: &[&str], stdout: Option<Stdio>) -> Workload {
+        Self::spawn_inner(name, args, stdout, None)
+    }
+
+    /// Like [`Workload::spawn`], but started through `setpriv` as `uid` (and gid `uid`, no
+    /// supplementary groups) with the `setpriv` options `extra` (e.g. capabilities to keep);
+    /// STATEDIR is given to `uid`.
+    pub fn spawn_as(name: &str, args: &[&str], uid: u32, extra: &[&str]) -> Workload {
+        Self::spawn_inner(name, args, None, Some((uid, extra)))
+    }
+
+    fn spawn_inner(
+        name: &str,
+        args: &[&str],
+        stdout: Option<Stdio>,
+        as_user: Option<(u32, &[&str])>,
+    ) -> Workload {
         let bin = build_workloads().join(name);
         let dir = Scratch::new(name);
         let log = fs::File::create(dir.join("log")).expect("create the workload log");
         let log2 = log.try_clone().expect("dup the workload log");
+        let mut cmd = match as_user {
+            Some((uid, extra)) => {
+                std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid))
+                    .expect("chown the STATEDIR");
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .args(extra)
+                    .arg("--")
+                    .arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         let child = spawn_registered(
-            Command::new(&bin)
-                .arg(dir.path())
+            cmd.arg(dir.path())
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(stdout.unwrap_or_else(|| log.into()))

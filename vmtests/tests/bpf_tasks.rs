@@ -259,6 +259,7 @@ fn kerndat_probe_finds_everything_dump_and_restore_need() {
         "uffd-wp-async",
         "uffd-events",
         "pagemap-scan",
+        "timer-restore-ids",
     ] {
         let f = kerndat.feature(name).expect(name);
         assert!(f.is_ok(), "{name}: {f:?}");

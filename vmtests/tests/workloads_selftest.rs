@@ -40,6 +40,16 @@ fn wl_signals_passes_undisturbed() {
 }
 
 #[test]
+fn wl_sigstate_passes_undisturbed() {
+    selftest("wl_sigstate", &[]);
+}
+
+#[test]
+fn wl_sigstate_seccomp_passes_undisturbed() {
+    selftest("wl_sigstate", &["seccomp"]);
+}
+
+#[test]
 fn wl_files_passes_undisturbed() {
     selftest("wl_files", &[]);
 }

@@ -5,6 +5,7 @@
 //! into the task.
 
 use crate::freeze::Frozen;
+pub mod sigstate;
 pub mod threads;
 
 use crate::image::core::{AltStack, CoreImage, Creds, Regs, Rseq, SigAction, ThreadCore};
@@ -32,6 +33,50 @@ pub enum CoreError {
     /// An injected syscall failed.
     #[error(transparent)]
     Inject(#[from] InjectError),
+    /// `/proc` could not be read.
+    #[error(transparent)]
+    Proc(#[from] crate::proc::ProcError),
+    /// A thread runs in a seccomp mode this version does not know.
+    #[error("process {pid}: thread {tid} runs in seccomp mode {mode}, which fastcr does not know")]
+    Seccomp {
+        /// The process.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+        /// Its seccomp mode (`Seccomp:` of its status).
+        mode: u32,
+    },
+    /// The kernel cannot create POSIX timers with given ids.
+    #[error(
+        "process {pid} has POSIX timers, but this kernel cannot create a timer with a given id \
+         (prctl(PR_TIMER_CREATE_RESTORE_IDS) failed with errno {errno}; Linux 6.14 or later needed)"
+    )]
+    TimerIds {
+        /// The process.
+        pid: i32,
+        /// The errno of the prctl.
+        errno: i32,
+    },
+    /// A POSIX timer came back with another id.
+    #[error("process {pid}: POSIX timer {want} was restored with id {got}")]
+    TimerId {
+        /// The process.
+        pid: i32,
+        /// The dumped id.
+        want: i32,
+        /// The id the kernel gave.
+        got: i32,
+    },
+    /// A resource limit could not be set.
+    #[error("process {pid}: cannot restore {name} (errno {errno})")]
+    Rlimit {
+        /// The process.
+        pid: i32,
+        /// The limit.
+        name: &'static str,
+        /// The errno of prlimit64.
+        errno: i32,
+    },
 }
 
 const SS_DISABLE: i32 = 2;
@@ -309,12 +354,28 @@ pub fn restore_name(inj: &Injector, comm: &str) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Drops the calling thread to the dumped credentials (last, since earlier steps need root;
-/// credentials are per thread, so every thread does it).
-pub fn restore_creds(inj: &Injector, c: &Creds) -> Result<(), CoreError> {
-    if c.uid == [0; 4] && c.gid == [0; 4] && c.groups.is_empty() {
-        return Ok(());
+/// Drops the calling thread to the dumped credentials and capabilities (last, since earlier
+/// steps need root; credentials and capabilities are per thread, so every thread does it).
+/// Without `caps` (an image from before they were saved) the thread keeps what the uid change
+/// leaves it.
+pub fn restore_creds(
+    inj: &Injector,
+    c: &Creds,
+    caps: Option<&crate::image::sigstate::Caps>,
+) -> Result<(), CoreError> {
+    if let Some(caps) = caps {
+        sigstate::caps_before_creds(inj, caps, c)?;
     }
+    if c.uid != [0; 4] || c.gid != [0; 4] || !c.groups.is_empty() {
+        set_ids(inj, c)?;
+    }
+    if let Some(caps) = caps {
+        sigstate::caps_after_creds(inj, caps, c)?;
+    }
+    Ok(())
+}
+
+fn set_ids(inj: &Injector, c: &Creds) -> Result<(), CoreError> {
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
     let addr = inj.put(SCRATCH_GROUPS, &groups)?;
     inj.call(
@@ -360,9 +421,12 @@ pub fn restore_timers(inj: &Injector, core: &CoreImage) -> Result<(), CoreError>
             continue;
         }
         let mut t = *t;
-        // A periodic timer reads 0 left while its signal is pending: the kernel re-arms it only
-        // when the signal is taken. That pending signal is not in the image, so the timer is
-        // started to fire at once instead; set to 0 it would stay disarmed for good.
+        // A periodic ITIMER_REAL reads 0 left while its SIGALRM is pending: the kernel re-arms
+        // it only when the signal is taken, and `setitimer` cannot record an interval without
+        // arming. So it is started to fire at once: its SIGALRM merges with the pending one
+        // restored from the image (a second SIGALRM is never queued), and taking it re-arms
+        // the timer as before the dump. An image without pending signals gets the same
+        // SIGALRM from the timer alone.
         if t[2] == 0 && t[3] == 0 {
             t[3] = 1;
         }

@@ -7,6 +7,7 @@
 use super::{CoreError, dump_thread, restore_creds, restore_name, restore_task_links};
 use crate::freeze::Frozen;
 use crate::image::core::{Creds, ThreadCore, ThreadsImage};
+use crate::image::sigstate::SigStateImage;
 use crate::inject::{Injector, to_bytes};
 use crate::sys::ptrace::{self, Stop};
 use crate::sys::remote::Remote;
@@ -63,12 +64,15 @@ pub struct Created<'a> {
 
 /// Creates every thread of `image` in the process whose main thread `main` is being restored
 /// (its memory complete, its trampoline in place; still privileged), and gives each its own
-/// name, signal stack, robust list, tid address, rseq and credentials. The main thread must be
-/// traced with `PTRACE_O_TRACECLONE`.
+/// name, signal stack, robust list, tid address, rseq, credentials, capabilities and pending
+/// signals. The main thread must be traced with `PTRACE_O_TRACECLONE`; `pid` is the process's
+/// pid as it sees itself.
 pub fn create<'a>(
     main: &Injector,
+    pid: i32,
     image: &'a ThreadsImage,
     creds: &Creds,
+    sig: Option<&SigStateImage>,
 ) -> Result<Vec<Created<'a>>, CoreError> {
     let mut out = Vec::with_capacity(image.threads.len());
     let (scratch, len) = main.scratch_range();
@@ -113,7 +117,23 @@ pub fn create<'a>(
         inj.set_scratch(scratch, len);
         restore_name(&inj, &t.comm)?;
         restore_task_links(&inj, t)?;
-        restore_creds(&inj, creds)?;
+        restore_creds(&inj, creds, sig.map(|s| &s.caps))?;
+        if let Some(s) = sig {
+            // The new thread inherited the restorer's mask, which blocks everything.
+            super::sigstate::queue(&inj, pid, Some(t.tid), s.pending_of(t.tid), s)?;
+            // Last for this thread: its filters beyond the ones it inherited from the main
+            // thread, or strict mode (the tracer's PTRACE_O_SUSPEND_SECCOMP keeps them off
+            // until the detach).
+            let tids: Vec<i32> = std::iter::once(pid)
+                .chain(image.threads.iter().map(|o| o.tid))
+                .collect();
+            let shared = s.shared_filters(&tids);
+            super::sigstate::restore_seccomp(
+                &inj,
+                s.filters_of(t.tid).get(shared..).unwrap_or_default(),
+                s.seccomp_strict.contains(&t.tid),
+            )?;
+        }
         out.push(Created { tid_here, core: t });
     }
     Ok(out)

@@ -8,6 +8,7 @@
 //!   files-<pid>.img      FilesImage           magic "FCFI"
 //!   pagemap-<pid>.img    PagemapImage         magic "FCPM"
 //!   pages-<pid>.img      raw pages, page-aligned, indexed by pagemap-<pid>.img
+//!   sigstate-<pid>.img   SigStateImage        magic "FCSG"  (absent in older images)
 //! ```
 //! Metadata files use the envelope in [`header`]; payloads are bincode with a size limit, so a
 //! corrupt length can never make a reader allocate more than the file holds. This module never
@@ -19,6 +20,7 @@ pub mod header;
 pub mod inventory;
 pub mod mm;
 pub mod pagemap;
+pub mod sigstate;
 pub mod tree;
 
 use std::fs::{self, File};
@@ -53,6 +55,8 @@ pub enum Kind {
     Threads,
     /// `tree.img` (trees only).
     Tree,
+    /// `sigstate-<pid>.img`: pending signals, POSIX timers, limits, identity.
+    SigState,
 }
 
 impl Kind {
@@ -66,6 +70,7 @@ impl Kind {
             Kind::Pagemap => b"FCPM",
             Kind::Threads => b"FCTH",
             Kind::Tree => b"FCTR",
+            Kind::SigState => b"FCSG",
         };
         u32::from_le_bytes(*tag)
     }
@@ -80,6 +85,7 @@ impl Kind {
             Kind::Pagemap => format!("pagemap-{pid}.img"),
             Kind::Threads => format!("threads-{pid}.img"),
             Kind::Tree => "tree.img".to_string(),
+            Kind::SigState => format!("sigstate-{pid}.img"),
         }
     }
 }

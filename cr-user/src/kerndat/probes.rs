@@ -47,6 +47,7 @@ pub fn probe() -> Kerndat {
     features.push(probe_ptrace());
     features.push(probe_cgroup_freeze());
     features.push(probe_mm_map());
+    features.push(probe_timer_restore_ids());
     features.push(probe_soft_dirty());
     Kerndat { kernel, features }
 }
@@ -479,6 +480,28 @@ fn probe_mm_map() -> Feature {
                 Status::from_syscall(&e)
             };
             Feature::new("prctl-mm-map", NEEDS, status, None)
+        }
+    }
+}
+
+/// `PR_TIMER_CREATE_RESTORE_IDS`: POSIX timers are restored with their ids (a process with
+/// POSIX timers cannot be restored without it; others can, hence informational).
+fn probe_timer_restore_ids() -> Feature {
+    const NAME: &str = "timer-restore-ids";
+    match probe::timer_restore_ids() {
+        Ok(_) => Feature::new(
+            NAME,
+            &[],
+            Status::Ok,
+            Some("POSIX timers keep their ids".into()),
+        ),
+        Err(e) => {
+            let status = if e.errno() == Some(libc::EINVAL) {
+                Status::Missing(format!("{}: {} (Linux 6.14 or later)", e.call, e.io_error))
+            } else {
+                Status::from_syscall(&e)
+            };
+            Feature::new(NAME, &[], status, None)
         }
     }
 }

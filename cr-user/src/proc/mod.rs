@@ -4,6 +4,7 @@
 pub mod maps;
 pub mod stat;
 pub mod status;
+pub mod timers;
 
 use std::path::PathBuf;
 

@@ -33,6 +33,12 @@ pub struct Status {
     pub rss_anon_kib: u64,
     /// Resident shared memory (shmem, shared anonymous) in KiB.
     pub rss_shmem_kib: u64,
+    /// Capability sets: inheritable, permitted, effective, bounding, ambient.
+    pub caps: [u64; 5],
+    /// `no_new_privs` is set.
+    pub no_new_privs: bool,
+    /// Seccomp mode: 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
 }
 
 /// Parses a status text.
@@ -82,6 +88,15 @@ pub fn parse_status(text: &str) -> Result<Status, ProcError> {
             "ShdPnd" => s.shd_pnd = hex(val)?,
             "RssAnon" => s.rss_anon_kib = nums(val).first().copied().unwrap_or(0),
             "RssShmem" => s.rss_shmem_kib = nums(val).first().copied().unwrap_or(0),
+            "CapInh" => s.caps[0] = hex(val)?,
+            "CapPrm" => s.caps[1] = hex(val)?,
+            "CapEff" => s.caps[2] = hex(val)?,
+            "CapBnd" => s.caps[3] = hex(val)?,
+            "CapAmb" => s.caps[4] = hex(val)?,
+            "NoNewPrivs" => s.no_new_privs = val == "1",
+            "Seccomp" => {
+                s.seccomp = val.parse().map_err(|_| parse_err("status", "Seccomp"))?;
+            }
             "NSpid" => s.ns_pid = nums(val).into_iter().map(|p| p as i32).collect(),
             _ => {}
         }
@@ -116,6 +131,21 @@ mod tests {
         assert_eq!(s.shd_pnd, 0x100);
         assert_eq!(s.sig_ign, 0x1000);
         assert_eq!(s.sig_cgt, 0x4002);
+        assert_eq!((s.caps, s.no_new_privs, s.seccomp), ([0; 5], false, 0));
+    }
+
+    #[test]
+    fn parses_caps_and_seccomp() {
+        let t = "Tgid:\t5\nCapInh:\t0000000000000001\nCapPrm:\t000001ffffffffff\n\
+                 CapEff:\t000001fffffffffe\nCapBnd:\t000001ffffbfffff\nCapAmb:\t0000000000000000\n\
+                 NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+        let s = parse_status(t).unwrap();
+        assert_eq!(
+            s.caps,
+            [1, 0x1ff_ffff_ffff, 0x1ff_ffff_fffe, 0x1ff_ffbf_ffff, 0]
+        );
+        assert!(s.no_new_privs);
+        assert_eq!(s.seccomp, 2);
     }
 
     #[test]

@@ -70,9 +70,35 @@ pub(super) fn build<'a>(
     crate::core::restore_signals(&inj, &p.core)?;
     let main = p.core.main_thread();
     crate::core::restore_task_links(&inj, &main)?;
-    let threads = crate::core::threads::create(&inj, &p.threads, &p.core.creds)?;
-    crate::core::restore_creds(&inj, &p.core.creds)?;
+    let sig = p.sigstate.as_ref();
+    let tids: Vec<i32> = std::iter::once(pid)
+        .chain(p.threads.threads.iter().map(|t| t.tid))
+        .collect();
+    if let Some(s) = sig {
+        if s.has_seccomp() {
+            // Inherited by the threads created below.
+            ptrace::set_options(
+                here,
+                ptrace::OPT_TRACESYSGOOD
+                    | ptrace::OPT_EXITKILL
+                    | ptrace::OPT_TRACECLONE
+                    | ptrace::OPT_TRACEFORK
+                    | ptrace::OPT_SUSPEND_SECCOMP,
+            )
+            .map_err(err(
+                "suspend seccomp (PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN)",
+            ))?;
+        }
+        crate::core::sigstate::restore_early(&inj, &tids, s)?;
+    }
+    let threads = crate::core::threads::create(&inj, pid, &p.threads, &p.core.creds, sig)?;
+    crate::core::restore_creds(&inj, &p.core.creds, sig.map(|s| &s.caps))?;
     crate::core::restore_timers(&inj, &p.core)?;
+    if let Some(s) = sig {
+        // Signals are queued while everything is still blocked; the dumped mask comes with
+        // the registers at the end.
+        crate::core::sigstate::restore_late(&inj, pid, &tids, s)?;
+    }
     if let (Some((uffd, _)), Some(plan)) = (&uffd, lazy) {
         crate::lazy::register::register(uffd, here, plan)?;
     }

@@ -9,6 +9,7 @@ use crate::image::files::FilesImage;
 use crate::image::inventory::Inventory;
 use crate::image::mm::{MmImage, VmaKind};
 use crate::image::pagemap::PagemapImage;
+use crate::image::sigstate::SigStateImage;
 use crate::image::tree::{TreeImage, TreeProc};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
 use crate::mm::MmError;
@@ -23,6 +24,8 @@ pub struct ProcImage {
     pub core: CoreImage,
     /// Its other threads.
     pub threads: ThreadsImage,
+    /// Pending signals, POSIX timers, limits, identity (absent in images of older versions).
+    pub sigstate: Option<SigStateImage>,
     /// Address space.
     pub mm: MmImage,
     /// Files.
@@ -148,6 +151,18 @@ fn load_proc(
         )
         .into());
     }
+    let sigstate: Option<SigStateImage> = if dir.file(&Kind::SigState.file_name(pid)).exists() {
+        Some(dir.read(Kind::SigState, pid)?)
+    } else {
+        None
+    };
+    if let Some(s) = &sigstate {
+        let tids: Vec<i32> = std::iter::once(pid)
+            .chain(threads.threads.iter().map(|t| t.tid))
+            .collect();
+        s.validate(&tids)
+            .map_err(|d| inconsistent(dir, &Kind::SigState.file_name(pid), d))?;
+    }
     let mm: MmImage = dir.read(Kind::Mm, pid)?;
     let files: FilesImage = dir.read(Kind::Files, pid)?;
     let pagemap: PagemapImage = dir.read(Kind::Pagemap, pid)?;
@@ -182,6 +197,7 @@ fn load_proc(
         pid,
         core,
         threads,
+        sigstate,
         mm,
         files,
         pagemap,

@@ -280,6 +280,27 @@ pub fn ptrace_probe(child: &PausedChild) -> Result<PtraceProbe, SyscallError> {
 // ---------------------------------------------------------------------------------------------
 // prctl
 
+/// `prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET)`: whether
+/// `timer_create` takes the wanted id (Linux 6.14+); only reads this process's setting.
+///
+/// # Errors
+/// The failed prctl (`EINVAL` on older kernels).
+pub fn timer_restore_ids() -> Result<bool, SyscallError> {
+    const PR_TIMER_CREATE_RESTORE_IDS: libc::c_int = 77;
+    const PR_TIMER_CREATE_RESTORE_IDS_GET: libc::c_ulong = 2;
+    // SAFETY: this prctl takes integers only and touches no memory.
+    let ret = unsafe {
+        libc::prctl(
+            PR_TIMER_CREATE_RESTORE_IDS,
+            PR_TIMER_CREATE_RESTORE_IDS_GET,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret.into(), "prctl(PR_TIMER_CREATE_RESTORE_IDS)").map(|v| v != 0)
+}
+
 /// `PR_SET_MM_MAP_SIZE`: asks the kernel for `sizeof(struct prctl_mm_map)`, which only
 /// succeeds where `PR_SET_MM_MAP` exists (CONFIG_CHECKPOINT_RESTORE).
 ///

@@ -313,3 +313,122 @@ pub fn get_rseq(pid: i32) -> Result<RseqConfig, SyscallError> {
         sig: raw.sig,
     })
 }
+
+const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
+const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+/// Size of the kernel's `siginfo_t`.
+pub const SIGINFO_LEN: usize = 128;
+
+/// The queued (pending) signals of a stopped tracee, oldest first, as raw `siginfo_t`: its own
+/// queue, or with `shared` its process's. Reading does not dequeue anything.
+pub fn peek_siginfo(pid: i32, shared: bool) -> Result<Vec<[u8; SIGINFO_LEN]>, SyscallError> {
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const BATCH: usize = 32;
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [[0u8; SIGINFO_LEN]; BATCH];
+        let mut args = Args {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: BATCH as i32,
+        };
+        let n = ptrace_raw(
+            PTRACE_PEEKSIGINFO,
+            pid,
+            (&raw mut args) as u64,
+            buf.as_mut_ptr() as u64,
+            "ptrace(PTRACE_PEEKSIGINFO)",
+        )?;
+        let n = usize::try_from(n).unwrap_or(0).min(BATCH);
+        out.extend_from_slice(&buf[..n]);
+        if n < BATCH {
+            return Ok(out);
+        }
+    }
+}
+
+/// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters do not apply while it is traced
+/// (needs `CAP_SYS_ADMIN`), so syscalls injected into a filtered task are not filtered.
+pub const OPT_SUSPEND_SECCOMP: u64 = 1 << 21;
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+/// Longest classic BPF program the kernel accepts (`BPF_MAXINSNS`).
+pub const SECCOMP_MAX_INSNS: usize = 4096;
+
+/// One seccomp filter of a stopped tracee: its flags (`SECCOMP_FILTER_FLAG_LOG` is the only
+/// one the kernel reports) and its classic BPF program, one `struct sock_filter` (8 bytes) per
+/// word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeccompFilter {
+    /// `SECCOMP_FILTER_FLAG_*`.
+    pub flags: u64,
+    /// The instructions.
+    pub insns: Vec<u64>,
+}
+
+/// The seccomp filters of the stopped tracee `pid`, oldest first (needs `CAP_SYS_ADMIN`).
+pub fn seccomp_filters(pid: i32) -> Result<Vec<SeccompFilter>, SyscallError> {
+    let mut out = Vec::new();
+    for index in 0u64.. {
+        let count = match ptrace_raw(
+            PTRACE_SECCOMP_GET_FILTER,
+            pid,
+            index,
+            0,
+            "ptrace(PTRACE_SECCOMP_GET_FILTER)",
+        ) {
+            Ok(n) => usize::try_from(n).unwrap_or(0),
+            // Past the oldest filter.
+            Err(e) if e.errno() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        };
+        if count == 0 || count > SECCOMP_MAX_INSNS {
+            return Err(SyscallError::from_errno(
+                "ptrace(PTRACE_SECCOMP_GET_FILTER)",
+                libc::E2BIG,
+            ));
+        }
+        let mut insns = vec![0u64; count];
+        let got = ptrace_raw(
+            PTRACE_SECCOMP_GET_FILTER,
+            pid,
+            index,
+            insns.as_mut_ptr() as u64,
+            "ptrace(PTRACE_SECCOMP_GET_FILTER)",
+        )?;
+        if usize::try_from(got).ok() != Some(count) {
+            // Filters are never changed, only added on top: a different length is impossible.
+            return Err(SyscallError::from_errno(
+                "ptrace(PTRACE_SECCOMP_GET_FILTER)",
+                libc::EPROTO,
+            ));
+        }
+        #[repr(C)]
+        struct Metadata {
+            filter_off: u64,
+            flags: u64,
+        }
+        let mut md = Metadata {
+            filter_off: index,
+            flags: 0,
+        };
+        ptrace_raw(
+            PTRACE_SECCOMP_GET_METADATA,
+            pid,
+            size_of::<Metadata>() as u64,
+            (&raw mut md) as u64,
+            "ptrace(PTRACE_SECCOMP_GET_METADATA)",
+        )?;
+        out.push(SeccompFilter {
+            flags: md.flags,
+            insns,
+        });
+    }
+    out.reverse();
+    Ok(out)
+}

@@ -122,6 +122,9 @@ impl WriteTracker {
         let err = |step| move |source| TrackError::Syscall { pid, step, source };
         let (remote_fd, kept) = {
             let frozen = Frozen::freeze(pid)?;
+            if proc::status::status(pid)?.seccomp != 0 {
+                frozen.suspend_seccomp()?;
+            }
             frozen.block_signals()?;
             let maps = proc::maps::maps(pid)?;
             let ip = vdso_syscall_ip(pid, &maps)?;

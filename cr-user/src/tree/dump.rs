@@ -15,6 +15,7 @@ use crate::image::files::FilesImage;
 use crate::image::inventory::Inventory;
 use crate::image::mm::MmImage;
 use crate::image::pagemap::PagemapImage;
+use crate::image::sigstate::SigStateImage;
 use crate::image::{ImageDir, Kind};
 use crate::proc;
 use crate::stats::{DumpStats, micros};
@@ -25,6 +26,7 @@ struct Saved {
     pid: i32,
     core: CoreImage,
     threads: ThreadsImage,
+    sigstate: SigStateImage,
     files: FilesImage,
     mm: MmImage,
     pagemap: PagemapImage,
@@ -89,7 +91,7 @@ fn save(
         .unwrap_or_default();
     let smaps = proc::maps::smaps(pid)?;
     let (vmas, files) = dump_layout_files(pid, &smaps, status.umask, shell_job, None, pipes)?;
-    let (mm, core, threads) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
+    let (mm, core, threads, sigstate) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
     let mut buf = Vec::new();
     let (pagemap, pages) = match precopied {
         Some(pc) => {
@@ -115,6 +117,7 @@ fn save(
         pid,
         core,
         threads,
+        sigstate,
         files,
         mm,
         pagemap,
@@ -257,6 +260,7 @@ fn write(
         if !s.threads.threads.is_empty() {
             dir.write(Kind::Threads, s.pid, &s.threads)?;
         }
+        dir.write(Kind::SigState, s.pid, &s.sigstate)?;
         dir.write(Kind::Files, s.pid, &s.files)?;
     }
     dir.write(Kind::Tree, 0, tree)?;
