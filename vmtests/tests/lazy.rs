@@ -114,8 +114,6 @@ fn lazy_restore_wl_heap() {
 /// `restore --lazy` without `-d`, with the churn running during the lazy phase: fastcr serves
 /// the faults, fills the rest, then waits for the process and exits with its status.
 #[test]
-#[ignore = "intermittent (about 1 CI run in 3, never in 12 local runs): the restored wl_lazy stops \
-            churning during a lazy restore without -d; cause not found yet (see the issue note)"]
 fn lazy_restore_with_churn() {
     let (wl, _before, images) = spawn_and_dump("wl_lazy", &["512"]);
     // Before the restore, so the churn runs from the first instruction after it.
