@@ -461,7 +461,7 @@ pub fn finish(
     // Into the shadow's arena: its pages are already faulted in, and round 0 laid the slots
     // out in address order, so most reads land in place.
     pc.shadow
-        .copy_from(pid, &copy)
+        .copy_from_parallel(pid, &copy)
         .map_err(|source| TrackError::Syscall {
             pid,
             step: "copy of the residue",
