@@ -304,7 +304,7 @@ fn classify(
         return Ok(kind);
     }
     Err(unsupported(if ft.is_fifo() {
-        "a pipe or FIFO leading outside the dump (process trees are not supported yet)"
+        "a pipe or FIFO leading outside the dump (to a process not in the dumped tree)"
     } else if target.starts_with("socket:") {
         "sockets are not supported yet"
     } else if target == "anon_inode:[userfaultfd]" {
