@@ -330,6 +330,20 @@ fn migrate_precopy_wl_dirty() {
         .unwrap_or_else(|| panic!("no dump.rounds array: {mstats}"));
     assert!(!rounds.is_empty(), "no pre-copy round: {mstats}");
     assert!(num(&mstats, "dump.pages_written") > 0, "{mstats}");
+    // The rounds' copies went over while the process ran (at least the 65536 pages of the
+    // first round), and the image leaves them to the parent the destination wrote from them:
+    // after the freeze only the residue was sent.
+    let streamed = num(&mstats, "precopy_pages_streamed");
+    assert!(streamed >= 65_536, "{mstats}");
+    let in_parent = num(&mstats, "dump.pages_in_parent");
+    assert!(
+        in_parent > 0,
+        "the image stored every page itself: {mstats}"
+    );
+    assert!(
+        num(&mstats, "dump.pages_written") < in_parent,
+        "the residue should be the smaller part: {mstats}"
+    );
 }
 
 /// wl_lazy 512 MiB, churning (munmap, mremap, MADV_DONTNEED, fork) before the migration and

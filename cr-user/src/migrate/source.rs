@@ -12,8 +12,9 @@ use serde::Serialize;
 
 use super::auth::{self, Role, SessionId, Token};
 use super::proto::{self, DoneStats, Frame, MAX_DATA_LEN, ProtoError};
+use super::stream::BulkSink;
 use super::{LINK_TIMEOUT, MigrateError, PING_PERIOD, TempImages, io_err, tune};
-use crate::dump::{DumpOptions, dump_held};
+use crate::dump::{DumpOptions, dump_held_streaming};
 use crate::image::mm::MmImage;
 use crate::image::pagemap::{PE_LAZY, PagemapImage};
 use crate::image::{ImageDir, Kind};
@@ -54,6 +55,8 @@ pub struct MigrateStats {
     pub time_to_all_pages_us: u64,
     /// Bytes sent: image files plus pages.
     pub bytes_sent: u64,
+    /// Pages sent while the process still ran (a stop-and-copy with pre-copy rounds).
+    pub precopy_pages_streamed: u64,
     /// Pages sent in the background stream.
     pub bulk_pages: u64,
     /// Page requests answered (demand faults on the destination).
@@ -280,9 +283,11 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
     let mut ctl = connect(&opts.to, &token, Role::Control, session)?;
     // The handshake is two round trips.
     let rtt_us = micros(t.elapsed()) / 2;
-    // Always made (the destination pairs it before it knows the mode); used when lazy.
+    // Always made (the destination pairs it before it knows the mode). It carries the
+    // pre-copy stream first (empty unless a stop-and-copy pre-copies), then, if lazy, the pages
+    // after the resume.
     let bulk = connect(&opts.to, &token, Role::Bulk, session)?;
-    let bulk = opts.lazy.then_some(bulk);
+    let mut sink = BulkSink { bulk, pages: 0 };
     let images = TempImages::new("migrate")?;
     let dopts = DumpOptions {
         pid,
@@ -302,7 +307,8 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
             what: "--lazy with --pre-copy is not supported yet: lazy migration sends the memory after the resume".into(),
         }));
     }
-    let (dump_stats, frozen) = dump_held(&dopts)?;
+    let streaming = dopts.pre_copy.is_some();
+    let (dump_stats, frozen) = dump_held_streaming(&dopts, streaming.then_some(&mut sink))?;
     let t_frozen = Instant::now() - Duration::from_micros(dump_stats.frozen_time_us);
     let mut stats = MigrateStats {
         lazy: opts.lazy,
@@ -310,9 +316,14 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         rtt_us,
         ..MigrateStats::default()
     };
+    let mut bulk = None;
     // Until `Go` is sent, any failure thaws the original.
     let handover = (|| -> Result<(), MigrateError> {
-        stats.bytes_sent = send_images(&mut ctl, images.path(), opts.lazy)?;
+        let (b, streamed) = sink.end()?;
+        bulk = opts.lazy.then_some(b);
+        stats.precopy_pages_streamed = streamed;
+        stats.bytes_sent = streamed * proto::PAGE_SIZE as u64;
+        stats.bytes_sent += send_images(&mut ctl, images.path(), opts.lazy)?;
         // The destination restores (a stop-and-copy image holds all the memory) before Ready.
         ctl.set_read_timeout(Some(super::IMAGE_WAIT))
             .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;

@@ -288,12 +288,24 @@ impl Shadow {
         &self.covered
     }
 
-    /// Stores one page given by the caller (tests fill the store without a process).
+    /// Stores whole pages given by the caller at `addr` (a migration destination mirrors the
+    /// source's copies this way); a trailing partial page is ignored.
+    pub fn store(&mut self, addr: u64, data: &[u8]) {
+        let mut a = addr;
+        for page in data.chunks_exact(PAGE) {
+            let slot = self.slot_for(a);
+            self.page_mut(slot).copy_from_slice(page);
+            a += PAGE_SIZE;
+        }
+        if a > addr {
+            self.covered.push((addr, a));
+        }
+    }
+
+    /// Stores one page (tests fill the store without a process).
     #[cfg(test)]
     fn put(&mut self, addr: u64, data: &[u8]) {
-        self.covered.push((addr, addr + PAGE_SIZE));
-        let slot = self.slot_for(addr);
-        self.page_mut(slot).copy_from_slice(&data[..PAGE]);
+        self.store(addr, &data[..PAGE]);
     }
 }
 
