@@ -81,6 +81,7 @@ fn save(
     lazy: bool,
     pipes: &crate::files::TreePipes,
     precopied: Option<&mut PreCopy>,
+    layout: Option<&[proc::maps::MapEntry]>,
     fin: &mut Final,
 ) -> Result<Saved, DumpError> {
     let pid = f.main().pid();
@@ -89,14 +90,26 @@ fn save(
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_string())
         .unwrap_or_default();
-    let smaps = proc::maps::smaps(pid)?;
+    // A layout that did not move since the rounds read it (smaps walks page tables, slow on
+    // big processes): the cheap maps with its flags.
+    let unchanged = layout.and_then(|pre| {
+        let now = proc::maps::maps(pid).ok()?;
+        proc::maps::with_flags_from(&now, pre)
+    });
+    let layout_unchanged = unchanged.is_some();
+    let smaps = match unchanged {
+        Some(merged) => merged,
+        None => proc::maps::smaps(pid)?,
+    };
+    tracing::debug!(pid, layout_unchanged, "layout read");
     let (vmas, files) = dump_layout_files(pid, &smaps, status.umask, shell_job, None, pipes)?;
+    tracing::debug!(pid, "files saved");
     let (mm, core, threads, sigstate) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
+    tracing::debug!(pid, "layout, files and registers saved");
     let mut buf = Vec::new();
     let (pagemap, pages) = match precopied {
         Some(pc) => {
-            // The layout was not watched per process: pages are selected in the freeze.
-            let (pagemap, _, pass) = precopy::finish(pc, &mm.vmas, false)?;
+            let (pagemap, _, pass) = precopy::finish(pc, &mm.vmas, layout_unchanged)?;
             fin.scan_us += pass.final_scan_us;
             fin.residual_pages += pass.residual_pages;
             fin.bulk |= pass.bulk;
@@ -183,6 +196,10 @@ pub(crate) fn dump(
     let t_freeze = Instant::now();
     let (frozen, tree) = freeze_all(root)?;
     let t_frozen = Instant::now();
+    if let Some(p) = precopied.as_mut() {
+        // VMA syscalls between the last round and the freeze.
+        super::precopy::forget_moved_layouts(&mut tracker.as_mut(), &mut p.layouts, p.lost_before);
+    }
     stats.freezing_time_us = micros(t_frozen - t_freeze);
     stats.frozen_steps.stop_us = stats.freezing_time_us;
     let live: Vec<i32> = frozen.iter().map(|f| f.main().pid()).collect();
@@ -192,19 +209,26 @@ pub(crate) fn dump(
         confirm_task_set(root, t, &tids, &all)?;
     }
     let t = Instant::now();
+    tracing::debug!(us = micros(t_frozen - t_freeze), "tree frozen");
     let pipes = crate::files::tree_pipes(&live)?;
+    tracing::debug!(us = micros(t.elapsed()), "tree pipes read");
     let mut saved = Vec::with_capacity(frozen.len());
     let mut fin = Final::default();
     for f in &frozen {
-        let pc = precopied
-            .as_mut()
-            .and_then(|p| p.sessions.get_mut(&f.main().pid()));
+        let (pc, layout) = match precopied.as_mut() {
+            Some(p) => (
+                p.sessions.get_mut(&f.main().pid()),
+                p.layouts.get(&f.main().pid()).map(Vec::as_slice),
+            ),
+            None => (None, None),
+        };
         saved.push(save(
             f,
             opts.shell_job,
             opts.lazy_pages,
             &pipes,
             pc,
+            layout,
             &mut fin,
         )?);
     }

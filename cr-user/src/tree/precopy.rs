@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use crate::bpf::TaskTracker;
-use crate::proc::ProcError;
+use crate::proc::maps::MapEntry;
+use crate::proc::{self, ProcError};
 use crate::stats::micros;
 use crate::track::TrackError;
 use crate::track::precopy::{
@@ -20,6 +21,12 @@ use crate::track::precopy::{
 pub struct TreePreCopy {
     /// One session per process still tracked, by pid.
     pub sessions: BTreeMap<i32, PreCopy>,
+    /// Each tracked process's layout read with `smaps` when its session started, kept only
+    /// while BPF saw no VMA syscall of it since (nor lost any event): its freeze then reads
+    /// the cheap `maps` instead, and its pages were selected during the rounds.
+    pub layouts: BTreeMap<i32, Vec<MapEntry>>,
+    /// BPF's lost-event count when the rounds began.
+    pub lost_before: Option<u64>,
     /// Per-round figures summed over the tree (time is the round's wall time).
     pub rounds: Vec<RoundStat>,
     /// Pages written per second over the tree, from the last full round.
@@ -41,29 +48,45 @@ pub fn run(
         .map(|pc| pc.rounds.clone())
         .unwrap_or_default();
     let limit = rounds.limit();
+    let mut layouts: BTreeMap<i32, Vec<MapEntry>> = BTreeMap::new();
+    let lost_before = hints.as_deref().and_then(|t| t.lost_vma_events().ok());
     for round in 0..limit {
         let t = Instant::now();
         let live = live(root)?;
         sessions.retain(|pid, _| live.contains(pid));
+        forget_moved_layouts(&mut hints, &mut layouts, lost_before);
         let hinted = precopy::drain_hints(&mut hints);
         let last = round + 1 == limit;
         let mut sum = RoundStat::default();
         for &pid in &live {
+            let mut layout = None;
             let pc = match sessions.entry(pid) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(v) => match PreCopy::start(pid) {
-                    Ok(pc) => v.insert(pc),
+                    Ok(pc) => {
+                        // Read before its round 0 (which selects its pages from it), after the
+                        // events drained above.
+                        if lost_before.is_some()
+                            && let Ok(smaps) = proc::maps::smaps(pid)
+                            && let Ok(vmas) = crate::mm::dump::layout(pid, &smaps)
+                        {
+                            layouts.insert(pid, smaps);
+                            layout = Some(vmas);
+                        }
+                        v.insert(pc)
+                    }
                     Err(_) if !alive(pid) => continue,
                     Err(e) => return Err(e),
                 },
             };
             let before = pc.rounds.len();
             let mine = hinted.get(&pid).map_or(&[][..], Vec::as_slice);
-            if let Err(e) = pc.full_round(mine, last, None) {
+            if let Err(e) = pc.full_round(mine, last, layout.as_deref()) {
                 // It exited, or its tracking broke (execve): copied whole in the freeze, or
                 // tracked afresh next round.
                 tracing::debug!(pid, error = %e, "tracking dropped");
                 sessions.remove(&pid);
+                layouts.remove(&pid);
                 continue;
             }
             add(&mut sum, &pc.rounds[before..]);
@@ -105,11 +128,34 @@ pub fn run(
         }
     }
     let dirty_rate = sessions.values().map(|pc| pc.dirty_rate).sum();
+    layouts.retain(|pid, _| sessions.contains_key(pid));
     Ok(TreePreCopy {
         sessions,
+        layouts,
+        lost_before,
         rounds: stats,
         dirty_rate,
     })
+}
+
+/// Forgets the layout of every process BPF saw making a VMA syscall since the last call (all
+/// of them if an event was lost since `lost_before`, or BPF is gone).
+pub fn forget_moved_layouts(
+    hints: &mut Option<&mut TaskTracker>,
+    layouts: &mut BTreeMap<i32, Vec<MapEntry>>,
+    lost_before: Option<u64>,
+) {
+    let Some(bpf) = hints.as_deref_mut() else {
+        layouts.clear();
+        return;
+    };
+    let events = bpf.drain_vma_events().unwrap_or_default();
+    for e in &events {
+        layouts.remove(&(e.tgid as i32));
+    }
+    if bpf.lost_vma_events().ok() != lost_before {
+        layouts.clear();
+    }
 }
 
 fn add(sum: &mut RoundStat, rounds: &[RoundStat]) {
