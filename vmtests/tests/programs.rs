@@ -178,3 +178,182 @@ fn shell_pipeline_keeps_streaming() {
     }
     assert_no_stray_children("pipeline");
 }
+
+// ---------------------------------------------------------------------------------------------
+// redis-server
+
+/// A minimal RESP client: one command, one reply (simple string, integer, bulk or nil), as text.
+struct Redis {
+    conn: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Redis {
+    fn connect(port: u16) -> std::io::Result<Redis> {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Redis {
+            conn: std::io::BufReader::new(s),
+        })
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> String {
+        use std::io::{BufRead, Read, Write};
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.conn
+            .get_mut()
+            .write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("redis {args:?}: write: {e}"));
+        let mut line = String::new();
+        self.conn
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("redis {args:?}: read: {e}"));
+        let line = line.trim_end().to_string();
+        match line.strip_prefix('$') {
+            Some("-1") => "(nil)".into(),
+            Some(len) => {
+                let len: usize = len
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bulk length {line}: {e}"));
+                let mut data = vec![0u8; len + 2];
+                self.conn
+                    .read_exact(&mut data)
+                    .unwrap_or_else(|e| panic!("redis {args:?}: bulk: {e}"));
+                String::from_utf8_lossy(&data[..len]).into_owned()
+            }
+            None => line,
+        }
+    }
+}
+
+/// Socket fds of `pid`.
+fn sockets_of(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| {
+                fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
+}
+
+const KEYS: usize = 1000;
+
+/// redis-server holding a dataset, dumped, killed and restored: every key is there again, the
+/// counter goes on from its value, and new clients are accepted. With `keep_client`, a client
+/// stays connected across the dump (`--tcp-established`) and keeps working on the same
+/// connection after the restore.
+fn redis(keep_client: bool) {
+    require_root();
+    let dir = Scratch::new("redis");
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let port_arg = port.to_string();
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let mut cmd = Command::new("/usr/bin/redis-server");
+    cmd.args([
+        "--port",
+        &port_arg,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        &dir_arg,
+    ])
+    .stdin(Stdio::null())
+    .stdout(fs::File::create(dir.join("log")).expect("redis log"))
+    .stderr(Stdio::null());
+    let child = spawn_registered(close_inherited_fds(&mut cmd));
+    let pid = i32::try_from(child.id()).expect("pid");
+    drop(child);
+    let mut client = None;
+    wait_until("redis accepts connections", GUARD, || {
+        client = Redis::connect(port).ok();
+        client.is_some()
+    });
+    let mut c = client.expect("connected");
+    assert_eq!(c.cmd(&["PING"]), "+PONG");
+    for i in 0..KEYS {
+        assert_eq!(
+            c.cmd(&["SET", &format!("k{i}"), &format!("value-{i}")]),
+            "+OK"
+        );
+    }
+    for _ in 0..7 {
+        c.cmd(&["INCR", "counter"]);
+    }
+    let listening = 1;
+    let kept = if keep_client {
+        Some(c)
+    } else {
+        drop(c);
+        None
+    };
+    // Redis closes a client's socket once it sees it gone.
+    let expected = listening + usize::from(keep_client);
+    wait_until(
+        "redis holds only its listener (and the kept client)",
+        GUARD,
+        || sockets_of(pid) == expected,
+    );
+
+    let images = Scratch::new("redis-img");
+    let pid_arg = pid.to_string();
+    let mut args = vec!["dump", "-t", &pid_arg, "-D", images.as_str()];
+    if keep_client {
+        args.push("--tcp-established");
+    }
+    assert_success(&fastcr(&args), &args.join(" "));
+    let st = reap_within(pid, GUARD, "redis after the dump");
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGKILL),
+        "redis after the dump: {st:?}"
+    );
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d of redis",
+    );
+    let restored = Restored::new(pid);
+    if let Some(mut c) = kept {
+        // The same connection, across the dump and restore.
+        assert_eq!(c.cmd(&["PING"]), "+PONG", "the kept client after restore");
+        assert_eq!(c.cmd(&["GET", "k5"]), "value-5");
+    }
+    let mut fresh = Redis::connect(port).expect("a new client after restore");
+    for i in 0..KEYS {
+        assert_eq!(
+            fresh.cmd(&["GET", &format!("k{i}")]),
+            format!("value-{i}"),
+            "key k{i} after restore"
+        );
+    }
+    assert_eq!(fresh.cmd(&["INCR", "counter"]), ":8", "the counter goes on");
+    let mut another = Redis::connect(port).expect("a second new client");
+    assert_eq!(another.cmd(&["DBSIZE"]), format!(":{}", KEYS + 1));
+    drop((fresh, another));
+    restored.signal(libc::SIGTERM);
+    let st = reap_within(pid, GUARD, "the restored redis");
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "the restored redis exits cleanly on SIGTERM: {st:?}"
+    );
+    assert_no_stray_children("redis");
+}
+
+#[test]
+fn redis_dataset_and_new_clients() {
+    redis(false);
+}
