@@ -184,7 +184,12 @@ pub struct RestoreTime {
 impl RestoreTime {
     /// Starts the workload, lets it run, dumps it (the dump ends it) and reaps it.
     pub fn prepare(bin: &Path, size_mib: u64) -> Result<Self> {
-        let mut workload = Workload::spawn(WORKLOAD, &[&size_arg(size_mib)]);
+        Self::prepare_workload(bin, WORKLOAD, &[&size_arg(size_mib)])
+    }
+
+    /// [`RestoreTime::prepare`] for workload `name` with `args`.
+    pub fn prepare_workload(bin: &Path, name: &str, args: &[&str]) -> Result<Self> {
+        let mut workload = Workload::spawn(name, args);
         workload.wait_counter_advances();
         let images = Scratch::new("bench-restore-img");
         let pid = workload.pid_arg();
@@ -200,9 +205,14 @@ impl RestoreTime {
         })
     }
 
+    /// The workload (restored, between [`RestoreTime::restore`] and its end).
+    pub fn workload(&mut self) -> &mut Workload {
+        &mut self.workload
+    }
+
     /// Restores the process (`restore -d`), checks it runs, and returns the restore time it
     /// reported.
-    fn restore(&mut self) -> Result<Duration> {
+    pub fn restore(&mut self) -> Result<Duration> {
         let out = fastcr(
             &self.bin,
             &["restore", "-D", self.images.as_str(), "-d", "--json"],

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use vmtests::restored::Restored;
 use vmtests::{Scratch, Workload, reap_orphan};
 
-use crate::{fastcr, micros, parse_stats};
+use crate::{RestoreTime, fastcr, micros, parse_stats};
 
 /// The workload.
 pub const TREE_WORKLOAD: &str = "wl_combo";
@@ -71,64 +71,37 @@ impl TreeFrozen {
 /// The tree dumped once (which ends it), then restored again and again; each restored tree is
 /// killed and reaped before the next.
 pub struct TreeRestore {
-    bin: PathBuf,
-    wl: Workload,
+    inner: RestoreTime,
     child: i32,
-    images: Scratch,
 }
 
 impl TreeRestore {
     /// Starts the tree, dumps it and reaps both processes.
     pub fn prepare(bin: &Path) -> Result<Self> {
-        let mut wl = Workload::spawn(TREE_WORKLOAD, &[&TREE_SIZE_MIB.to_string()]);
-        wl.wait_counter_advances();
-        let child = child_of(&wl)?;
-        let images = Scratch::new("bench-tree-restore-img");
-        let pid = wl.pid_arg();
-        fastcr(bin, &["dump", "-t", &pid, "-D", images.as_str()])?;
-        let status = wl.reap();
-        if status.success() {
-            bail!("the parent exited by itself ({status}) instead of being ended by the dump");
-        }
+        // The child's pid is known only once it runs: the dump of `prepare_workload` follows.
+        let size = TREE_SIZE_MIB.to_string();
+        let mut inner = RestoreTime::prepare_workload(bin, TREE_WORKLOAD, &[&size])?;
+        let child = child_of(inner.workload())?;
         let st = ExitStatus::from_raw(reap_orphan(child));
         if st.signal() != Some(libc::SIGKILL) {
             bail!("the child was not SIGKILLed by the dump: {st}");
         }
-        Ok(Self {
-            bin: bin.to_path_buf(),
-            wl,
-            child,
-            images,
-        })
-    }
-
-    fn restore(&mut self) -> Result<Duration> {
-        let out = fastcr(
-            &self.bin,
-            &["restore", "-D", self.images.as_str(), "-d", "--json"],
-        )?;
-        let stats = parse_stats(&out.stdout);
-        self.wl.adopt_restored();
-        let stats = stats?;
-        self.wl.wait_counter_advances();
-        micros(&stats, "restore_time_us")
+        Ok(Self { inner, child })
     }
 
     /// One restore; the restored tree is then killed (the parent first, so that it does not
     /// reap its child) and reaped.
     pub fn measure_once(&mut self) -> Result<Duration> {
-        let took = self.restore()?;
+        let took = self.inner.restore()?;
         let child = Restored::new(self.child);
-        self.wl.kill_and_reap();
+        self.inner.workload().kill_and_reap();
         child.signal(libc::SIGKILL);
         reap_orphan(self.child);
         Ok(took)
     }
 
     /// One last restore, stopped cleanly: the tree verifies itself.
-    pub fn finish(mut self) -> Result<()> {
-        self.restore()?;
-        self.wl.terminate_and_verify();
-        Ok(())
+    pub fn finish(self) -> Result<()> {
+        self.inner.finish()
     }
 }

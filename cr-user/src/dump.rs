@@ -421,18 +421,11 @@ fn dump_with(
                     return crate::tree::dump::dump(opts, after, Some(pc));
                 }
                 Ok(pc) => {
-                    stats.precopy_processes = 1;
-                    stats.precopy_time_us = micros(t.elapsed());
-                    stats.rounds = pc.rounds.clone();
-                    stats.dirty_rate_pages_per_s = pc.dirty_rate;
-                    stats.precopy_mode = "uffd-wp-async".into();
+                    record_precopy(&mut stats, t, &pc.rounds, pc.dirty_rate, 1);
                     Some(pc)
                 }
-                // Tracking is an optimisation: without it the dump is still exact, only its
-                // frozen window is longer. The stats say so.
                 Err(e) => {
-                    tracing::warn!(error = %e, "pre-copy unavailable; copying with the process stopped");
-                    stats.precopy_mode = format!("stop-the-world ({})", crate::error_chain(&e));
+                    record_precopy_failure(&mut stats, &e);
                     None
                 }
             }
@@ -605,6 +598,28 @@ fn dump_with(
         }
         (_, held) => Ok((stats, held.map(FrozenTree::single))),
     }
+}
+
+/// Records in `stats` the pre-copy rounds that ran since `t`.
+pub(crate) fn record_precopy(
+    stats: &mut DumpStats,
+    t: Instant,
+    rounds: &[precopy::RoundStat],
+    dirty_rate: f64,
+    processes: u32,
+) {
+    stats.precopy_processes = processes;
+    stats.precopy_time_us = micros(t.elapsed());
+    stats.rounds = rounds.to_vec();
+    stats.dirty_rate_pages_per_s = dirty_rate;
+    stats.precopy_mode = "uffd-wp-async".into();
+}
+
+/// Tracking is an optimisation: without it the dump is still exact, only its frozen window is
+/// longer. The stats say so.
+pub(crate) fn record_precopy_failure(stats: &mut DumpStats, e: &TrackError) {
+    tracing::warn!(error = %e, "pre-copy unavailable; copying with the tasks stopped");
+    stats.precopy_mode = format!("stop-the-world ({})", crate::error_chain(e));
 }
 
 /// Whether BPF saw a VMA syscall of the tracked tasks since the last call, or lost any event

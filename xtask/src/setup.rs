@@ -21,8 +21,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("llvm-22-dev", "LLVM 22, linked by bpf-linker"),
     ("strace", "debugging failed dumps and restores"),
     ("iproute2", "network tooling used by tests"),
-    ("python3", "TCP endpoints in the netns tests, and a real program the vmtests restore"),
-    ("redis-server", "a real program the vmtests dump and restore with its dataset"),
+    (
+        "python3",
+        "TCP endpoints in the netns tests, and a real program the vmtests restore",
+    ),
+    (
+        "redis-server",
+        "a real program the vmtests dump and restore with its dataset",
+    ),
     ("procps", "kill(1) and ps(1), used by xtask and tests"),
 ];
 

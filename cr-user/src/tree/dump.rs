@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::dump::{
     After, DumpError, DumpOptions, Pages, confirm_task_set, dump_cpu, dump_layout_files,
-    prepare_dir, start_tracking,
+    prepare_dir, record_precopy, record_precopy_failure, start_tracking,
 };
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
 use crate::image::core::{CoreImage, ThreadsImage};
@@ -178,16 +178,12 @@ pub(crate) fn dump(
             let hints = if hinting { tracker.as_mut() } else { None };
             match super::precopy::run(root, rounds, hints, seed) {
                 Ok(pc) => {
-                    stats.precopy_processes = pc.sessions.len() as u32;
-                    stats.precopy_time_us = micros(t.elapsed());
-                    stats.rounds = pc.rounds.clone();
-                    stats.dirty_rate_pages_per_s = pc.dirty_rate;
-                    stats.precopy_mode = "uffd-wp-async".into();
+                    let n = pc.sessions.len() as u32;
+                    record_precopy(&mut stats, t, &pc.rounds, pc.dirty_rate, n);
                     Some(pc)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "pre-copy unavailable; copying with the tree stopped");
-                    stats.precopy_mode = format!("stop-the-world ({})", crate::error_chain(&e));
+                    record_precopy_failure(&mut stats, &e);
                     None
                 }
             }
