@@ -464,6 +464,7 @@ fn dump_with(
         tracking_fd,
         &crate::files::TreePipes::new(),
     )?;
+    let objects = crate::files::objects::dump(&[(pid, &vmas, &files)]).map_err(FilesError::from)?;
     stats.frozen_steps.metadata_us = micros(t.elapsed());
     let t = Instant::now();
     let close_fd = tracking_fd.filter(|_| !keep_tracking);
@@ -542,6 +543,7 @@ fn dump_with(
     }
     dir.write(Kind::SigState, pid, &sigstate)?;
     dir.write(Kind::Files, pid, &files)?;
+    objects.write(&dir)?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         root_pid: pid,

@@ -161,6 +161,7 @@ fn render(full: &LoadedImage) -> String {
             VmaKind::File { .. } => "file",
             VmaKind::Vdso => "vdso",
             VmaKind::Vvar { .. } => "vvar",
+            VmaKind::Object { .. } => "object",
         };
         let _ = writeln!(
             s,

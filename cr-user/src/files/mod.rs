@@ -6,6 +6,7 @@
 //! are handed the restorer's own. Anything else is refused at dump time, naming the fd.
 
 mod anon;
+pub mod objects;
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -85,6 +86,9 @@ pub enum FilesError {
     /// An injected syscall failed.
     #[error(transparent)]
     Inject(#[from] InjectError),
+    /// A memfd or deleted file could not be saved or recreated.
+    #[error(transparent)]
+    Object(#[from] objects::ObjectError),
 }
 
 const SAFE_DEVICES: [&str; 5] = [
@@ -255,6 +259,12 @@ fn classify(
     let is_stream = target.starts_with("pipe:")
         || target.starts_with("/dev/pts/")
         || target.starts_with("/dev/tty");
+    if ft.is_file() && objects::is_object_fd(target) {
+        return Ok(FdKind::Object {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        });
+    }
     if ft.is_file() || ft.is_dir() {
         if target.ends_with(" (deleted)") {
             return Err(unsupported("the file was deleted (not supported yet)"));
@@ -384,7 +394,8 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
             | FdKind::EventFd { .. }
             | FdKind::TimerFd { .. }
             | FdKind::SignalFd { .. }
-            | FdKind::Epoll { .. } => {}
+            | FdKind::Epoll { .. }
+            | FdKind::Object { .. } => {}
         }
     }
     Ok(())
@@ -465,7 +476,12 @@ impl SharedPipes {
 }
 
 /// Reopens every fd at its number, offset and flags; sets cwd and umask.
-pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Result<(), FilesError> {
+pub fn restore(
+    inj: &Injector,
+    files: &FilesImage,
+    shared: &SharedPipes,
+    objects: &objects::Objects,
+) -> Result<(), FilesError> {
     let cwd = inj.put_cstr(SCRATCH_PATH, &files.cwd)?;
     inj.call(
         || format!("chdir({})", files.cwd),
@@ -497,6 +513,15 @@ pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Resu
                     .ok_or(FilesError::MissingPipe {
                         fd: f.fd,
                         inode: *inode,
+                    })?
+            }
+            FdKind::Object { dev, ino } => {
+                objects
+                    .path(*dev, *ino)
+                    .ok_or_else(|| objects::ObjectError::Missing {
+                        what: format!("fd {}", f.fd),
+                        dev: *dev,
+                        ino: *ino,
                     })?
             }
             _ => continue,

@@ -19,6 +19,7 @@ pub mod files;
 pub mod header;
 pub mod inventory;
 pub mod mm;
+pub mod objects;
 pub mod pagemap;
 pub mod sigstate;
 pub mod tree;
@@ -57,6 +58,8 @@ pub enum Kind {
     Tree,
     /// `sigstate-<pid>.img`: pending signals, POSIX timers, limits, identity.
     SigState,
+    /// `objects.img`: memfds, shared anonymous memory, deleted files (absent: none).
+    Objects,
 }
 
 impl Kind {
@@ -71,6 +74,7 @@ impl Kind {
             Kind::Threads => b"FCTH",
             Kind::Tree => b"FCTR",
             Kind::SigState => b"FCSG",
+            Kind::Objects => b"FCOB",
         };
         u32::from_le_bytes(*tag)
     }
@@ -86,6 +90,7 @@ impl Kind {
             Kind::Threads => format!("threads-{pid}.img"),
             Kind::Tree => "tree.img".to_string(),
             Kind::SigState => format!("sigstate-{pid}.img"),
+            Kind::Objects => "objects.img".to_string(),
         }
     }
 }

@@ -31,6 +31,7 @@ pub(super) fn build<'a>(
     p: &'a ProcImage,
     here: i32,
     shared: &SharedPipes,
+    objects: &crate::files::objects::Objects,
     lazy: Option<&LazyPlan>,
 ) -> Result<Built<'a>, RestoreError> {
     let pid = p.pid;
@@ -47,7 +48,7 @@ pub(super) fn build<'a>(
     mmr::clear_address_space(&inj, &child_maps, trampoline)?;
     mmr::move_specials(&inj, &child_maps, &p.mm, trampoline)?;
     let has_pages = mmr::vmas_with_pages(&p.mm, &p.pagemap);
-    mmr::map_vmas(&inj, &p.mm, &has_pages)?;
+    mmr::map_vmas(&inj, &p.mm, &has_pages, objects)?;
     let pages = mmr::fill_pages(here, &p.chain, |vaddr| {
         lazy.is_some_and(|l| l.is_lazy(vaddr))
     })?;
@@ -65,7 +66,7 @@ pub(super) fn build<'a>(
         }
         None => None,
     };
-    crate::files::restore(&inj, &p.files, shared)?;
+    crate::files::restore(&inj, &p.files, shared, objects)?;
     crate::core::restore_name(&inj, &p.core.comm)?;
     crate::core::restore_signals(&inj, &p.core)?;
     let main = p.core.main_thread();

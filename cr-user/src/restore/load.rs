@@ -46,6 +46,10 @@ pub struct LoadedImage {
     pub tree: TreeImage,
     /// The live processes, in tree order: the root first.
     pub procs: Vec<ProcImage>,
+    /// Memfds, shared anonymous memory and deleted files (`objects.img`; empty if absent).
+    pub objects: crate::image::objects::ObjectsImage,
+    /// Where the image is (the objects' contents are read from it).
+    pub dir: ImageDir,
 }
 
 impl LoadedImage {
@@ -125,10 +129,17 @@ pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
         tree.procs[0].sid = if core.session_leader { root } else { 0 };
         tree.procs[0].pgid = if core.pgrp_leader { root } else { 0 };
     }
+    let objects = crate::files::objects::load(&dir)?;
+    for p in &procs {
+        crate::files::objects::check_refs(&objects, &p.files, &p.mm.vmas)
+            .map_err(crate::files::FilesError::from)?;
+    }
     Ok(LoadedImage {
         inventory,
         tree,
         procs,
+        objects,
+        dir,
     })
 }
 

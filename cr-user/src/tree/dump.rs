@@ -208,6 +208,11 @@ pub(crate) fn dump(
             &mut fin,
         )?);
     }
+    let refs: Vec<_> = saved
+        .iter()
+        .map(|s| (s.pid, &s.mm.vmas[..], &s.files))
+        .collect();
+    let objects = crate::files::objects::dump(&refs).map_err(crate::files::FilesError::from)?;
     stats.memdump_time_us = micros(t.elapsed());
     stats.frozen_steps.final_scan_us = fin.scan_us;
     if fin.bulk {
@@ -227,6 +232,7 @@ pub(crate) fn dump(
     // After the thaw: closing a userfaultfd walks its whole range (see `dump_with`).
     drop(precopied);
     let t_write = Instant::now();
+    objects.write(&dir)?;
     write(&dir, &mut saved, &tree, root, opts.shell_job)?;
     stats.memwrite_time_us = micros(t_write.elapsed());
     match (after, still_frozen) {
