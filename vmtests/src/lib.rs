@@ -59,6 +59,8 @@ pub const WORKLOADS: &[&str] = &[
     "wl_threads",
     "wl_tree",
     "wl_sigstate",
+    "wl_shmem",
+    "wl_deleted",
 ];
 
 /// The cargo workspace root.
