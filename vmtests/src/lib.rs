@@ -27,6 +27,7 @@ use anyhow::{Context, Result, bail};
 mod cli;
 pub mod migration;
 pub mod netns;
+pub mod objects;
 pub mod restored;
 mod state;
 

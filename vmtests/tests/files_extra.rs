@@ -1,0 +1,143 @@
+//! Regular files deleted while open or mapped: `wl_deleted` (see `workloads/wl_deleted.c`)
+//! dumped and brought back by `restore -d` (after a dump or a `dump --leave-running`) or
+//! `restore --pidns new -d`; and the refusal of one larger than fastcr saves.
+//!
+//! Checked after the restore: the same visible state (fd names still `<path> (deleted)`,
+//! offsets, flags, mappings; only the recreated files' inode numbers differ), the counter
+//! advances, and on SIGTERM the workload verifies contents, sizes, mode, offsets, flags, a
+//! copy-on-write page of a private mapping, and that each fd is one file with what else
+//! refers to it.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use vmtests::objects::{terminate_in_pidns, without_object_inodes};
+use vmtests::restored::{find_in_new_pidns, wait_until};
+use vmtests::{
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
+    assert_success, become_subreaper, fastcr, require_root,
+};
+
+/// Hang guard for a process appearing: never a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Dump,
+    LeaveRunning,
+    PidnsNew,
+}
+
+fn run(mode: Mode) {
+    require_root();
+    become_subreaper();
+    let mut wl = Workload::spawn("wl_deleted", &[]);
+    wl.wait_counter_advances();
+    let before = without_object_inodes(VisibleState::capture(wl.pid()));
+    let images = Scratch::new("deleted-img");
+    let pid = wl.pid_arg();
+    if matches!(mode, Mode::Dump) {
+        assert_success(
+            &fastcr(&["dump", "-t", &pid, "-D", images.as_str()]),
+            "dump",
+        );
+        let status = wl.reap();
+        assert!(
+            status.signal().is_some(),
+            "dump should have killed it: {status}"
+        );
+    } else {
+        assert_success(
+            &fastcr(&["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"]),
+            "dump --leave-running",
+        );
+        wl.assert_running_untraced();
+        before.assert_same(
+            &without_object_inodes(VisibleState::capture(wl.pid())),
+            "after dump --leave-running",
+        );
+        wl.kill_and_reap();
+    }
+    // D1 (fd and private mapping), D2 (mapping only), D3 (fd).
+    assert!(images.join("object-2.img").exists() && !images.join("object-3.img").exists());
+
+    if matches!(mode, Mode::PidnsNew) {
+        let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+        assert_success(&out, "restore --pidns new -d");
+        let mut outer = None;
+        wait_until("the restored process in its pid namespace", GUARD, || {
+            outer = find_in_new_pidns(wl.pid());
+            outer.is_some()
+        });
+        let outer = outer.expect("found above");
+        // Read from here, Pid and Tgid are the outer pid (NSpid is checked by the lookup).
+        let mut after = without_object_inodes(VisibleState::capture(outer));
+        for key in ["Pid", "Tgid"] {
+            after.status.insert(key.into(), before.status[key].clone());
+        }
+        before.assert_same(&after, "after restore --pidns new");
+        let status = ExitStatus::from_raw(terminate_in_pidns(outer));
+        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+        assert!(
+            status.success() && result == "PASS\n",
+            "restored wl_deleted {status}; result {result:?}; log: {}",
+            wl.log()
+        );
+        assert_no_stray_children("deleted restore --pidns new");
+        return;
+    }
+    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
+    assert_success(&out, "restore -d");
+    wl.adopt_restored();
+    before.assert_same(
+        &without_object_inodes(VisibleState::capture(wl.pid())),
+        "after restore",
+    );
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("deleted restore");
+}
+
+#[test]
+fn deleted_dump_restore() {
+    run(Mode::Dump);
+}
+
+#[test]
+fn deleted_leave_running_restore() {
+    run(Mode::LeaveRunning);
+}
+
+#[test]
+fn deleted_pidns_new() {
+    run(Mode::PidnsNew);
+}
+
+/// A deleted file above the 64 MiB limit fails the dump with one line naming the process, the
+/// fd, the file and why; the process runs on undisturbed and still passes its own checks.
+#[test]
+fn deleted_too_big_is_refused() {
+    require_root();
+    let wl = Workload::spawn("wl_deleted", &["big"]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("deleted-big-img");
+    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
+    assert_one_line_error(&out, "dump of a 65 MiB deleted file");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        format!("process {}", wl.pid()).as_str(),
+        "fd 42",
+        "del-big (deleted)",
+        "limit",
+    ] {
+        assert!(
+            stderr.contains(want),
+            "the error does not say {want:?}: {stderr}"
+        );
+    }
+    wl.assert_running_untraced();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+}

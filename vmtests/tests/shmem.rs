@@ -1,0 +1,147 @@
+//! Memory shared as kernel objects: `wl_shmem` (a parent and its child sharing `MAP_SHARED`
+//! anonymous memory and a sealed memfd, mapped twice, plus an unmapped memfd; see
+//! `workloads/wl_shmem.c`), dumped with `fastcr dump -t ROOT` and brought back by
+//! `restore -d` (after a dump or a `dump --leave-running`) or `restore --pidns new -d`.
+//!
+//! Checked: each object's contents are saved once (one `object-N.img` per object, whichever
+//! processes map or hold it); after the restore both processes run untraced with the same
+//! visible state (only the recreated objects' inode numbers differ), and on SIGTERM the
+//! workload verifies itself: contents, sizes, seals, names, offsets and flags, and a handshake
+//! in which each process must see the other's writes through the shared memory and through the
+//! memfd (one through its fd, the other through its mapping).
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use vmtests::objects::{kill_orphan, pid_file, terminate_in_pidns, without_object_inodes};
+use vmtests::restored::{find_in_new_pidns, wait_until};
+use vmtests::{
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, become_subreaper,
+    fastcr, require_root,
+};
+
+/// Hang guard for a process appearing: never a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Dump,
+    LeaveRunning,
+    PidnsNew,
+}
+
+/// Each object of wl_shmem is in the image exactly once: the shared anonymous memory, the
+/// sealed memfd (held and mapped by both processes) and the unmapped one.
+fn assert_objects_once(images: &Scratch) {
+    let mut names: Vec<String> = fs::read_dir(images.path())
+        .expect("read the image dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("object"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "object-0.img",
+            "object-1.img",
+            "object-2.img",
+            "objects.img"
+        ],
+        "one contents file per object"
+    );
+    let show = fastcr(&["show", images.as_str()]);
+    assert_success(&show, "show");
+}
+
+fn run(mode: Mode) {
+    require_root();
+    become_subreaper();
+    let mut wl = Workload::spawn("wl_shmem", &[]);
+    wl.wait_counter_advances();
+    let child = pid_file(wl.statedir(), "child-pid");
+    let before = without_object_inodes(VisibleState::capture(wl.pid()));
+    let before_child = without_object_inodes(VisibleState::capture(child));
+    let images = Scratch::new("shmem-img");
+    let pid = wl.pid_arg();
+    if matches!(mode, Mode::Dump) {
+        assert_success(
+            &fastcr(&["dump", "-t", &pid, "-D", images.as_str()]),
+            "dump",
+        );
+        let status = wl.reap();
+        assert!(
+            status.signal().is_some(),
+            "dump should have killed the root: {status}"
+        );
+        vmtests::reap_orphan(child);
+    } else {
+        assert_success(
+            &fastcr(&["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"]),
+            "dump --leave-running",
+        );
+        wl.assert_running_untraced();
+        before.assert_same(
+            &without_object_inodes(VisibleState::capture(wl.pid())),
+            "after dump --leave-running",
+        );
+        wl.kill_and_reap();
+        kill_orphan(child);
+    }
+    assert_objects_once(&images);
+
+    if matches!(mode, Mode::PidnsNew) {
+        let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+        assert_success(&out, "restore --pidns new -d");
+        let mut outer = None;
+        wait_until("the restored root in its pid namespace", GUARD, || {
+            outer = find_in_new_pidns(wl.pid());
+            outer.is_some()
+        });
+        let outer = outer.expect("found above");
+        assert!(
+            find_in_new_pidns(child).is_some(),
+            "the restored child is not in the new pid namespace"
+        );
+        let status = ExitStatus::from_raw(terminate_in_pidns(outer));
+        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+        assert!(
+            status.success() && result == "PASS\n",
+            "restored wl_shmem {status}; result {result:?}; log: {}",
+            wl.log()
+        );
+        assert_no_stray_children("shmem restore --pidns new");
+        return;
+    }
+    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
+    assert_success(&out, "restore -d");
+    wl.adopt_restored();
+    before.assert_same(
+        &without_object_inodes(VisibleState::capture(wl.pid())),
+        "root after restore",
+    );
+    before_child.assert_same(
+        &without_object_inodes(VisibleState::capture(child)),
+        "child after restore",
+    );
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("shmem restore");
+}
+
+#[test]
+fn shmem_dump_restore() {
+    run(Mode::Dump);
+}
+
+#[test]
+fn shmem_leave_running_restore() {
+    run(Mode::LeaveRunning);
+}
+
+#[test]
+fn shmem_pidns_new() {
+    run(Mode::PidnsNew);
+}
