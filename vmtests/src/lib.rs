@@ -62,6 +62,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_sigstate",
     "wl_shmem",
     "wl_deleted",
+    "wl_locks",
 ];
 
 /// The cargo workspace root.

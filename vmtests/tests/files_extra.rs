@@ -7,6 +7,10 @@
 //! advances, and on SIGTERM the workload verifies contents, sizes, mode, offsets, flags, a
 //! copy-on-write page of a private mapping, and that each fd is one file with what else
 //! refers to it.
+//!
+//! File locks (`wl_locks`: flock exclusive and shared, POSIX record locks, an OFD lock) after
+//! dump + restore, --leave-running + restore, and --pidns new, where a restore beside the
+//! original (which still holds them) must fail clearly first.
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -140,4 +144,116 @@ fn deleted_too_big_is_refused() {
     wl.assert_running_untraced();
     wl.wait_counter_advances();
     wl.terminate_and_verify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// File locks: `wl_locks` holds an exclusive and a shared flock, two POSIX record locks and an
+// OFD lock; on SIGTERM a helper child it forks then probes each without waiting.
+
+/// `dump` (or `dump --leave-running` and the original killed), `restore -d`: the locks are held
+/// again, the same visible state, PASS.
+fn locks_restore(leave_running: bool) {
+    require_root();
+    let mut wl = Workload::spawn("wl_locks", &[]);
+    wl.wait_counter_advances();
+    let before = VisibleState::capture(wl.pid());
+    let images = Scratch::new("locks-img");
+    let mut args = vec!["dump", "-t", "", "-D", images.as_str()];
+    let pid = wl.pid_arg();
+    args[2] = &pid;
+    if leave_running {
+        args.push("--leave-running");
+    }
+    assert_success(&fastcr(&args), "dump");
+    if leave_running {
+        wl.assert_running_untraced();
+        wl.kill_and_reap();
+    } else {
+        let status = wl.reap();
+        assert!(
+            status.signal().is_some(),
+            "dump should have killed it: {status}"
+        );
+    }
+    assert!(
+        images.join(&format!("locks-{}.img", wl.pid())).exists(),
+        "no locks image"
+    );
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("locks restore");
+}
+
+#[test]
+fn locks_dump_restore() {
+    locks_restore(false);
+}
+
+#[test]
+fn locks_leave_running_restore() {
+    locks_restore(true);
+}
+
+/// `dump --leave-running`, then `restore --pidns new -d` beside the original, which still holds
+/// its locks: the restore fails with one line naming the process, the fd and the lock, and
+/// leaves nothing behind. Once the original is killed, the same image restores into a new pid
+/// namespace and PASSes.
+#[test]
+fn locks_conflict_then_pidns_new() {
+    require_root();
+    become_subreaper();
+    let mut wl = Workload::spawn("wl_locks", &[]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("locks-pidns-img");
+    assert_success(
+        &fastcr(&[
+            "dump",
+            "-t",
+            &wl.pid_arg(),
+            "-D",
+            images.as_str(),
+            "--leave-running",
+        ]),
+        "dump --leave-running",
+    );
+    let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+    assert_one_line_error(&out, "restore beside the lock holder");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        format!("process {}", wl.pid()).as_str(),
+        "fd 50",
+        "exclusive flock",
+        "conflicting lock",
+    ] {
+        assert!(
+            stderr.contains(want),
+            "the error does not say {want:?}: {stderr}"
+        );
+    }
+    assert_no_stray_children("failed restore");
+    wl.assert_running_untraced();
+
+    wl.kill_and_reap();
+    let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+    assert_success(&out, "restore --pidns new -d");
+    let mut outer = None;
+    wait_until("the restored process in its pid namespace", GUARD, || {
+        outer = find_in_new_pidns(wl.pid());
+        outer.is_some()
+    });
+    let outer = outer.expect("found above");
+    let status = ExitStatus::from_raw(terminate_in_pidns(outer));
+    let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+    assert!(
+        status.success() && result == "PASS\n",
+        "restored wl_locks {status}; result {result:?}; log: {}",
+        wl.log()
+    );
+    assert_no_stray_children("locks restore --pidns new");
 }

@@ -6,6 +6,7 @@
 //! are handed the restorer's own. Anything else is refused at dump time, naming the fd.
 
 mod anon;
+pub mod locks;
 pub mod objects;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,9 @@ pub enum FilesError {
     /// A memfd or deleted file could not be saved or recreated.
     #[error(transparent)]
     Object(#[from] objects::ObjectError),
+    /// A file lock could not be saved or taken back.
+    #[error(transparent)]
+    Lock(#[from] locks::LockError),
 }
 
 const SAFE_DEVICES: [&str; 5] = [

@@ -18,6 +18,7 @@ pub mod core;
 pub mod files;
 pub mod header;
 pub mod inventory;
+pub mod locks;
 pub mod mm;
 pub mod objects;
 pub mod pagemap;
@@ -60,6 +61,8 @@ pub enum Kind {
     SigState,
     /// `objects.img`: memfds, shared anonymous memory, deleted files (absent: none).
     Objects,
+    /// `locks-<pid>.img`: file locks held (absent: none).
+    Locks,
 }
 
 impl Kind {
@@ -75,6 +78,7 @@ impl Kind {
             Kind::Tree => b"FCTR",
             Kind::SigState => b"FCSG",
             Kind::Objects => b"FCOB",
+            Kind::Locks => b"FCLK",
         };
         u32::from_le_bytes(*tag)
     }
@@ -91,6 +95,7 @@ impl Kind {
             Kind::Tree => "tree.img".to_string(),
             Kind::SigState => format!("sigstate-{pid}.img"),
             Kind::Objects => "objects.img".to_string(),
+            Kind::Locks => format!("locks-{pid}.img"),
         }
     }
 }

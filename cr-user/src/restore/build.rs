@@ -67,6 +67,8 @@ pub(super) fn build<'a>(
         None => None,
     };
     crate::files::restore(&inj, &p.files, shared, objects)?;
+    crate::files::locks::restore(&inj, pid, &p.files, &p.locks)
+        .map_err(crate::files::FilesError::from)?;
     crate::core::restore_name(&inj, &p.core.comm)?;
     crate::core::restore_signals(&inj, &p.core)?;
     let main = p.core.main_thread();

@@ -30,6 +30,8 @@ pub struct ProcImage {
     pub mm: MmImage,
     /// Files.
     pub files: FilesImage,
+    /// File locks to take back (`locks-<pid>.img`; empty if absent).
+    pub locks: crate::image::locks::LocksImage,
     /// Page index.
     pub pagemap: PagemapImage,
     /// Path of the pages file.
@@ -177,6 +179,26 @@ fn load_proc(
     let mm: MmImage = dir.read(Kind::Mm, pid)?;
     let files: FilesImage = dir.read(Kind::Files, pid)?;
     let pagemap: PagemapImage = dir.read(Kind::Pagemap, pid)?;
+    let locks: crate::image::locks::LocksImage = if dir.file(&Kind::Locks.file_name(pid)).exists() {
+        dir.read(Kind::Locks, pid)?
+    } else {
+        Default::default()
+    };
+    locks
+        .validate()
+        .map_err(|d| inconsistent(dir, &Kind::Locks.file_name(pid), d))?;
+    if let Some(l) = locks
+        .locks
+        .iter()
+        .find(|l| !files.fds.iter().any(|f| f.fd == l.fd))
+    {
+        return Err(inconsistent(
+            dir,
+            &Kind::Locks.file_name(pid),
+            format!("a lock on fd {}, which files-{pid}.img does not have", l.fd),
+        )
+        .into());
+    }
     if core.tid != pid {
         return Err(inconsistent(
             dir,
@@ -211,6 +233,7 @@ fn load_proc(
         sigstate,
         mm,
         files,
+        locks,
         pagemap,
         pages_path,
         chain,
