@@ -212,6 +212,10 @@ pub fn restore_loaded(
         }
         None
     };
+    // Before the root is forked (and after the namespace's init was): the root inherits the
+    // shared pipes, and every process of the tree from it.
+    let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
+    let shared = crate::files::SharedPipes::create(&files)?;
     let t_fork = Instant::now();
     let spawned = match &pidns {
         Some(ns) => {
@@ -255,8 +259,6 @@ pub fn restore_loaded(
     ptrace::set_sigmask(child, !0).map_err(err("block signals"))?;
     let here = crate::tree::restore::create(child, &img.tree, &mut guard)?;
     let forking_time_us = micros(t_fork.elapsed());
-    let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
-    let shared = crate::files::SharedPipes::create(&files)?;
     let mut built = Vec::with_capacity(img.procs.len());
     for p in &img.procs {
         let h = here.get(&p.pid).copied().ok_or(RestoreError::Child {

@@ -44,7 +44,7 @@ pub(super) fn build<'a>(
 
     crate::core::unregister_inherited_rseq(&inj)?;
     let trampoline = mmr::install_trampoline(&mut inj, &child_maps, &p.mm)?;
-    crate::files::close_inherited(&inj, &p.files)?;
+    crate::files::close_inherited(&inj, &p.files, shared)?;
     mmr::clear_address_space(&inj, &child_maps, trampoline)?;
     mmr::move_specials(&inj, &child_maps, &p.mm, trampoline)?;
     let has_pages = mmr::vmas_with_pages(&p.mm, &p.pagemap);
