@@ -18,8 +18,8 @@ use std::time::Duration;
 use vmtests::objects::{kill_orphan, pid_file, terminate_in_pidns, without_object_inodes};
 use vmtests::restored::{find_in_new_pidns, wait_until};
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, become_subreaper,
-    fastcr, require_root,
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
+    assert_success, become_subreaper, fastcr, require_root,
 };
 
 /// Hang guard for a process appearing: never a timing assertion.
@@ -144,4 +144,94 @@ fn shmem_leave_running_restore() {
 #[test]
 fn shmem_pidns_new() {
     run(Mode::PidnsNew);
+}
+
+/// A SysV shared memory segment fails the dump with one line naming the process, the mapping
+/// and why; the tree runs on undisturbed and still passes its own checks.
+#[test]
+fn shmem_sysv_is_refused() {
+    require_root();
+    become_subreaper();
+    let wl = Workload::spawn("wl_shmem", &["sysv"]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("shmem-sysv-img");
+    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
+    assert_one_line_error(&out, "dump of SysV shared memory");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        format!("process {}", wl.pid()).as_str(),
+        "mapping",
+        "/SYSV",
+        "SysV shared memory",
+    ] {
+        assert!(
+            stderr.contains(want),
+            "the error does not say {want:?}: {stderr}"
+        );
+    }
+    wl.assert_running_untraced();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+}
+
+/// Damaged `objects.img` or object contents (truncated, a byte flipped) fail the restore with
+/// one line, before any process exists; the untouched image then restores and PASSes.
+#[test]
+fn shmem_damaged_objects_are_refused() {
+    require_root();
+    become_subreaper();
+    let mut wl = Workload::spawn("wl_shmem", &[]);
+    wl.wait_counter_advances();
+    let child = pid_file(wl.statedir(), "child-pid");
+    let images = Scratch::new("shmem-bad-img");
+    assert_success(
+        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
+        "dump",
+    );
+    wl.reap();
+    vmtests::reap_orphan(child);
+    let names = [
+        "objects.img",
+        "object-0.img",
+        "object-1.img",
+        "object-2.img",
+    ];
+    for name in names {
+        for damage in ["truncated", "flipped"] {
+            let copy = Scratch::new("shmem-bad-copy");
+            for entry in fs::read_dir(images.path()).expect("read the image dir") {
+                let entry = entry.expect("dir entry");
+                fs::copy(
+                    entry.path(),
+                    copy.join(&entry.file_name().to_string_lossy()),
+                )
+                .expect("copy an image file");
+            }
+            let path = copy.join(name);
+            let mut bytes = fs::read(&path).expect("read an image file");
+            let len = bytes.len();
+            if damage == "truncated" {
+                bytes.truncate(len / 2);
+            } else {
+                bytes[len / 2] ^= 0xff;
+            }
+            fs::write(&path, bytes).expect("write an image file");
+            let context = format!("restore with {name} {damage}");
+            let out = fastcr(&["restore", "-D", copy.as_str(), "-d"]);
+            assert_one_line_error(&out, &context);
+            assert!(
+                !vmtests::pid_exists(wl.pid()) && !vmtests::pid_exists(child),
+                "{context}: a restored process exists"
+            );
+            assert_no_stray_children(&context);
+        }
+    }
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("shmem restore of the untouched images");
 }

@@ -25,10 +25,16 @@
  * answers with a token into A and through its mapping of M, which the parent
  * must see (M's through its fd). The child writes STATEDIR/result-child and
  * exits 0 or 1; the parent quotes it on failure.
+ *
+ * With "sysv" the parent also attaches a SysV shared memory segment (removed
+ * with IPC_RMID at once, so it goes when the process does), which a dump must
+ * refuse.
  */
 #include "wl_common.h"
 
+#include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/wait.h>
 
 #define PG 4096UL
@@ -226,6 +232,16 @@ int main(int argc, char **argv)
 	long deadline;
 
 	wl_init(argc, argv);
+	if (argc > 2 && !strcmp(argv[2], "sysv")) {
+		int id = shmget(IPC_PRIVATE, PG, IPC_CREAT | 0600);
+		void *seg = id < 0 ? (void *)-1 : shmat(id, NULL, 0);
+
+		if (seg == (void *)-1 || shmctl(id, IPC_RMID, NULL)) {
+			fprintf(stderr, "shmget/shmat: %s\n", strerror(errno));
+			return 2;
+		}
+		memset(seg, 1, PG);
+	}
 	A = map(A_PAGES * PG, -1, 0);
 	for (int i = 0; i < A_PAGES - 1; i++)
 		wl_fill(A + i * PG, PG, 100 + i);
