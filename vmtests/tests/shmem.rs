@@ -1,7 +1,8 @@
 //! Memory shared as kernel objects: `wl_shmem` (a parent and its child sharing `MAP_SHARED`
 //! anonymous memory and a sealed memfd, mapped twice, plus an unmapped memfd; see
 //! `workloads/wl_shmem.c`), dumped with `fastcr dump -t ROOT` and brought back by
-//! `restore -d` (after a dump or a `dump --leave-running`) or `restore --pidns new -d`.
+//! `restore -d` (after a dump or a `dump --leave-running`), `restore --pidns new -d` or
+//! `migrate --lazy` to `receive --pidns new`.
 //!
 //! Checked: each object's contents are saved once (one `object-N.img` per object, whichever
 //! processes map or hold it); after the restore both processes run untraced with the same
@@ -15,6 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use vmtests::migration::{Link, NsCopy, reap_killed_original};
 use vmtests::objects::{kill_orphan, pid_file, terminate_in_pidns, without_object_inodes};
 use vmtests::restored::{find_in_new_pidns, wait_until};
 use vmtests::{
@@ -24,6 +26,8 @@ use vmtests::{
 
 /// Hang guard for a process appearing: never a timing assertion.
 const GUARD: Duration = Duration::from_secs(60);
+/// Hang guard for a migration.
+const MIGRATE_GUARD: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -234,4 +238,39 @@ fn shmem_damaged_objects_are_refused() {
     wl.wait_counter_advances();
     wl.terminate_and_verify();
     assert_no_stray_children("shmem restore of the untouched images");
+}
+
+/// The port `receive` listens on (every test has its own pair of network namespaces).
+const PORT: u16 = 7441;
+
+/// `migrate --lazy` across a veth to `receive --pidns new`: the objects travel with the image
+/// (files of the image dir), the copy of the tree shares them again and PASSes.
+#[test]
+fn shmem_migrate_lazy() {
+    require_root();
+    become_subreaper();
+    let link = Link::new("shm", PORT);
+    let token = link.token("token");
+    let mut wl = Workload::spawn("wl_shmem", &[]);
+    wl.wait_counter_advances();
+    let child = pid_file(wl.statedir(), "child-pid");
+    let mut recv = link.receive(&token, true, MIGRATE_GUARD);
+    let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
+    let (mig_status, recv_status) = (mig.wait(MIGRATE_GUARD), recv.wait(MIGRATE_GUARD));
+    assert!(
+        mig_status.success() && recv_status.success(),
+        "the migration failed:\n{}\n{}",
+        mig.output(),
+        recv.output()
+    );
+    reap_killed_original(&mut wl);
+    vmtests::reap_orphan(child);
+    let copy = NsCopy::find(&wl);
+    assert!(
+        find_in_new_pidns(child).is_some(),
+        "the migrated child is not in the new pid namespace"
+    );
+    wl.wait_counter_advances_as(copy.outer());
+    copy.terminate_and_verify(&wl, "the migrated tree");
+    assert_no_stray_children("shmem migrate --lazy");
 }
