@@ -37,7 +37,7 @@ enum Mode {
 }
 
 /// Each object of wl_shmem is in the image exactly once: the shared anonymous memory, the
-/// sealed memfd (held and mapped by both processes) and the unmapped one.
+/// memfd held and mapped by both processes, the unmapped one and the one sealed against writes.
 fn assert_objects_once(images: &Scratch) {
     let mut names: Vec<String> = fs::read_dir(images.path())
         .expect("read the image dir")
@@ -52,6 +52,7 @@ fn assert_objects_once(images: &Scratch) {
             "object-0.img",
             "object-1.img",
             "object-2.img",
+            "object-3.img",
             "objects.img"
         ],
         "one contents file per object"

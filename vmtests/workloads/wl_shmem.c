@@ -11,7 +11,9 @@
  *   F_SEAL_GROW; offset 1234; mapped MAP_SHARED twice: the first 64 KiB at
  *   offset 0 (MA) and 2 pages at offset 16 KiB (MB);
  * - N: memfd "wl-plain" (no flags: not close-on-exec, sealing not allowed) at
- *   fd 31, 3000 bytes of seed 9, offset 3000, not mapped.
+ *   fd 31, 3000 bytes of seed 9, offset 3000, not mapped;
+ * - S: memfd "wl-sealed" at fd 32, 2 pages of seed 10, sealed against writes
+ *   (F_SEAL_WRITE, then F_SEAL_SEAL), mapped MAP_SHARED read-only (MS).
  * Then the child is forked; STATEDIR/child-pid holds its pid. While running,
  * each process writes its own counter into its own word of A (parent: word 0 of
  * page 3, child: word 1) and into its own word of MA (words at 40000, 40008).
@@ -44,6 +46,8 @@
 #define M_FD 30
 #define N_FD 31
 #define N_LEN 3000
+#define S_FD 32
+#define S_SEALS (F_SEAL_WRITE | F_SEAL_SEAL)
 #define M_SEALS (F_SEAL_SHRINK | F_SEAL_GROW)
 #define COUNTERS_OFF (A_PAGES - 1) * PG
 #define MA_COUNTERS 40000
@@ -53,7 +57,7 @@
 #define TOKEN_M2 0x5ea1ed0000000004ULL
 #define HANDSHAKE_MS 20000
 
-static uint8_t *A, *MA, *MB;
+static uint8_t *A, *MA, *MB, *MS;
 static const char *role = "parent";
 static pid_t child;
 
@@ -128,6 +132,13 @@ static void check_static(void)
 			wl_fail("%s: the memfd's hole is not zero", role);
 			break;
 		}
+	check_fd(S_FD, "/memfd:wl-sealed (deleted)", 0, FD_CLOEXEC);
+	if (fcntl(S_FD, F_GET_SEALS) != S_SEALS)
+		wl_fail("%s: sealed memfd seals %#x, want %#x", role, fcntl(S_FD, F_GET_SEALS), S_SEALS);
+	if (wl_check_fill(MS, 2 * PG, 10) >= 0)
+		wl_fail("%s: the sealed memfd's read-only mapping lost its pattern", role);
+	if (pwrite(S_FD, "x", 1, 0) == 1 || errno != EPERM)
+		wl_fail("%s: a write to the memfd sealed against writes did not fail with EPERM", role);
 	if (fstat(N_FD, &st) || st.st_size != N_LEN || pread(N_FD, buf, N_LEN, 0) != N_LEN ||
 	    wl_check_fill(buf, N_LEN & ~7UL, 9) >= 0)
 		wl_fail("%s: the plain memfd lost its contents", role);
@@ -265,6 +276,18 @@ int main(int argc, char **argv)
 	wl_fill(buf, N_LEN & ~7UL, 9);
 	if (write(N_FD, buf, N_LEN) != N_LEN) {
 		fprintf(stderr, "plain memfd: %s\n", strerror(errno));
+		return 2;
+	}
+
+	make_memfd("wl-sealed", MFD_CLOEXEC | MFD_ALLOW_SEALING, S_FD);
+	wl_fill(buf, 2 * PG, 10);
+	if (pwrite(S_FD, buf, 2 * PG, 0) != (ssize_t)(2 * PG) || fcntl(S_FD, F_ADD_SEALS, S_SEALS)) {
+		fprintf(stderr, "sealed memfd: %s\n", strerror(errno));
+		return 2;
+	}
+	MS = mmap(NULL, 2 * PG, PROT_READ, MAP_SHARED, S_FD, 0);
+	if (MS == MAP_FAILED) {
+		fprintf(stderr, "mmap of the sealed memfd: %s\n", strerror(errno));
 		return 2;
 	}
 

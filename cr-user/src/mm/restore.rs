@@ -200,8 +200,9 @@ pub fn map_vmas(
                     dev: *dev,
                     ino: *ino,
                 })?;
-                // Shared: read-write, so a later mprotect(PROT_WRITE) works as it did.
-                map_file(inj, v, &path, (*offset, prot, flags), v.shared)?;
+                // Read-only unless mapped writable: a read-only shared mapping of a memfd sealed
+                // against writes must not count as writable, or the seal could not be added.
+                map_file(inj, v, &path, (*offset, prot, flags), false)?;
             }
             VmaKind::File { path, offset, .. } => {
                 map_file(inj, v, path, (*offset, prot, flags), false)?;
