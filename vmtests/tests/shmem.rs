@@ -1,7 +1,8 @@
 //! Memory shared as kernel objects: `wl_shmem` (a parent and its child sharing `MAP_SHARED`
 //! anonymous memory and a sealed memfd, mapped twice, plus an unmapped memfd; see
 //! `workloads/wl_shmem.c`), dumped with `fastcr dump -t ROOT` and brought back by
-//! `restore -d` (after a dump or a `dump --leave-running`), `restore --pidns new -d` or
+//! `restore -d` (after a dump or a `dump --leave-running`, also with `--pre-copy auto`),
+//! `restore --pidns new -d` or
 //! `migrate --lazy` to `receive --pidns new`.
 //!
 //! Checked: each object's contents are saved once (one `object-N.img` per object, whichever
@@ -34,6 +35,7 @@ enum Mode {
     Dump,
     LeaveRunning,
     PidnsNew,
+    PreCopy,
 }
 
 /// Each object of wl_shmem is in the image exactly once: the shared anonymous memory, the
@@ -83,10 +85,11 @@ fn run(mode: Mode) {
         );
         vmtests::reap_orphan(child);
     } else {
-        assert_success(
-            &fastcr(&["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"]),
-            "dump --leave-running",
-        );
+        let mut args = vec!["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"];
+        if matches!(mode, Mode::PreCopy) {
+            args.extend(["--pre-copy", "auto"]);
+        }
+        assert_success(&fastcr(&args), "dump --leave-running");
         wl.assert_running_untraced();
         before.assert_same(
             &without_object_inodes(VisibleState::capture(wl.pid())),
@@ -144,6 +147,12 @@ fn shmem_dump_restore() {
 #[test]
 fn shmem_leave_running_restore() {
     run(Mode::LeaveRunning);
+}
+
+/// `dump --pre-copy auto --leave-running`: the objects are read in the freeze, after the rounds.
+#[test]
+fn shmem_precopy_restore() {
+    run(Mode::PreCopy);
 }
 
 #[test]
