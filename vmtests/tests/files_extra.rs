@@ -190,6 +190,38 @@ fn locks_restore(leave_running: bool) {
     assert_no_stray_children("locks restore");
 }
 
+/// A flock and an OFD lock shared with a child through inherited open file descriptions show
+/// in both processes' fdinfo: each is saved once (the child has no locks image) and taken back
+/// in the parent, without conflicting with itself.
+#[test]
+fn locks_tree_dump_restore() {
+    require_root();
+    become_subreaper();
+    let mut wl = Workload::spawn("wl_locks", &["tree"]);
+    wl.wait_counter_advances();
+    let child = vmtests::objects::pid_file(wl.statedir(), "child-pid");
+    let images = Scratch::new("locks-tree-img");
+    assert_success(
+        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
+        "dump",
+    );
+    wl.reap();
+    vmtests::reap_orphan(child);
+    assert!(images.join(&format!("locks-{}.img", wl.pid())).exists());
+    assert!(
+        !images.join(&format!("locks-{child}.img")).exists(),
+        "the child's copies of the shared locks were saved again"
+    );
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("locks tree restore");
+}
+
 #[test]
 fn locks_dump_restore() {
     locks_restore(false);

@@ -14,6 +14,11 @@
  * pid as it sees it), the read range, and nothing between them; F_OFD_GETLK
  * reports the OFD range (pid -1) and nothing after it. The helper's verdict is
  * its exit status and STATEDIR/result-helper.
+ *
+ * With "tree", a child K is forked once the locks are taken (STATEDIR/child-pid):
+ * it shares the open file descriptions that own the flocks and the OFD lock,
+ * so they show in its fdinfo too; it waits for SIGTERM, which the parent sends
+ * after the helper's checks, and exits 0.
  */
 #include "wl_common.h"
 
@@ -107,9 +112,9 @@ static void __attribute__((noreturn)) helper(pid_t holder)
 
 int main(int argc, char **argv)
 {
-	char res[700];
-	int status = 0;
-	pid_t h;
+	char res[700], buf[32];
+	int status = 0, n;
+	pid_t h, k = 0;
 
 	wl_init(argc, argv);
 	make(0, "lock-ex", EX_FD);
@@ -121,6 +126,20 @@ int main(int argc, char **argv)
 	    setlk(OFD_FD, F_OFD_SETLK, F_WRLCK, 0, 100)) {
 		fprintf(stderr, "locking: %s\n", strerror(errno));
 		return 2;
+	}
+
+	if (argc > 2 && !strcmp(argv[2], "tree")) {
+		k = fork();
+		if (k == 0) {
+			while (!wl_stop)
+				wl_sleep_ms(50);
+			_exit(0);
+		}
+		n = snprintf(buf, sizeof(buf), "%d\n", (int)k);
+		if (k < 0 || wl_write_file("child-pid", buf, (size_t)n)) {
+			fprintf(stderr, "fork: %s\n", strerror(errno));
+			return 2;
+		}
 	}
 
 	wl_ready();
@@ -147,6 +166,11 @@ int main(int argc, char **argv)
 		}
 		res[k < 0 ? 0 : k] = 0;
 		wl_fail("the locks are not as taken: %s", res);
+	}
+	if (k > 0) {
+		kill(k, SIGTERM);
+		if (waitpid(k, &status, 0) != k || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			wl_fail("child K did not exit cleanly (status %#x)", status);
 	}
 	wl_finish();
 }
