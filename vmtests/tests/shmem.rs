@@ -61,6 +61,23 @@ fn assert_objects_once(images: &Scratch) {
     );
     let show = fastcr(&["show", images.as_str()]);
     assert_success(&show, "show");
+    let show = fastcr(&["show", images.as_str(), "--json"]);
+    assert_success(&show, "show --json");
+    let json: serde_json::Value =
+        serde_json::from_slice(&show.stdout).expect("show --json prints JSON");
+    let kinds: Vec<String> = json["objects"]["objects"]
+        .as_array()
+        .expect("show --json lists the objects")
+        .iter()
+        .map(|o| o["kind"].to_string())
+        .collect();
+    assert_eq!(kinds.len(), 4, "objects: {kinds:?}");
+    for want in ["SharedAnon", "wl-shmem", "wl-plain", "wl-sealed"] {
+        assert!(
+            kinds.iter().any(|k| k.contains(want)),
+            "no {want} among the objects: {kinds:?}"
+        );
+    }
 }
 
 fn run(mode: Mode) {
