@@ -289,3 +289,54 @@ fn locks_conflict_then_pidns_new() {
     );
     assert_no_stray_children("locks restore --pidns new");
 }
+
+/// A damaged `locks-<pid>.img` (truncated, a byte flipped) fails the restore with one line, before any process exists; the untouched image then
+/// restores and PASSes.
+#[test]
+fn locks_damaged_image_is_refused() {
+    require_root();
+    let mut wl = Workload::spawn("wl_locks", &[]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("locks-bad-img");
+    assert_success(
+        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
+        "dump",
+    );
+    wl.reap();
+    let name = format!("locks-{}.img", wl.pid());
+    for damage in ["truncated", "flipped"] {
+        let copy = Scratch::new("locks-bad-copy");
+        for entry in fs::read_dir(images.path()).expect("read the image dir") {
+            let entry = entry.expect("dir entry");
+            fs::copy(
+                entry.path(),
+                copy.join(&entry.file_name().to_string_lossy()),
+            )
+            .expect("copy an image file");
+        }
+        let path = copy.join(&name);
+        let mut bytes = fs::read(&path).expect("read the locks image");
+        let len = bytes.len();
+        if damage == "truncated" {
+            bytes.truncate(len / 2);
+        } else {
+            bytes[len / 2] ^= 0xff;
+        }
+        fs::write(&path, bytes).expect("write the locks image");
+        let context = format!("restore with {name} {damage}");
+        let out = fastcr(&["restore", "-D", copy.as_str(), "-d"]);
+        assert_one_line_error(&out, &context);
+        assert!(
+            !vmtests::pid_exists(wl.pid()),
+            "{context}: a process exists"
+        );
+        assert_no_stray_children(&context);
+    }
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+}
