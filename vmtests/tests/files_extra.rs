@@ -340,3 +340,68 @@ fn locks_damaged_image_is_refused() {
     wl.wait_counter_advances();
     wl.terminate_and_verify();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The workloads' own oracles
+
+/// Terminates `wl` and asserts it reported a failure mentioning `what`.
+fn expect_fail(wl: Workload, what: &str) {
+    let (status, result, log) = wl.terminate();
+    assert!(
+        status.code() == Some(1) && result.starts_with("FAIL: ") && result.contains(what),
+        "expected a FAIL about {what:?}, got {status}, result {result:?}, log {log}"
+    );
+}
+
+/// Undisturbed, wl_deleted and wl_locks pass and two captures of their state are equal.
+#[test]
+fn wl_deleted_and_wl_locks_pass_undisturbed() {
+    require_root();
+    for name in ["wl_deleted", "wl_locks"] {
+        let wl = Workload::spawn(name, &[]);
+        let first = VisibleState::capture(wl.pid());
+        wl.wait_counter_advances();
+        first.assert_same(&VisibleState::capture(wl.pid()), name);
+        wl.terminate_and_verify();
+    }
+}
+
+/// wl_deleted's oracle is not vacuous: the deleted file changed through its fd must make it
+/// fail.
+#[test]
+fn wl_deleted_detects_a_changed_file() {
+    use std::os::unix::fs::FileExt;
+    require_root();
+    let wl = Workload::spawn("wl_deleted", &[]);
+    wl.wait_counter_advances();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/fd/40", wl.pid()))
+        .expect("open the deleted file");
+    file.write_all_at(b"x", 70_000)
+        .expect("write the deleted file");
+    expect_fail(wl, "D1: contents");
+}
+
+/// wl_locks' oracle is not vacuous: restored from an image whose locks file was removed (the
+/// locks are then simply not taken), it must fail.
+#[test]
+fn wl_locks_detects_lost_locks() {
+    require_root();
+    let mut wl = Workload::spawn("wl_locks", &[]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("locks-lost-img");
+    assert_success(
+        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
+        "dump",
+    );
+    wl.reap();
+    fs::remove_file(images.join(&format!("locks-{}.img", wl.pid()))).expect("remove locks");
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    expect_fail(wl, "the locks are not as taken");
+}

@@ -301,3 +301,63 @@ fn shmem_migrate_lazy() {
     copy.terminate_and_verify(&wl, "the migrated tree");
     assert_no_stray_children("shmem migrate --lazy");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The workload's own oracle
+
+/// Terminates `wl` and asserts it reported a failure mentioning `what`.
+fn expect_fail(wl: Workload, what: &str) {
+    let (status, result, log) = wl.terminate();
+    assert!(
+        status.code() == Some(1) && result.starts_with("FAIL: ") && result.contains(what),
+        "expected a FAIL about {what:?}, got {status}, result {result:?}, log {log}"
+    );
+}
+
+/// Undisturbed, wl_shmem passes and two captures of its state are equal.
+#[test]
+fn wl_shmem_passes_undisturbed() {
+    require_root();
+    become_subreaper();
+    let wl = Workload::spawn("wl_shmem", &[]);
+    let first = VisibleState::capture(wl.pid());
+    wl.wait_counter_advances();
+    first.assert_same(&VisibleState::capture(wl.pid()), "wl_shmem");
+    wl.terminate_and_verify();
+    assert_no_stray_children("wl_shmem undisturbed");
+}
+
+/// The oracle is not vacuous: a byte of the memfd's pattern and one of the shared anonymous
+/// memory changed behind the workload's back must make it fail.
+#[test]
+fn wl_shmem_detects_changed_contents() {
+    use std::os::unix::fs::FileExt;
+    require_root();
+    become_subreaper();
+    let wl = Workload::spawn("wl_shmem", &[]);
+    wl.wait_counter_advances();
+    let memfd = fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/fd/30", wl.pid()))
+        .expect("open the memfd");
+    memfd.write_all_at(b"x", 100).expect("write the memfd");
+    expect_fail(wl, "memfd data");
+
+    let wl = Workload::spawn("wl_shmem", &[]);
+    wl.wait_counter_advances();
+    let maps = fs::read_to_string(format!("/proc/{}/maps", wl.pid())).expect("read maps");
+    let start = maps
+        .lines()
+        .find(|l| l.ends_with("/dev/zero (deleted)"))
+        .and_then(|l| l.split('-').next())
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .expect("the shared anonymous mapping");
+    let mem = fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/mem", wl.pid()))
+        .expect("open /proc/PID/mem");
+    mem.write_all_at(&[0xff], start + 8)
+        .expect("write the shared memory");
+    expect_fail(wl, "shared anonymous memory");
+    assert_no_stray_children("wl_shmem oracle");
+}
