@@ -85,9 +85,10 @@ pub fn parse_dev(dev: &str) -> Option<u64> {
     Some(libc::makedev(maj, min))
 }
 
-/// Whether an fd to a regular file with `/proc` name `target` is saved as an object.
+/// Whether an fd to a regular file with `/proc` name `target` is saved as an object (a memfd's
+/// name always ends in ` (deleted)` too).
 pub fn is_object_fd(target: &str) -> bool {
-    target.starts_with("/memfd:") || target.ends_with(" (deleted)")
+    target.ends_with(" (deleted)")
 }
 
 /// The object kind a `/proc` name and stat stand for.
@@ -105,7 +106,11 @@ fn kind_of(name: &str, meta: &std::fs::Metadata, file: &File) -> Result<ObjectKi
             Err(e) => Err(format!("fstatfs: {}", e.io_error)),
         }
     };
-    if let Some(rest) = name.strip_prefix("/memfd:") {
+    if let Some(rest) = name.strip_prefix("/memfd:").filter(|_| {
+        meta.nlink() == 0
+            && memfd::fs_type(file)
+                .is_ok_and(|t| t == memfd::TMPFS_MAGIC || t == memfd::HUGETLBFS_MAGIC)
+    }) {
         shmem("memfd")?;
         let seals = memfd::get_seals(file).map_err(|e| format!("F_GET_SEALS: {}", e.io_error))?;
         return Ok(ObjectKind::Memfd {
@@ -442,5 +447,6 @@ mod tests {
         assert!(is_object_fd("/memfd:abc (deleted)"));
         assert!(is_object_fd("/tmp/x (deleted)"));
         assert!(!is_object_fd("/tmp/x"));
+        assert!(!is_object_fd("/memfd:dir/file"));
     }
 }

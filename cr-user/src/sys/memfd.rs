@@ -8,6 +8,8 @@ use super::{SyscallError, check};
 
 /// `HUGETLBFS_MAGIC` from `linux/magic.h`.
 pub const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+/// `TMPFS_MAGIC` from `linux/magic.h` (shmem: memfds, shared anonymous memory).
+pub const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// `memfd_create(name, flags)`.
 pub fn memfd_create(name: &str, flags: u32) -> Result<OwnedFd, SyscallError> {
