@@ -474,6 +474,9 @@ fn dump_with(
         tracking_fd,
         &crate::files::TreePipes::new(),
     )?;
+    let objects = crate::files::objects::dump(&[(pid, &vmas, &files)]).map_err(FilesError::from)?;
+    let locks = crate::files::locks::dump(pid, &files, &mut Default::default())
+        .map_err(FilesError::from)?;
     stats.frozen_steps.metadata_us = micros(t.elapsed());
     let t = Instant::now();
     let close_fd = tracking_fd.filter(|_| !keep_tracking);
@@ -558,6 +561,10 @@ fn dump_with(
     }
     dir.write(Kind::SigState, pid, &sigstate)?;
     dir.write(Kind::Files, pid, &files)?;
+    objects.write(&dir)?;
+    if !locks.locks.is_empty() {
+        dir.write(Kind::Locks, pid, &locks)?;
+    }
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         root_pid: pid,

@@ -177,6 +177,9 @@ pub fn restore_loaded(
         crate::files::validate(&p.files, opts.shell_job)?;
         load::check_mapped_files(&p.mm)?;
     }
+    // Before any fork: a missing or damaged object fails the restore with nothing started.
+    let objects = crate::files::objects::Objects::create(&img.objects, &img.dir)
+        .map_err(crate::files::FilesError::from)?;
 
     let mut plans = Vec::with_capacity(img.procs.len());
     for p in &img.procs {
@@ -209,6 +212,10 @@ pub fn restore_loaded(
         }
         None
     };
+    // Before the root is forked (and after the namespace's init was): the root inherits the
+    // shared pipes, and every process of the tree from it.
+    let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
+    let shared = crate::files::SharedPipes::create(&files)?;
     let t_fork = Instant::now();
     let spawned = match &pidns {
         Some(ns) => {
@@ -252,8 +259,6 @@ pub fn restore_loaded(
     ptrace::set_sigmask(child, !0).map_err(err("block signals"))?;
     let here = crate::tree::restore::create(child, &img.tree, &mut guard)?;
     let forking_time_us = micros(t_fork.elapsed());
-    let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
-    let shared = crate::files::SharedPipes::create(&files)?;
     let mut built = Vec::with_capacity(img.procs.len());
     for p in &img.procs {
         let h = here.get(&p.pid).copied().ok_or(RestoreError::Child {
@@ -262,8 +267,9 @@ pub fn restore_loaded(
             source: SyscallError::from_errno("clone3", libc::ESRCH),
         })?;
         let lazy = opts.lazy.then_some(&plans[built.len()]);
-        built.push(build::build(p, h, &shared, lazy)?);
+        built.push(build::build(p, h, &shared, &objects, lazy)?);
     }
+    objects.seal().map_err(crate::files::FilesError::from)?;
     let restore_time_us = micros(t0.elapsed());
     gate().map_err(|why| RestoreError::Aborted { pid, why })?;
     for b in &built {
@@ -274,6 +280,7 @@ pub fn restore_loaded(
     }
     guard.armed = false;
     drop(shared);
+    drop(objects);
     let pages_restored = built.iter().map(|b| b.pages).sum();
     let mut lazy = Vec::new();
     let mut lazy_release = Vec::new();

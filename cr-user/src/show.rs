@@ -49,6 +49,7 @@ pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
                 "sigstate": p.sigstate,
                 "mm": p.mm,
                 "files": p.files,
+                "locks": p.locks,
                 "pagemap": p.pagemap,
                 "pages_file": p.pages_path,
             })
@@ -68,6 +69,7 @@ pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
         "pagemap": r.pagemap,
         "pages_file": r.pages_path,
         "processes": procs,
+        "objects": img.objects,
     }))
 }
 
@@ -161,6 +163,7 @@ fn render(full: &LoadedImage) -> String {
             VmaKind::File { .. } => "file",
             VmaKind::Vdso => "vdso",
             VmaKind::Vvar { .. } => "vvar",
+            VmaKind::Object { .. } => "object",
         };
         let _ = writeln!(
             s,

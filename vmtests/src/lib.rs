@@ -27,6 +27,7 @@ use anyhow::{Context, Result, bail};
 mod cli;
 pub mod migration;
 pub mod netns;
+pub mod objects;
 pub mod restored;
 mod state;
 
@@ -59,6 +60,9 @@ pub const WORKLOADS: &[&str] = &[
     "wl_threads",
     "wl_tree",
     "wl_sigstate",
+    "wl_shmem",
+    "wl_deleted",
+    "wl_locks",
 ];
 
 /// The cargo workspace root.

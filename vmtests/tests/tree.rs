@@ -26,8 +26,9 @@
 //! `dump --pre-copy auto --leave-running` pre-copies every process of the tree; the fork of a
 //! new process during the rounds is covered by `precopy.rs`.
 //!
-//! One known difference is tolerated by the comparisons and checked exactly by a test of its own
-//! (ignored while it fails): restored pipe fds of a tree carry `O_LARGEFILE`.
+//! Pipe fds are compared with their flags exactly: the shared pipes are inherited from fastcr,
+//! as they were from the forks, so they do not gain `O_LARGEFILE` (which `open(2)` of
+//! `/proc/PID/fd/N` would add); `tree_restore_keeps_pipe_fd_flags` checks that bit outright.
 //!
 //! Timing is never asserted: every wait has a generous hang guard.
 
@@ -206,42 +207,8 @@ fn capture(pids: &TreePids, here: &dyn Fn(i32) -> i32) -> BTreeMap<i32, VisibleS
 /// `O_LARGEFILE` in fdinfo `flags:` (octal).
 const O_LARGEFILE: u32 = 0o100_000;
 
-/// The states with `O_LARGEFILE` left out of the flags of pipe fds.
-///
-/// A known fastcr difference (see [`tree_restore_keeps_pipe_fd_flags`]): each restored process
-/// of a tree opens its pipe ends through `/proc/<fastcr>/fd/N`, and open(2) on x86_64 always
-/// adds `O_LARGEFILE`, which pipe(2) never sets and F_SETFL cannot clear.
-fn without_pipe_largefile(states: &BTreeMap<i32, VisibleState>) -> BTreeMap<i32, VisibleState> {
-    let mut states = states.clone();
-    for st in states.values_mut() {
-        for fd in st.fds.values_mut() {
-            if fd.target.starts_with("pipe:")
-                && let Ok(flags) = u32::from_str_radix(&fd.flags, 8)
-            {
-                fd.flags = format!("0{:o}", flags & !O_LARGEFILE);
-            }
-        }
-    }
-    states
-}
-
-/// Compares the visible state of every live process, tolerating only the known `O_LARGEFILE`
-/// difference on pipe fds.
+/// Compares the visible state of every live process, fd flags included.
 fn assert_same_states(
-    pids: &TreePids,
-    before: &BTreeMap<i32, VisibleState>,
-    after: &BTreeMap<i32, VisibleState>,
-    context: &str,
-) {
-    assert_same_states_strict(
-        pids,
-        &without_pipe_largefile(before),
-        &without_pipe_largefile(after),
-        context,
-    );
-}
-
-fn assert_same_states_strict(
     pids: &TreePids,
     before: &BTreeMap<i32, VisibleState>,
     after: &BTreeMap<i32, VisibleState>,
@@ -485,8 +452,8 @@ enum Mode {
 }
 
 /// Dumps wl_tree the way `mode` says, restores it with `restore -d` and checks everything the
-/// module doc lists; `strict` compares the fd flags exactly (no `O_LARGEFILE` allowance).
-fn dump_restore(mode: Mode, strict: bool) {
+/// module doc lists; with `no_largefile`, also that no restored pipe fd has `O_LARGEFILE`.
+fn dump_restore(mode: Mode, no_largefile: bool) {
     let (mut wl, pids, mut guard, before) = spawn_tree();
     let images = Scratch::new("tree-img");
     let root = wl.pid_arg();
@@ -556,10 +523,20 @@ fn dump_restore(mode: Mode, strict: bool) {
     assert_shape(&pids, &|p| p, me(), &format!("{context}: after restore"));
     let after = capture(&pids, &|p| p);
     let what = format!("{context}: after restore");
-    if strict {
-        assert_same_states_strict(&pids, &before, &after, &what);
-    } else {
-        assert_same_states(&pids, &before, &after, &what);
+    assert_same_states(&pids, &before, &after, &what);
+    if no_largefile {
+        for (pid, st) in &after {
+            for (fd, f) in st.fds.iter().filter(|(_, f)| f.target.starts_with("pipe:")) {
+                let flags = u32::from_str_radix(&f.flags, 8)
+                    .unwrap_or_else(|e| panic!("pid {pid} fd {fd}: flags {:?}: {e}", f.flags));
+                assert_eq!(
+                    flags & O_LARGEFILE,
+                    0,
+                    "pid {pid} fd {fd}: a restored pipe fd has O_LARGEFILE ({})",
+                    f.flags
+                );
+            }
+        }
     }
     wl.wait_counter_advances();
     wl.terminate_and_verify();
@@ -572,10 +549,9 @@ fn tree_dump_restore() {
     dump_restore(Mode::Dump, false);
 }
 
-/// The restored pipe fds must have exactly the file flags they had (F_GETFL shows them).
+/// The restored pipe fds must have exactly the file flags they had (F_GETFL shows them), and
+/// never `O_LARGEFILE`, which pipe(2) never sets.
 #[test]
-#[ignore = "fastcr bug: pipe ends reopened for a tree through /proc/<fastcr>/fd/N get \
-            O_LARGEFILE (fdinfo flags 0104001 instead of 04001), which pipe(2) never sets"]
 fn tree_restore_keeps_pipe_fd_flags() {
     dump_restore(Mode::Dump, true);
 }

@@ -6,6 +6,8 @@
 //! are handed the restorer's own. Anything else is refused at dump time, naming the fd.
 
 mod anon;
+pub mod locks;
+pub mod objects;
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -85,6 +87,12 @@ pub enum FilesError {
     /// An injected syscall failed.
     #[error(transparent)]
     Inject(#[from] InjectError),
+    /// A memfd or deleted file could not be saved or recreated.
+    #[error(transparent)]
+    Object(#[from] objects::ObjectError),
+    /// A file lock could not be saved or taken back.
+    #[error(transparent)]
+    Lock(#[from] locks::LockError),
 }
 
 const SAFE_DEVICES: [&str; 5] = [
@@ -255,6 +263,12 @@ fn classify(
     let is_stream = target.starts_with("pipe:")
         || target.starts_with("/dev/pts/")
         || target.starts_with("/dev/tty");
+    if ft.is_file() && objects::is_object_fd(target) {
+        return Ok(FdKind::Object {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        });
+    }
     if ft.is_file() || ft.is_dir() {
         if target.ends_with(" (deleted)") {
             return Err(unsupported("the file was deleted (not supported yet)"));
@@ -384,21 +398,37 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
             | FdKind::EventFd { .. }
             | FdKind::TimerFd { .. }
             | FdKind::SignalFd { .. }
-            | FdKind::Epoll { .. } => {}
+            | FdKind::Epoll { .. }
+            | FdKind::Object { .. } => {}
         }
     }
     Ok(())
 }
 
 /// Closes everything the child inherited from fastcr, except the standard streams the image
-/// hands over (`--shell-job`).
-pub fn close_inherited(inj: &Injector, files: &FilesImage) -> Result<(), FilesError> {
-    inj.call(
-        || "close_range".into(),
-        "close_range",
-        libc::SYS_close_range,
-        [3, u64::from(u32::MAX), 0, 0, 0, 0],
-    )?;
+/// hands over (`--shell-job`) and the ends of the tree's shared pipes (inherited from fastcr,
+/// placed by [`restore`]).
+pub fn close_inherited(
+    inj: &Injector,
+    files: &FilesImage,
+    shared: &SharedPipes,
+) -> Result<(), FilesError> {
+    let mut from = 3u64;
+    for keep in shared
+        .raw_fds()
+        .into_iter()
+        .chain([u64::from(u32::MAX) + 1])
+    {
+        if keep > from {
+            inj.call(
+                || "close_range".into(),
+                "close_range",
+                libc::SYS_close_range,
+                [from, keep - 1, 0, 0, 0, 0],
+            )?;
+        }
+        from = keep + 1;
+    }
     for fd in 0..=2 {
         let keep = files
             .fds
@@ -413,8 +443,9 @@ pub fn close_inherited(inj: &Injector, files: &FilesImage) -> Result<(), FilesEr
 }
 
 /// Pipes whose ends are held by several processes of a restored tree: fastcr makes each one
-/// (size, data in flight) and holds both ends until every process has opened its own through
-/// `/proc/<fastcr>/fd/N` (opening a pipe there opens the same pipe).
+/// (size, data in flight) before it forks the tree's root, so every process inherits both ends
+/// (the same open file descriptions, as after the forks that shared them originally) and keeps
+/// those it had at their numbers.
 #[derive(Default)]
 pub struct SharedPipes {
     ends: BTreeMap<u64, (std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
@@ -455,17 +486,35 @@ impl SharedPipes {
         Ok(out)
     }
 
-    /// The path a restored process opens for the `reader` or writer end of pipe `inode`.
-    fn path(&self, inode: u64, reader: bool) -> Option<String> {
+    /// The fd number (in fastcr, and so in every restored process until it is rebuilt) of the
+    /// `reader` or writer end of pipe `inode`.
+    fn raw(&self, inode: u64, reader: bool) -> Option<u64> {
         use std::os::fd::AsRawFd;
         let (r, w) = self.ends.get(&inode)?;
         let fd = if reader { r.as_raw_fd() } else { w.as_raw_fd() };
-        Some(format!("/proc/{}/fd/{fd}", std::process::id()))
+        Some(fd as u64)
+    }
+
+    /// Every end's fd number, ascending.
+    fn raw_fds(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .ends
+            .keys()
+            .flat_map(|&i| [self.raw(i, true), self.raw(i, false)])
+            .flatten()
+            .collect();
+        out.sort_unstable();
+        out
     }
 }
 
 /// Reopens every fd at its number, offset and flags; sets cwd and umask.
-pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Result<(), FilesError> {
+pub fn restore(
+    inj: &Injector,
+    files: &FilesImage,
+    shared: &SharedPipes,
+    objects: &objects::Objects,
+) -> Result<(), FilesError> {
     let cwd = inj.put_cstr(SCRATCH_PATH, &files.cwd)?;
     inj.call(
         || format!("chdir({})", files.cwd),
@@ -480,6 +529,33 @@ pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Resu
         [u64::from(files.umask), 0, 0, 0, 0, 0],
     )?;
     let top = files.fds.iter().map(|f| f.fd).max().unwrap_or(0);
+    // The inherited ends of shared pipes, moved above every fd number of the image first, so
+    // placing one never closes another.
+    let mut parked: BTreeMap<(u64, bool), u64> = BTreeMap::new();
+    for f in &files.fds {
+        if let FdKind::SharedPipe { inode } = f.kind {
+            let key = (inode, is_reader(f.flags));
+            if parked.contains_key(&key) {
+                continue;
+            }
+            let src = shared
+                .raw(key.0, key.1)
+                .ok_or(FilesError::MissingPipe { fd: f.fd, inode })?;
+            let hi = inj.call(
+                || "fcntl(F_DUPFD) of an inherited pipe end".into(),
+                "fcntl",
+                libc::SYS_fcntl,
+                [src, libc::F_DUPFD as u64, (top + 1) as u64, 0, 0, 0],
+            )?;
+            parked.insert(key, hi);
+        }
+    }
+    for fd in shared.raw_fds() {
+        if !parked.values().any(|&p| p == fd) {
+            // EBADF is fine: a number the image's own fds took since.
+            inj.raw("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+    }
     let mut pipes_done = Vec::new();
     for f in &files.fds {
         if let FdKind::Pipe { inode } = f.kind {
@@ -489,14 +565,33 @@ pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Resu
             }
             continue;
         }
+        if let FdKind::SharedPipe { inode } = f.kind {
+            let src = parked
+                .get(&(inode, is_reader(f.flags)))
+                .copied()
+                .ok_or(FilesError::MissingPipe { fd: f.fd, inode })?;
+            place_fd(inj, src, f)?;
+            // O_NONBLOCK belongs to the open file description, which the holders share.
+            let status = u64::from(f.flags & libc::O_NONBLOCK as u32);
+            if status != 0 {
+                inj.call(
+                    || format!("fcntl(F_SETFL) of fd {}", f.fd),
+                    "fcntl",
+                    libc::SYS_fcntl,
+                    [f.fd as u64, libc::F_SETFL as u64, status, 0, 0, 0],
+                )?;
+            }
+            continue;
+        }
         let path = match &f.kind {
             FdKind::Path { path, .. } => path.clone(),
-            FdKind::SharedPipe { inode } => {
-                shared
-                    .path(*inode, is_reader(f.flags))
-                    .ok_or(FilesError::MissingPipe {
-                        fd: f.fd,
-                        inode: *inode,
+            FdKind::Object { dev, ino } => {
+                objects
+                    .path(*dev, *ino)
+                    .ok_or_else(|| objects::ObjectError::Missing {
+                        what: format!("fd {}", f.fd),
+                        dev: *dev,
+                        ino: *ino,
                     })?
             }
             _ => continue,
@@ -524,6 +619,9 @@ pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Resu
                 [fd, f.pos, libc::SEEK_SET as u64, 0, 0, 0],
             )?;
         }
+    }
+    for fd in parked.into_values() {
+        close(inj, fd)?;
     }
     // Kernel objects last, epoll after every fd it may watch.
     for f in files.fds.iter().filter(|f| {

@@ -57,6 +57,14 @@ pub enum FdKind {
         /// The watched fds.
         watches: Vec<EpollWatch>,
     },
+    /// A memfd or a deleted regular file, saved once in `objects.img` (see
+    /// [`crate::image::objects`]).
+    Object {
+        /// `st_dev` at dump time.
+        dev: u64,
+        /// `st_ino` at dump time.
+        ino: u64,
+    },
 }
 
 /// One fd an epoll instance watches.

@@ -23,6 +23,15 @@ pub enum VmaKind {
         /// Its name in maps.
         name: String,
     },
+    /// A memfd, shared anonymous memory or a deleted file, saved once in `objects.img`.
+    Object {
+        /// `st_dev` at dump time.
+        dev: u64,
+        /// `st_ino` at dump time.
+        ino: u64,
+        /// Offset of the VMA start in the object.
+        offset: u64,
+    },
 }
 
 /// One VMA.

@@ -18,7 +18,9 @@ pub mod core;
 pub mod files;
 pub mod header;
 pub mod inventory;
+pub mod locks;
 pub mod mm;
+pub mod objects;
 pub mod pagemap;
 pub mod sigstate;
 pub mod tree;
@@ -57,6 +59,10 @@ pub enum Kind {
     Tree,
     /// `sigstate-<pid>.img`: pending signals, POSIX timers, limits, identity.
     SigState,
+    /// `objects.img`: memfds, shared anonymous memory, deleted files (absent: none).
+    Objects,
+    /// `locks-<pid>.img`: file locks held (absent: none).
+    Locks,
 }
 
 impl Kind {
@@ -71,6 +77,8 @@ impl Kind {
             Kind::Threads => b"FCTH",
             Kind::Tree => b"FCTR",
             Kind::SigState => b"FCSG",
+            Kind::Objects => b"FCOB",
+            Kind::Locks => b"FCLK",
         };
         u32::from_le_bytes(*tag)
     }
@@ -86,6 +94,8 @@ impl Kind {
             Kind::Threads => format!("threads-{pid}.img"),
             Kind::Tree => "tree.img".to_string(),
             Kind::SigState => format!("sigstate-{pid}.img"),
+            Kind::Objects => "objects.img".to_string(),
+            Kind::Locks => format!("locks-{pid}.img"),
         }
     }
 }

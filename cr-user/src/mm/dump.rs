@@ -71,10 +71,11 @@ fn wanted(vma: &Vma, pm: u64, zero_pfn: Option<u64>) -> bool {
         return false;
     }
     match (&vma.kind, vma.shared) {
-        (VmaKind::Vdso | VmaKind::Vvar { .. }, _) | (VmaKind::File { .. }, true) => false,
+        (VmaKind::Vdso | VmaKind::Vvar { .. }, _)
+        | (VmaKind::File { .. } | VmaKind::Object { .. }, true) => false,
         // Private file pages are in the file until written; a written one is an anonymous COW
         // copy (present without PM_FILE) or swapped out.
-        (VmaKind::File { .. }, false) => {
+        (VmaKind::File { .. } | VmaKind::Object { .. }, false) => {
             (pm & PM_PRESENT != 0 && pm & PM_FILE == 0) || pm & PM_SWAP != 0
         }
         (VmaKind::Anon, _) => pm & (PM_PRESENT | PM_SWAP) != 0,
@@ -124,7 +125,9 @@ fn select_pages_scan(pid: i32, vmas: &[Vma]) -> Result<PageDump, MmError> {
         // asking for PAGE_IS_FILE makes the kernel look at every page's struct page, so it is
         // asked only there.
         let excluded = match (&vma.kind, vma.shared) {
-            (VmaKind::File { .. }, false) => PAGE_IS_PFNZERO | PAGE_IS_FILE,
+            (VmaKind::File { .. } | VmaKind::Object { .. }, false) => {
+                PAGE_IS_PFNZERO | PAGE_IS_FILE
+            }
             _ => PAGE_IS_PFNZERO,
         };
         let req = ScanRequest {

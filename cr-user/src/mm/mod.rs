@@ -81,12 +81,36 @@ pub enum MmError {
         /// Size here.
         here: u64,
     },
+    /// A VMA refers to an object fastcr did not recreate.
+    #[error("a mapping refers to object {dev}:{ino}, which the image does not hold")]
+    MissingObject {
+        /// Device.
+        dev: u64,
+        /// Inode.
+        ino: u64,
+    },
     /// No room for the restore trampoline.
     #[error("no free address range for the restore trampoline")]
     NoGap,
     /// An injected syscall failed.
     #[error(transparent)]
     Inject(#[from] crate::inject::InjectError),
+}
+
+/// A VMA of a memfd, of shared anonymous memory or of a deleted file: saved in `objects.img`.
+fn object(pid: i32, e: &MapEntry) -> Result<VmaKind, MmError> {
+    let dev = crate::files::objects::parse_dev(&e.dev).ok_or_else(|| MmError::Unsupported {
+        pid,
+        start: e.start,
+        end: e.end,
+        name: e.path.clone(),
+        why: "unreadable device number",
+    })?;
+    Ok(VmaKind::Object {
+        dev,
+        ino: e.inode,
+        offset: e.offset,
+    })
 }
 
 /// Classifies one smaps entry; `None` for mappings that are not saved (`[vsyscall]`).
@@ -109,15 +133,13 @@ pub fn classify(
             name: e.path.clone(),
         },
         "" | "[heap]" | "[stack]" => VmaKind::Anon,
-        "/dev/zero (deleted)" if e.shared && e.inode != 0 => VmaKind::Anon,
+        "/dev/zero (deleted)" if e.shared && e.inode != 0 => object(pid, e)?,
         p if p.starts_with("[anon:") => VmaKind::Anon,
         p if p.starts_with('[') => return Err(unsupported("special kernel mapping")),
-        p if p.ends_with(" (deleted)") => {
-            return Err(unsupported("file was deleted (not supported yet)"));
+        p if p.starts_with("/SYSV") => {
+            return Err(unsupported("SysV shared memory is not supported yet"));
         }
-        p if p.starts_with("/memfd:") => {
-            return Err(unsupported("memfd mappings are not supported yet"));
-        }
+        p if p.ends_with(" (deleted)") || p.starts_with("/memfd:") => object(pid, e)?,
         p if p.starts_with("/dev/") => {
             return Err(unsupported("device mappings are not supported"));
         }
@@ -203,13 +225,37 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(v.shared && v.kind == VmaKind::Anon);
+        assert!(
+            v.shared
+                && matches!(
+                    v.kind,
+                    VmaKind::Object {
+                        ino: 7,
+                        dev: 1,
+                        offset: 0
+                    }
+                )
+        );
         assert!(
             classify(1, &entry("1000-2000 r-xp 0 00:00 0 [vsyscall]"), size)
                 .unwrap()
                 .is_none()
         );
-        assert!(classify(1, &entry("1000-2000 rw-p 0 fe:00 3 /tmp/x (deleted)"), size).is_err());
+        assert!(matches!(
+            classify(1, &entry("1000-2000 rw-p 0 fe:00 3 /tmp/x (deleted)"), size)
+                .unwrap()
+                .unwrap()
+                .kind,
+            VmaKind::Object { ino: 3, .. }
+        ));
+        assert!(
+            classify(
+                1,
+                &entry("1000-2000 rw-s 0 00:01 3 /SYSV00000000 (deleted)"),
+                size
+            )
+            .is_err()
+        );
         assert!(classify(1, &entry("1000-2000 rw-s 0 00:05 3 /dev/fb0"), size).is_err());
         assert!(classify(1, &entry("1000-2000 r-xp 0 fe:00 3 /gone"), |_| None).is_err());
     }

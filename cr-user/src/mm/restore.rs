@@ -166,7 +166,12 @@ fn initial_prot(v: &Vma, has_pages: bool) -> u32 {
 }
 
 /// Maps every non-special VMA at its address; writable first where pages will be written.
-pub fn map_vmas(inj: &Injector, image: &MmImage, has_pages: &[bool]) -> Result<(), MmError> {
+pub fn map_vmas(
+    inj: &Injector,
+    image: &MmImage,
+    has_pages: &[bool],
+    objects: &crate::files::objects::Objects,
+) -> Result<(), MmError> {
     for (v, &has) in image.vmas.iter().zip(has_pages) {
         let mut flags = libc::MAP_FIXED as u64;
         flags |= if v.shared {
@@ -190,36 +195,59 @@ pub fn map_vmas(inj: &Injector, image: &MmImage, has_pages: &[bool]) -> Result<(
                     [v.start, len, prot, flags, u64::MAX, 0],
                 )?;
             }
+            VmaKind::Object { dev, ino, offset } => {
+                let path = objects.path(*dev, *ino).ok_or(MmError::MissingObject {
+                    dev: *dev,
+                    ino: *ino,
+                })?;
+                // Read-only unless mapped writable: a read-only shared mapping of a memfd sealed
+                // against writes must not count as writable, or the seal could not be added.
+                map_file(inj, v, &path, (*offset, prot, flags), false)?;
+            }
             VmaKind::File { path, offset, .. } => {
-                let writable_shared = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
-                let oflags = if writable_shared {
-                    libc::O_RDWR
-                } else {
-                    libc::O_RDONLY
-                } | libc::O_CLOEXEC;
-                let addr = inj.put_cstr(SCRATCH_PATH, path)?;
-                let fd = inj.call(
-                    || format!("open of mapped file {path}"),
-                    "openat",
-                    libc::SYS_openat,
-                    [libc::AT_FDCWD as u64, addr, oflags as u64, 0, 0, 0],
-                )?;
-                let mapped = inj.call(
-                    || format!("mmap of {path} at {:#x}-{:#x}", v.start, v.end),
-                    "mmap",
-                    libc::SYS_mmap,
-                    [v.start, len, prot, flags, fd, *offset],
-                );
-                inj.call(
-                    || "close".into(),
-                    "close",
-                    libc::SYS_close,
-                    [fd, 0, 0, 0, 0, 0],
-                )?;
-                mapped?;
+                map_file(inj, v, path, (*offset, prot, flags), false)?;
             }
         }
     }
+    Ok(())
+}
+
+/// Maps `v` from the file at `path` (opened in the task for the mapping only, read-write if
+/// `rdwr` or the mapping is shared and writable).
+fn map_file(
+    inj: &Injector,
+    v: &Vma,
+    path: &str,
+    (offset, prot, flags): (u64, u64, u64),
+    rdwr: bool,
+) -> Result<(), MmError> {
+    let len = v.end - v.start;
+    let writable_shared = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
+    let oflags = if writable_shared || rdwr {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    } | libc::O_CLOEXEC;
+    let addr = inj.put_cstr(SCRATCH_PATH, path)?;
+    let fd = inj.call(
+        || format!("open of mapped file {path}"),
+        "openat",
+        libc::SYS_openat,
+        [libc::AT_FDCWD as u64, addr, oflags as u64, 0, 0, 0],
+    )?;
+    let mapped = inj.call(
+        || format!("mmap of {path} at {:#x}-{:#x}", v.start, v.end),
+        "mmap",
+        libc::SYS_mmap,
+        [v.start, len, prot, flags, fd, offset],
+    );
+    inj.call(
+        || "close".into(),
+        "close",
+        libc::SYS_close,
+        [fd, 0, 0, 0, 0, 0],
+    )?;
+    mapped?;
     Ok(())
 }
 

@@ -31,6 +31,7 @@ pub(super) fn build<'a>(
     p: &'a ProcImage,
     here: i32,
     shared: &SharedPipes,
+    objects: &crate::files::objects::Objects,
     lazy: Option<&LazyPlan>,
 ) -> Result<Built<'a>, RestoreError> {
     let pid = p.pid;
@@ -43,11 +44,11 @@ pub(super) fn build<'a>(
 
     crate::core::unregister_inherited_rseq(&inj)?;
     let trampoline = mmr::install_trampoline(&mut inj, &child_maps, &p.mm)?;
-    crate::files::close_inherited(&inj, &p.files)?;
+    crate::files::close_inherited(&inj, &p.files, shared)?;
     mmr::clear_address_space(&inj, &child_maps, trampoline)?;
     mmr::move_specials(&inj, &child_maps, &p.mm, trampoline)?;
     let has_pages = mmr::vmas_with_pages(&p.mm, &p.pagemap);
-    mmr::map_vmas(&inj, &p.mm, &has_pages)?;
+    mmr::map_vmas(&inj, &p.mm, &has_pages, objects)?;
     let pages = mmr::fill_pages(here, &p.chain, |vaddr| {
         lazy.is_some_and(|l| l.is_lazy(vaddr))
     })?;
@@ -65,7 +66,9 @@ pub(super) fn build<'a>(
         }
         None => None,
     };
-    crate::files::restore(&inj, &p.files, shared)?;
+    crate::files::restore(&inj, &p.files, shared, objects)?;
+    crate::files::locks::restore(&inj, pid, &p.files, &p.locks)
+        .map_err(crate::files::FilesError::from)?;
     crate::core::restore_name(&inj, &p.core.comm)?;
     crate::core::restore_signals(&inj, &p.core)?;
     let main = p.core.main_thread();

@@ -30,6 +30,8 @@ pub struct ProcImage {
     pub mm: MmImage,
     /// Files.
     pub files: FilesImage,
+    /// File locks to take back (`locks-<pid>.img`; empty if absent).
+    pub locks: crate::image::locks::LocksImage,
     /// Page index.
     pub pagemap: PagemapImage,
     /// Path of the pages file.
@@ -46,6 +48,10 @@ pub struct LoadedImage {
     pub tree: TreeImage,
     /// The live processes, in tree order: the root first.
     pub procs: Vec<ProcImage>,
+    /// Memfds, shared anonymous memory and deleted files (`objects.img`; empty if absent).
+    pub objects: crate::image::objects::ObjectsImage,
+    /// Where the image is (the objects' contents are read from it).
+    pub dir: ImageDir,
 }
 
 impl LoadedImage {
@@ -125,10 +131,17 @@ pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
         tree.procs[0].sid = if core.session_leader { root } else { 0 };
         tree.procs[0].pgid = if core.pgrp_leader { root } else { 0 };
     }
+    let objects = crate::files::objects::load(&dir)?;
+    for p in &procs {
+        crate::files::objects::check_refs(&objects, &p.files, &p.mm.vmas)
+            .map_err(crate::files::FilesError::from)?;
+    }
     Ok(LoadedImage {
         inventory,
         tree,
         procs,
+        objects,
+        dir,
     })
 }
 
@@ -166,6 +179,26 @@ fn load_proc(
     let mm: MmImage = dir.read(Kind::Mm, pid)?;
     let files: FilesImage = dir.read(Kind::Files, pid)?;
     let pagemap: PagemapImage = dir.read(Kind::Pagemap, pid)?;
+    let locks: crate::image::locks::LocksImage = if dir.file(&Kind::Locks.file_name(pid)).exists() {
+        dir.read(Kind::Locks, pid)?
+    } else {
+        Default::default()
+    };
+    locks
+        .validate()
+        .map_err(|d| inconsistent(dir, &Kind::Locks.file_name(pid), d))?;
+    if let Some(l) = locks
+        .locks
+        .iter()
+        .find(|l| !files.fds.iter().any(|f| f.fd == l.fd))
+    {
+        return Err(inconsistent(
+            dir,
+            &Kind::Locks.file_name(pid),
+            format!("a lock on fd {}, which files-{pid}.img does not have", l.fd),
+        )
+        .into());
+    }
     if core.tid != pid {
         return Err(inconsistent(
             dir,
@@ -200,6 +233,7 @@ fn load_proc(
         sigstate,
         mm,
         files,
+        locks,
         pagemap,
         pages_path,
         chain,

@@ -7,6 +7,7 @@
 pub mod bpf;
 pub mod fs;
 pub mod mem;
+pub mod memfd;
 pub mod probe;
 pub mod process;
 pub mod ptrace;

@@ -228,6 +228,18 @@ pub(crate) fn dump(
             &mut fin,
         )?);
     }
+    let refs: Vec<_> = saved
+        .iter()
+        .map(|s| (s.pid, &s.mm.vmas[..], &s.files))
+        .collect();
+    let objects = crate::files::objects::dump(&refs).map_err(crate::files::FilesError::from)?;
+    let mut seen = crate::files::locks::SeenLocks::default();
+    let mut locks = Vec::new();
+    for s in &saved {
+        let l = crate::files::locks::dump(s.pid, &s.files, &mut seen)
+            .map_err(crate::files::FilesError::from)?;
+        locks.push((s.pid, l));
+    }
     stats.memdump_time_us = micros(t.elapsed());
     stats.frozen_steps.final_scan_us = fin.scan_us;
     if fin.bulk {
@@ -247,6 +259,10 @@ pub(crate) fn dump(
     // After the thaw: closing a userfaultfd walks its whole range (see `dump_with`).
     drop(precopied);
     let t_write = Instant::now();
+    objects.write(&dir)?;
+    for (pid, l) in locks.iter().filter(|(_, l)| !l.locks.is_empty()) {
+        dir.write(Kind::Locks, *pid, l)?;
+    }
     write(&dir, &mut saved, &tree, root, opts.shell_job)?;
     stats.memwrite_time_us = micros(t_write.elapsed());
     match (after, still_frozen) {

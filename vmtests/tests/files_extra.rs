@@ -1,0 +1,407 @@
+//! Regular files deleted while open or mapped: `wl_deleted` (see `workloads/wl_deleted.c`)
+//! dumped and brought back by `restore -d` (after a dump or a `dump --leave-running`) or
+//! `restore --pidns new -d`; and the refusal of one larger than fastcr saves.
+//!
+//! Checked after the restore: the same visible state (fd names still `<path> (deleted)`,
+//! offsets, flags, mappings; only the recreated files' inode numbers differ), the counter
+//! advances, and on SIGTERM the workload verifies contents, sizes, mode, offsets, flags, a
+//! copy-on-write page of a private mapping, and that each fd is one file with what else
+//! refers to it.
+//!
+//! File locks (`wl_locks`: flock exclusive and shared, POSIX record locks, an OFD lock) after
+//! dump + restore, --leave-running + restore, and --pidns new, where a restore beside the
+//! original (which still holds them) must fail clearly first.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use vmtests::objects::{terminate_in_pidns, without_object_inodes};
+use vmtests::restored::{find_in_new_pidns, wait_until};
+use vmtests::{
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
+    assert_success, become_subreaper, fastcr, require_root,
+};
+
+/// Hang guard for a process appearing: never a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Dump,
+    LeaveRunning,
+    PidnsNew,
+}
+
+fn run(mode: Mode) {
+    require_root();
+    become_subreaper();
+    let mut wl = Workload::spawn("wl_deleted", &[]);
+    wl.wait_counter_advances();
+    let before = without_object_inodes(VisibleState::capture(wl.pid()));
+    let images = Scratch::new("deleted-img");
+    let pid = wl.pid_arg();
+    if matches!(mode, Mode::Dump) {
+        assert_success(
+            &fastcr(&["dump", "-t", &pid, "-D", images.as_str()]),
+            "dump",
+        );
+        let status = wl.reap();
+        assert!(
+            status.signal().is_some(),
+            "dump should have killed it: {status}"
+        );
+    } else {
+        assert_success(
+            &fastcr(&["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"]),
+            "dump --leave-running",
+        );
+        wl.assert_running_untraced();
+        before.assert_same(
+            &without_object_inodes(VisibleState::capture(wl.pid())),
+            "after dump --leave-running",
+        );
+        wl.kill_and_reap();
+    }
+    // D1 (fd and private mapping), D2 (mapping only), D3 (fd).
+    assert!(images.join("object-2.img").exists() && !images.join("object-3.img").exists());
+
+    if matches!(mode, Mode::PidnsNew) {
+        let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+        assert_success(&out, "restore --pidns new -d");
+        let mut outer = None;
+        wait_until("the restored process in its pid namespace", GUARD, || {
+            outer = find_in_new_pidns(wl.pid());
+            outer.is_some()
+        });
+        let outer = outer.expect("found above");
+        // Read from here, Pid and Tgid are the outer pid (NSpid is checked by the lookup).
+        let mut after = without_object_inodes(VisibleState::capture(outer));
+        for key in ["Pid", "Tgid"] {
+            after.status.insert(key.into(), before.status[key].clone());
+        }
+        before.assert_same(&after, "after restore --pidns new");
+        let status = ExitStatus::from_raw(terminate_in_pidns(outer));
+        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+        assert!(
+            status.success() && result == "PASS\n",
+            "restored wl_deleted {status}; result {result:?}; log: {}",
+            wl.log()
+        );
+        assert_no_stray_children("deleted restore --pidns new");
+        return;
+    }
+    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
+    assert_success(&out, "restore -d");
+    wl.adopt_restored();
+    before.assert_same(
+        &without_object_inodes(VisibleState::capture(wl.pid())),
+        "after restore",
+    );
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("deleted restore");
+}
+
+#[test]
+fn deleted_dump_restore() {
+    run(Mode::Dump);
+}
+
+#[test]
+fn deleted_leave_running_restore() {
+    run(Mode::LeaveRunning);
+}
+
+#[test]
+fn deleted_pidns_new() {
+    run(Mode::PidnsNew);
+}
+
+/// A deleted file above the 64 MiB limit fails the dump with one line naming the process, the
+/// fd, the file and why; the process runs on undisturbed and still passes its own checks.
+#[test]
+fn deleted_too_big_is_refused() {
+    require_root();
+    let wl = Workload::spawn("wl_deleted", &["big"]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("deleted-big-img");
+    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
+    assert_one_line_error(&out, "dump of a 65 MiB deleted file");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        format!("process {}", wl.pid()).as_str(),
+        "fd 42",
+        "del-big (deleted)",
+        "limit",
+    ] {
+        assert!(
+            stderr.contains(want),
+            "the error does not say {want:?}: {stderr}"
+        );
+    }
+    wl.assert_running_untraced();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// File locks: `wl_locks` holds an exclusive and a shared flock, two POSIX record locks and an
+// OFD lock; on SIGTERM a helper child it forks then probes each without waiting.
+
+/// `dump` (or `dump --leave-running` and the original killed), `restore -d`: the locks are held
+/// again, the same visible state, PASS.
+fn locks_restore(leave_running: bool) {
+    require_root();
+    let mut wl = Workload::spawn("wl_locks", &[]);
+    wl.wait_counter_advances();
+    let before = VisibleState::capture(wl.pid());
+    let images = Scratch::new("locks-img");
+    let mut args = vec!["dump", "-t", "", "-D", images.as_str()];
+    let pid = wl.pid_arg();
+    args[2] = &pid;
+    if leave_running {
+        args.push("--leave-running");
+    }
+    assert_success(&fastcr(&args), "dump");
+    if leave_running {
+        wl.assert_running_untraced();
+        wl.kill_and_reap();
+    } else {
+        let status = wl.reap();
+        assert!(
+            status.signal().is_some(),
+            "dump should have killed it: {status}"
+        );
+    }
+    assert!(
+        images.join(&format!("locks-{}.img", wl.pid())).exists(),
+        "no locks image"
+    );
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("locks restore");
+}
+
+/// A flock and an OFD lock shared with a child through inherited open file descriptions show
+/// in both processes' fdinfo: each is saved once (the child has no locks image) and taken back
+/// in the parent, without conflicting with itself.
+#[test]
+fn locks_tree_dump_restore() {
+    require_root();
+    become_subreaper();
+    let mut wl = Workload::spawn("wl_locks", &["tree"]);
+    wl.wait_counter_advances();
+    let child = vmtests::objects::pid_file(wl.statedir(), "child-pid");
+    let images = Scratch::new("locks-tree-img");
+    assert_success(
+        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
+        "dump",
+    );
+    wl.reap();
+    vmtests::reap_orphan(child);
+    assert!(images.join(&format!("locks-{}.img", wl.pid())).exists());
+    assert!(
+        !images.join(&format!("locks-{child}.img")).exists(),
+        "the child's copies of the shared locks were saved again"
+    );
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("locks tree restore");
+}
+
+#[test]
+fn locks_dump_restore() {
+    locks_restore(false);
+}
+
+#[test]
+fn locks_leave_running_restore() {
+    locks_restore(true);
+}
+
+/// `dump --leave-running`, then `restore --pidns new -d` beside the original, which still holds
+/// its locks: the restore fails with one line naming the process, the fd and the lock, and
+/// leaves nothing behind. Once the original is killed, the same image restores into a new pid
+/// namespace and PASSes.
+#[test]
+fn locks_conflict_then_pidns_new() {
+    require_root();
+    become_subreaper();
+    let mut wl = Workload::spawn("wl_locks", &[]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("locks-pidns-img");
+    assert_success(
+        &fastcr(&[
+            "dump",
+            "-t",
+            &wl.pid_arg(),
+            "-D",
+            images.as_str(),
+            "--leave-running",
+        ]),
+        "dump --leave-running",
+    );
+    let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+    assert_one_line_error(&out, "restore beside the lock holder");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        format!("process {}", wl.pid()).as_str(),
+        "fd 50",
+        "exclusive flock",
+        "conflicting lock",
+    ] {
+        assert!(
+            stderr.contains(want),
+            "the error does not say {want:?}: {stderr}"
+        );
+    }
+    assert_no_stray_children("failed restore");
+    wl.assert_running_untraced();
+
+    wl.kill_and_reap();
+    let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+    assert_success(&out, "restore --pidns new -d");
+    let mut outer = None;
+    wait_until("the restored process in its pid namespace", GUARD, || {
+        outer = find_in_new_pidns(wl.pid());
+        outer.is_some()
+    });
+    let outer = outer.expect("found above");
+    let status = ExitStatus::from_raw(terminate_in_pidns(outer));
+    let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+    assert!(
+        status.success() && result == "PASS\n",
+        "restored wl_locks {status}; result {result:?}; log: {}",
+        wl.log()
+    );
+    assert_no_stray_children("locks restore --pidns new");
+}
+
+/// A damaged `locks-<pid>.img` (truncated, a byte flipped) fails the restore with one line, before any process exists; the untouched image then
+/// restores and PASSes.
+#[test]
+fn locks_damaged_image_is_refused() {
+    require_root();
+    let mut wl = Workload::spawn("wl_locks", &[]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("locks-bad-img");
+    assert_success(
+        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
+        "dump",
+    );
+    wl.reap();
+    let name = format!("locks-{}.img", wl.pid());
+    for damage in ["truncated", "flipped"] {
+        let copy = Scratch::new("locks-bad-copy");
+        for entry in fs::read_dir(images.path()).expect("read the image dir") {
+            let entry = entry.expect("dir entry");
+            fs::copy(
+                entry.path(),
+                copy.join(&entry.file_name().to_string_lossy()),
+            )
+            .expect("copy an image file");
+        }
+        let path = copy.join(&name);
+        let mut bytes = fs::read(&path).expect("read the locks image");
+        let len = bytes.len();
+        if damage == "truncated" {
+            bytes.truncate(len / 2);
+        } else {
+            bytes[len / 2] ^= 0xff;
+        }
+        fs::write(&path, bytes).expect("write the locks image");
+        let context = format!("restore with {name} {damage}");
+        let out = fastcr(&["restore", "-D", copy.as_str(), "-d"]);
+        assert_one_line_error(&out, &context);
+        assert!(
+            !vmtests::pid_exists(wl.pid()),
+            "{context}: a process exists"
+        );
+        assert_no_stray_children(&context);
+    }
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workloads' own oracles
+
+/// Terminates `wl` and asserts it reported a failure mentioning `what`.
+fn expect_fail(wl: Workload, what: &str) {
+    let (status, result, log) = wl.terminate();
+    assert!(
+        status.code() == Some(1) && result.starts_with("FAIL: ") && result.contains(what),
+        "expected a FAIL about {what:?}, got {status}, result {result:?}, log {log}"
+    );
+}
+
+/// Undisturbed, wl_deleted and wl_locks pass and two captures of their state are equal.
+#[test]
+fn wl_deleted_and_wl_locks_pass_undisturbed() {
+    require_root();
+    for name in ["wl_deleted", "wl_locks"] {
+        let wl = Workload::spawn(name, &[]);
+        let first = VisibleState::capture(wl.pid());
+        wl.wait_counter_advances();
+        first.assert_same(&VisibleState::capture(wl.pid()), name);
+        wl.terminate_and_verify();
+    }
+}
+
+/// wl_deleted's oracle is not vacuous: the deleted file changed through its fd must make it
+/// fail.
+#[test]
+fn wl_deleted_detects_a_changed_file() {
+    use std::os::unix::fs::FileExt;
+    require_root();
+    let wl = Workload::spawn("wl_deleted", &[]);
+    wl.wait_counter_advances();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/fd/40", wl.pid()))
+        .expect("open the deleted file");
+    file.write_all_at(b"x", 70_000)
+        .expect("write the deleted file");
+    expect_fail(wl, "D1: contents");
+}
+
+/// wl_locks' oracle is not vacuous: restored from an image whose locks file was removed (the
+/// locks are then simply not taken), it must fail.
+#[test]
+fn wl_locks_detects_lost_locks() {
+    require_root();
+    let mut wl = Workload::spawn("wl_locks", &[]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("locks-lost-img");
+    assert_success(
+        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
+        "dump",
+    );
+    wl.reap();
+    fs::remove_file(images.join(&format!("locks-{}.img", wl.pid()))).expect("remove locks");
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    expect_fail(wl, "the locks are not as taken");
+}
