@@ -133,7 +133,7 @@ impl DumpStats {
                     format!("round {i}"),
                     if r.hinted_only {
                         format!(
-                            "{} pages (of {} hinted; no full scan) {}",
+                            "{} pages (closing round, {} hinted) {}",
                             r.pages,
                             r.hinted,
                             ms(r.time_us)

@@ -60,7 +60,8 @@ pub struct RoundStat {
     pub hinted: u64,
     /// Duration of the round.
     pub time_us: u64,
-    /// A closing round: only the ranges BPF hinted were scanned (see [`run`]).
+    /// A closing round, driven by the BPF hints: it copies what the scan confirms written among
+    /// the hinted ranges (or, when they are too scattered, all tracked memory) (see [`run`]).
     pub hinted_only: bool,
 }
 
