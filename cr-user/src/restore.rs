@@ -209,6 +209,10 @@ pub fn restore_loaded(
         }
         None
     };
+    // Sockets are made before the fork: every process inherits them (see files::park). A taken
+    // address fails here, before any process exists.
+    let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
+    let sockets = crate::files::TreeSockets::create(&files)?;
     let t_fork = Instant::now();
     let spawned = match &pidns {
         Some(ns) => {
@@ -252,7 +256,6 @@ pub fn restore_loaded(
     ptrace::set_sigmask(child, !0).map_err(err("block signals"))?;
     let here = crate::tree::restore::create(child, &img.tree, &mut guard)?;
     let forking_time_us = micros(t_fork.elapsed());
-    let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
     let shared = crate::files::SharedPipes::create(&files)?;
     let mut built = Vec::with_capacity(img.procs.len());
     for p in &img.procs {
@@ -262,7 +265,7 @@ pub fn restore_loaded(
             source: SyscallError::from_errno("clone3", libc::ESRCH),
         })?;
         let lazy = opts.lazy.then_some(&plans[built.len()]);
-        built.push(build::build(p, h, &shared, lazy)?);
+        built.push(build::build(p, h, &shared, &sockets, lazy)?);
     }
     let restore_time_us = micros(t0.elapsed());
     gate().map_err(|why| RestoreError::Aborted { pid, why })?;
@@ -274,6 +277,7 @@ pub fn restore_loaded(
     }
     guard.armed = false;
     drop(shared);
+    drop(sockets);
     let pages_restored = built.iter().map(|b| b.pages).sum();
     let mut lazy = Vec::new();
     let mut lazy_release = Vec::new();

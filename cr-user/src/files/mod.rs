@@ -6,6 +6,9 @@
 //! are handed the restorer's own. Anything else is refused at dump time, naming the fd.
 
 mod anon;
+mod socket;
+
+pub use socket::{Parked, TreeSockets, addr_string, park};
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -79,6 +82,41 @@ pub enum FilesError {
         /// The pipe's inode.
         inode: u64,
     },
+    /// Reading a socket's state failed.
+    #[error("cannot read the socket at fd {fd} of process {pid}")]
+    SocketIo {
+        /// Process.
+        pid: i32,
+        /// The fd.
+        fd: i32,
+        /// The failed call.
+        #[source]
+        source: crate::sys::SyscallError,
+    },
+    /// Making a socket again failed.
+    #[error("cannot make socket {inode} again")]
+    SocketRestore {
+        /// Its inode at dump time.
+        inode: u64,
+        /// The failed call.
+        #[source]
+        source: crate::sys::SyscallError,
+    },
+    /// A socket's address is taken (or cannot be bound).
+    #[error("cannot bind a socket to {addr}")]
+    SocketBind {
+        /// The address.
+        addr: String,
+        /// The failed call (EADDRINUSE when taken).
+        #[source]
+        source: crate::sys::SyscallError,
+    },
+    /// The image refers to a socket it does not hold.
+    #[error("the image refers to socket {inode}, which it does not hold")]
+    MissingSocket {
+        /// Its inode at dump time.
+        inode: u64,
+    },
     /// Reading `/proc` failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
@@ -122,6 +160,8 @@ pub struct TreePipe {
     pub writer: Option<(i32, i32)>,
     /// The first process (in tree order) that holds an end: it carries the pipe's data.
     pub owner: i32,
+    /// A socket, not a pipe: only its inode matters (a unix peer inside the tree).
+    pub socket: bool,
 }
 
 /// Finds the pipe ends of every process in `pids` (tree order).
@@ -132,12 +172,21 @@ pub fn tree_pipes(pids: &[i32]) -> Result<TreePipes, FilesError> {
             let target = proc::read_link(pid, &format!("fd/{fd}"))?
                 .to_string_lossy()
                 .into_owned();
-            if !target.starts_with("pipe:") {
+            let is_socket = target.starts_with("socket:");
+            if !target.starts_with("pipe:") && !is_socket {
                 continue;
             }
             let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
                 continue;
             };
+            if is_socket {
+                out.entry(meta.ino()).or_insert(TreePipe {
+                    owner: pid,
+                    socket: true,
+                    ..TreePipe::default()
+                });
+                continue;
+            }
             let (_, flags) = proc::fdinfo(pid, fd)?;
             let e = out.entry(meta.ino()).or_insert(TreePipe {
                 owner: pid,
@@ -196,10 +245,23 @@ pub fn dump(
             }
         }
     }
+    // The sockets the dump holds: this process's, and the tree's.
+    let inside: std::collections::BTreeSet<u64> = raw
+        .iter()
+        .filter(|r| r.target.starts_with("socket:"))
+        .filter_map(|r| r.meta.as_ref().map(MetadataExt::ino))
+        .chain(tree.iter().filter(|(_, t)| t.socket).map(|(i, _)| *i))
+        .collect();
+    let mut ctx = socket::DumpCtx {
+        pid,
+        pidfd: None,
+        unix: None,
+        inside: &inside,
+    };
     let mut fds = Vec::new();
     let mut pipes = Vec::new();
     for r in &raw {
-        let kind = classify(pid, r, &ends, tree, shell_job)?;
+        let kind = classify(&mut ctx, r, &ends, tree, shell_job)?;
         if let FdKind::Pipe { inode } = kind
             && !pipes.iter().any(|p: &Pipe| p.inode == inode)
             && let Some(&(Some(rd), Some(wr))) = ends.get(&inode)
@@ -212,6 +274,7 @@ pub fn dump(
                 reader: Some(rd),
                 writer: Some(wr),
                 owner,
+                ..
             }) = tree.get(&inode).copied()
             && owner == pid
         {
@@ -234,12 +297,13 @@ pub fn dump(
 }
 
 fn classify(
-    pid: i32,
+    ctx: &mut socket::DumpCtx<'_>,
     r: &RawFd,
     ends: &BTreeMap<u64, (Option<i32>, Option<i32>)>,
     tree: &TreePipes,
     shell_job: bool,
 ) -> Result<FdKind, FilesError> {
+    let pid = ctx.pid;
     let unsupported = |why| FilesError::Unsupported {
         pid,
         fd: r.fd,
@@ -300,13 +364,14 @@ fn classify(
             "a terminal or pipe leading outside the dump; use --shell-job to hand it to the restorer",
         ));
     }
+    if ft.is_socket() && target.starts_with("socket:") {
+        return socket::dump(ctx, r.fd, meta.ino(), target);
+    }
     if let Some(kind) = anon::dump(pid, r.fd, target)? {
         return Ok(kind);
     }
     Err(unsupported(if ft.is_fifo() {
         "a pipe or FIFO leading outside the dump (process trees are not supported yet)"
-    } else if target.starts_with("socket:") {
-        "sockets are not supported yet"
     } else if target == "anon_inode:[userfaultfd]" {
         "a userfaultfd (if `fastcr pre-dump` left it, dump with --prev-images-dir)"
     } else if target.starts_with("anon_inode:") {
@@ -384,21 +449,32 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
             | FdKind::EventFd { .. }
             | FdKind::TimerFd { .. }
             | FdKind::SignalFd { .. }
-            | FdKind::Epoll { .. } => {}
+            | FdKind::Epoll { .. }
+            | FdKind::Socket(_) => {}
         }
     }
     Ok(())
 }
 
 /// Closes everything the child inherited from fastcr, except the standard streams the image
-/// hands over (`--shell-job`).
-pub fn close_inherited(inj: &Injector, files: &FilesImage) -> Result<(), FilesError> {
-    inj.call(
-        || "close_range".into(),
-        "close_range",
-        libc::SYS_close_range,
-        [3, u64::from(u32::MAX), 0, 0, 0, 0],
-    )?;
+/// hands over (`--shell-job`) and the range `keep` (its parked sockets, see [`park`]).
+pub fn close_inherited(
+    inj: &Injector,
+    files: &FilesImage,
+    keep: Option<(u64, u64)>,
+) -> Result<(), FilesError> {
+    let ranges = match keep {
+        Some((lo, hi)) => vec![(3, lo - 1), (hi + 1, u64::from(u32::MAX))],
+        None => vec![(3, u64::from(u32::MAX))],
+    };
+    for (lo, hi) in ranges.into_iter().filter(|(lo, hi)| lo <= hi) {
+        inj.call(
+            || "close_range".into(),
+            "close_range",
+            libc::SYS_close_range,
+            [lo, hi, 0, 0, 0, 0],
+        )?;
+    }
     for fd in 0..=2 {
         let keep = files
             .fds
@@ -464,8 +540,14 @@ impl SharedPipes {
     }
 }
 
-/// Reopens every fd at its number, offset and flags; sets cwd and umask.
-pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Result<(), FilesError> {
+/// Reopens every fd at its number, offset and flags; sets cwd and umask. `parked` are the
+/// process's sockets (see [`park`]).
+pub fn restore(
+    inj: &Injector,
+    files: &FilesImage,
+    shared: &SharedPipes,
+    parked: &Parked,
+) -> Result<(), FilesError> {
     let cwd = inj.put_cstr(SCRATCH_PATH, &files.cwd)?;
     inj.call(
         || format!("chdir({})", files.cwd),
@@ -525,6 +607,7 @@ pub fn restore(inj: &Injector, files: &FilesImage, shared: &SharedPipes) -> Resu
             )?;
         }
     }
+    socket::place(inj, files, parked)?;
     // Kernel objects last, epoll after every fd it may watch.
     for f in files.fds.iter().filter(|f| {
         matches!(

@@ -57,6 +57,62 @@ pub enum FdKind {
         /// The watched fds.
         watches: Vec<EpollWatch>,
     },
+    /// A socket (unix, or an inet listener / UDP socket), see [`Socket`].
+    Socket(Box<Socket>),
+}
+
+/// The state of a socket that restore rebuilds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SocketState {
+    /// Not connected (maybe bound): made and bound to [`Socket::name`] if it has one.
+    Unconnected,
+    /// Listening (no connection waiting to be accepted), with its backlog.
+    Listening {
+        /// The `listen` backlog.
+        backlog: u32,
+    },
+    /// A unix socket connected to the socket of inode `peer`, which the dump holds too.
+    Connected {
+        /// The peer's inode at dump time.
+        peer: u64,
+    },
+    /// A UDP socket connected to an address (raw `sockaddr` bytes).
+    ConnectedTo {
+        /// The peer address.
+        peer: Vec<u8>,
+    },
+}
+
+/// One socket. Every fd referring to it carries the same record (the socket is identified by
+/// its inode, unique in the dump).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Socket {
+    /// Inode number at dump time.
+    pub inode: u64,
+    /// `AF_UNIX`, `AF_INET` or `AF_INET6`.
+    pub family: i32,
+    /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+    pub sotype: i32,
+    /// Its own address (`getsockname`, raw `sockaddr` bytes); empty or family-only if unbound.
+    pub name: Vec<u8>,
+    /// Connection state.
+    pub state: SocketState,
+    /// `sk_shutdown` bits: 1 = no more receiving, 2 = no more sending.
+    pub shutdown: u8,
+    /// Its receive queue (unix sockets): one entry per message, or stream bytes in chunks.
+    pub queue: Vec<Vec<u8>>,
+    /// `SO_SNDBUF` as `getsockopt` reports it.
+    pub sndbuf: u32,
+    /// `SO_RCVBUF` as `getsockopt` reports it.
+    pub rcvbuf: u32,
+    /// `SO_PASSCRED`.
+    pub passcred: bool,
+    /// `SO_REUSEADDR`.
+    pub reuseaddr: bool,
+    /// `SO_REUSEPORT`.
+    pub reuseport: bool,
+    /// `IPV6_V6ONLY` (AF_INET6 only).
+    pub v6only: bool,
 }
 
 /// One fd an epoll instance watches.

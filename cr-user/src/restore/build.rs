@@ -31,6 +31,7 @@ pub(super) fn build<'a>(
     p: &'a ProcImage,
     here: i32,
     shared: &SharedPipes,
+    sockets: &crate::files::TreeSockets,
     lazy: Option<&LazyPlan>,
 ) -> Result<Built<'a>, RestoreError> {
     let pid = p.pid;
@@ -43,7 +44,8 @@ pub(super) fn build<'a>(
 
     crate::core::unregister_inherited_rseq(&inj)?;
     let trampoline = mmr::install_trampoline(&mut inj, &child_maps, &p.mm)?;
-    crate::files::close_inherited(&inj, &p.files)?;
+    let (parked, keep) = crate::files::park(&inj, &p.files, sockets)?;
+    crate::files::close_inherited(&inj, &p.files, keep)?;
     mmr::clear_address_space(&inj, &child_maps, trampoline)?;
     mmr::move_specials(&inj, &child_maps, &p.mm, trampoline)?;
     let has_pages = mmr::vmas_with_pages(&p.mm, &p.pagemap);
@@ -65,7 +67,7 @@ pub(super) fn build<'a>(
         }
         None => None,
     };
-    crate::files::restore(&inj, &p.files, shared)?;
+    crate::files::restore(&inj, &p.files, shared, &parked)?;
     crate::core::restore_name(&inj, &p.core.comm)?;
     crate::core::restore_signals(&inj, &p.core)?;
     let main = p.core.main_thread();
