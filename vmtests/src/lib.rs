@@ -59,6 +59,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_threads",
     "wl_tree",
     "wl_sigstate",
+    "wl_sockets",
 ];
 
 /// The cargo workspace root.

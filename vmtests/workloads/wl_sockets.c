@@ -13,6 +13,7 @@
  * - a unix stream listener on an abstract name and one on STATEDIR/unix.sock,
  *   each with an accepted connection (client and server end in P) with data
  *   queued both ways;
+ * - a unix datagram socket connected to a bound one (not connected back);
  * - a TCP listener on 127.0.0.1:0 (SO_REUSEADDR, backlog 7), one on [::1]:0
  *   (IPV6_V6ONLY, O_NONBLOCK) and a UDP socket bound on 127.0.0.1:0; their
  *   ports go to STATEDIR/ports as "tcp4 tcp6 udp4\n" before "ready".
@@ -48,6 +49,7 @@ static int sp_stream[2], sp_dgram[2], sp_seq[2], sp_shut[2];
 static int xp[2], ys[2];
 static int lab, lpath, cab, aab, cpath, apath;
 static int tcp4, tcp6, udp4;
+static int dg_recv, dg_send;
 static int port4, port6, portu;
 static int sndbuf_set;
 
@@ -433,6 +435,19 @@ int main(int argc, char **argv)
 	lp = path_addr(&ap);
 	unlink(ap.sun_path);
 	unix_conn(&ap, lp, &lpath, &cpath, &apath, "path");
+	{
+		/* A datagram socket connected to a bound one that is not connected back. */
+		struct sockaddr_un d;
+		socklen_t dl = abstract_addr(&d);
+		d.sun_path[dl - offsetof(struct sockaddr_un, sun_path)] = 0;
+		strcat(d.sun_path + 1, "-dg");
+		dl += 3;
+		dg_recv = socket(AF_UNIX, SOCK_DGRAM, 0);
+		dg_send = socket(AF_UNIX, SOCK_DGRAM, 0);
+		if (dg_recv < 0 || dg_send < 0 || bind(dg_recv, (struct sockaddr *)&d, dl) ||
+		    connect(dg_send, (struct sockaddr *)&d, dl))
+			die("unix datagram one-way");
+	}
 
 	tcp4 = inet_listener(AF_INET, &port4);
 	tcp6 = inet_listener(AF_INET6, &port6);
@@ -514,11 +529,15 @@ int main(int argc, char **argv)
 
 	check_unix_conn(&aa, la, lab, cab, aab, "abs");
 	check_unix_conn(&ap, lp, lpath, cpath, apath, "path");
+	/* First, so that the connection check_tcp makes is the only one left to accept. */
+	serve_test_client();
 	check_tcp(tcp4, AF_INET, port4, "tcp4");
 	fcntl(tcp6, F_SETFL, 0);
 	check_tcp(tcp6, AF_INET6, port6, "tcp6");
 	check_udp();
-	serve_test_client();
+	if (send(dg_send, "one-way", 7, 0) != 7 || recv(dg_recv, buf, sizeof(buf), MSG_DONTWAIT) != 7 ||
+	    memcmp(buf, "one-way", 7))
+		wl_fail("one-way unix datagram socket: %s", strerror(errno));
 
 	/* The child's end of the shared pair has its queue, ours ours. */
 	kill(child, SIGTERM);

@@ -3,7 +3,8 @@
 //! Supported now: regular files and directories (reopened by path at the same offset and flags),
 //! harmless character devices (`/dev/null`, `/dev/zero`, `/dev/full`, `/dev/random`,
 //! `/dev/urandom`), and with `--shell-job` standard streams that are terminals or pipes, which
-//! are handed the restorer's own. Anything else is refused at dump time, naming the fd.
+//! are handed the restorer's own; pipes, anonymous-inode objects (`anon`) and sockets
+//! (`socket`). Anything else is refused at dump time, naming the fd.
 
 mod anon;
 mod socket;

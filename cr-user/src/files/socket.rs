@@ -233,7 +233,22 @@ pub(super) fn dump(
                 if !ctx.inside.contains(&info.peer) {
                     return Err(refuse("unix socket connected outside the dump"));
                 }
-                rec.state = SocketState::Connected { peer: info.peer };
+                let mutual = ctx
+                    .unix
+                    .as_ref()
+                    .and_then(|t| t.get(&info.peer))
+                    .is_some_and(|p| p.peer == inode);
+                rec.state = if mutual {
+                    SocketState::Connected { peer: info.peer }
+                } else if sotype == libc::SOCK_DGRAM {
+                    // A datagram socket connected to a bound one (which is not connected back):
+                    // connected again to its name at restore.
+                    SocketState::ConnectedTo {
+                        peer: so::peername(s).map_err(sys)?,
+                    }
+                } else {
+                    return Err(refuse("unix socket connected outside the dump"));
+                };
             } else if sotype != libc::SOCK_DGRAM && info.state != TCP_CLOSE {
                 return Err(refuse("unix socket connected outside the dump"));
             }
@@ -245,7 +260,7 @@ pub(super) fn dump(
             if sotype != libc::SOCK_DGRAM && total != info.rqueue as usize {
                 return Err(refuse("the socket's queue changed while it was read"));
             }
-            if !rec.queue.is_empty() && rec.state == SocketState::Unconnected {
+            if !rec.queue.is_empty() && !matches!(rec.state, SocketState::Connected { .. }) {
                 return Err(refuse(
                     "data queued on a unix socket that is not one of a connected pair",
                 ));
@@ -624,7 +639,10 @@ mod tests {
         m.extend_from_slice(&5u16.to_ne_bytes());
         m.extend_from_slice(&UNIX_DIAG_SHUTDOWN.to_ne_bytes());
         m.extend_from_slice(&[2, 0, 0, 0]);
-        let t = parse_unix_diag(&[m.clone(), vec![1, 2, 3], m[..18].to_vec()]);
+        // Short and truncated answers are skipped or read as far as they go, never a panic.
+        let t = parse_unix_diag(&[vec![1, 2, 3], m[..18].to_vec()]);
+        assert_eq!(t[&77].peer, 0);
+        let t = parse_unix_diag(&[m.clone()]);
         let i = &t[&77];
         assert_eq!((i.peer, i.shutdown, i.state), (99, 2, 1));
         let mut bad = m;

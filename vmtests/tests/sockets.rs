@@ -1,0 +1,238 @@
+//! Sockets: `wl_sockets` (a parent and its child; unix socketpairs of every type with data
+//! queued both ways, one shut down half-way, pairs and a socket shared between the two
+//! processes, unix listeners on an abstract name and on a path each with an accepted
+//! connection, TCP listeners on 127.0.0.1 and ::1 and a UDP socket; see
+//! `workloads/wl_sockets.c`) dumped and restored; the workload checks everything itself.
+//!
+//! After each restore the test connects to the restored TCP v4 listener (on the port the
+//! original published), sends "ping", and the workload answers "pong" while it verifies.
+//!
+//! Modes: `dump` + `restore -d`; `dump --leave-running` + `restore -d` after the original tree is
+//! killed; `dump --leave-running` + `restore --pidns new -d` (refused with one error line naming
+//! the taken address while the original holds its listeners, leaving no process behind; done
+//! once the original is killed). Refusals: a unix socket connected to a listener outside the
+//! dump, an established TCP connection (both leave the workload running, untraced).
+//!
+//! Network traffic stays on loopback. Timing is never asserted.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use vmtests::restored::{Restored, find_in_new_pidns, pidns_init_of};
+use vmtests::{
+    Scratch, Workload, assert_no_stray_children, assert_one_line_error, assert_success,
+    become_subreaper, fastcr, pid_exists, reap_orphan, require_root,
+};
+
+const GUARD: Duration = Duration::from_secs(120);
+
+/// Starts wl_sockets and returns it with its child's pid and its ports (tcp4, tcp6, udp4).
+fn spawn() -> (Workload, i32, [u16; 3]) {
+    require_root();
+    become_subreaper();
+    let wl = Workload::spawn("wl_sockets", &[]);
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", wl.pid()))
+        .expect("read the workload's children");
+    let child: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("wl_sockets has no child: {children:?}"));
+    let text = fs::read_to_string(wl.statedir().join("ports")).expect("read STATEDIR/ports");
+    let ports: Vec<u16> = text
+        .split_whitespace()
+        .map(|p| p.parse().expect("a port"))
+        .collect();
+    let ports: [u16; 3] = ports.try_into().expect("three ports");
+    (wl, child, ports)
+}
+
+/// Waits for the original child (reparented to the test once its parent died) and reaps it;
+/// kills it first when `kill`.
+fn reap_child(child: i32, kill: bool) {
+    if kill {
+        vmtests::restored::wait_until(
+            "the original child is reparented to the test",
+            GUARD,
+            || vmtests::ProcStat::read(child).is_some_and(|s| s.ppid == std::process::id() as i32),
+        );
+        // SAFETY: kill takes integers; the pid is our unreaped child (checked above).
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+    let status = reap_orphan(child);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "the original child must be SIGKILLed, wait status {status:#x}"
+    );
+}
+
+/// Connects to the restored TCP v4 listener and sends "ping"; the workload answers at its end.
+fn connect_client(wl: &Workload, port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to the restored listener on port {port}: {e}"));
+    s.set_read_timeout(Some(GUARD)).expect("read timeout");
+    s.write_all(b"ping").expect("send ping");
+    fs::write(wl.statedir().join("client"), b"").expect("write STATEDIR/client");
+    s
+}
+
+fn expect_pong(mut s: TcpStream) {
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).expect("read pong");
+    assert_eq!(&buf, b"pong", "the restored workload's answer");
+}
+
+fn dump(wl: &Workload, images: &Scratch, leave_running: bool) {
+    let pid = wl.pid_arg();
+    let mut args = vec!["dump", "-t", &pid, "-D", images.as_str()];
+    if leave_running {
+        args.push("--leave-running");
+    }
+    assert_success(&fastcr(&args), &args.join(" "));
+}
+
+fn restore_and_verify(mut wl: Workload, images: &Scratch, ports: [u16; 3], what: &str) {
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        &format!("{what}: restore -d"),
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    let client = connect_client(&wl, ports[0]);
+    wl.terminate_and_verify();
+    expect_pong(client);
+    assert_no_stray_children(what);
+}
+
+#[test]
+fn sockets_dump_restore() {
+    let (mut wl, child, ports) = spawn();
+    let images = Scratch::new("sockets-img");
+    dump(&wl, &images, false);
+    let status = wl.reap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    reap_child(child, false);
+    restore_and_verify(wl, &images, ports, "dump + restore");
+}
+
+#[test]
+fn sockets_leave_running_restore() {
+    let (mut wl, child, ports) = spawn();
+    let images = Scratch::new("sockets-lr-img");
+    dump(&wl, &images, true);
+    wl.assert_running_untraced();
+    wl.kill_and_reap();
+    reap_child(child, true);
+    restore_and_verify(wl, &images, ports, "dump --leave-running + restore");
+}
+
+#[test]
+fn sockets_pidns_new() {
+    let (mut wl, child, ports) = spawn();
+    let images = Scratch::new("sockets-pidns-img");
+    dump(&wl, &images, true);
+    wl.assert_running_untraced();
+
+    // The original still holds its listeners: refused, naming the address, nothing left over.
+    let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
+    assert_one_line_error(&out, "restore --pidns new beside the original");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let named = [
+        format!("@fastcr-wl-sockets-{}", wl.pid()),
+        wl.statedir().join("unix.sock").display().to_string(),
+        format!("127.0.0.1:{}", ports[0]),
+        format!("[::1]:{}", ports[1]),
+        format!("127.0.0.1:{}", ports[2]),
+    ];
+    assert!(
+        stderr.contains("cannot bind a socket to ")
+            && stderr.contains("Address already in use")
+            && named.iter().any(|n| stderr.contains(n.as_str())),
+        "the error must name one of the taken addresses {named:?}: {stderr}"
+    );
+    assert_no_stray_children("the refused restore");
+    wl.assert_running_untraced();
+
+    wl.kill_and_reap();
+    reap_child(child, true);
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]),
+        "restore --pidns new -d",
+    );
+    let outer = find_in_new_pidns(wl.pid()).expect("the copy in its pid namespace");
+    let init = pidns_init_of(outer).expect("the namespace's init");
+    let copy = Restored::new(outer);
+    wl.wait_counter_advances_as(outer);
+    let client = connect_client(&wl, ports[0]);
+    // The copy is the test's child (the restorer's parent adopts it), its namespace's init too.
+    copy.signal(libc::SIGTERM);
+    let status = reap_orphan(outer);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the copy: wait status {status:#x}; log: {}",
+        wl.log()
+    );
+    expect_pong(client);
+    let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+    assert_eq!(result, "PASS\n", "the copy's result; log: {}", wl.log());
+    let status = reap_orphan(init);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the namespace's init: wait status {status:#x}"
+    );
+    assert!(!pid_exists(outer));
+    assert_no_stray_children("sockets --pidns new");
+}
+
+/// A dump of a process whose socket leads outside the dump must fail with one line naming the
+/// pid, the fd and `why`, and leave the workload running untraced (it then PASSes).
+fn assert_refused(wl: Workload, why: &str) {
+    let pid = wl.pid_arg();
+    let images = Scratch::new("sockets-refused-img");
+    let out = fastcr(&["dump", "-t", &pid, "-D", images.as_str()]);
+    assert_one_line_error(&out, why);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("process {pid}:"))
+            && stderr.contains("fd 3")
+            && stderr.contains(why),
+        "the error must name pid {pid}, fd 3 and {why:?}: {stderr}"
+    );
+    wl.assert_running_untraced();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+}
+
+#[test]
+fn sockets_refuse_unix_peer_outside() {
+    require_root();
+    let dir = Scratch::new("sockets-outside");
+    let path = dir.join("outside.sock");
+    let listener = UnixListener::bind(&path).expect("bind the outside listener");
+    let wl = Workload::spawn(
+        "wl_sockets",
+        &["outside", path.to_str().expect("utf-8 path")],
+    );
+    assert_refused(wl, "unix socket connected outside the dump");
+    drop(listener);
+}
+
+#[test]
+fn sockets_refuse_established_tcp() {
+    require_root();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+    let port = listener
+        .local_addr()
+        .expect("local addr")
+        .port()
+        .to_string();
+    let wl = Workload::spawn("wl_sockets", &["tcpconn", &port]);
+    let (_conn, _) = listener.accept().expect("accept the workload's connection");
+    assert_refused(wl, "established TCP connection");
+}
