@@ -11,7 +11,7 @@
 //! killed; `dump --leave-running` + `restore --pidns new -d` (refused with one error line naming
 //! the taken address while the original holds its listeners, leaving no process behind; done
 //! once the original is killed). Refusals: a unix socket connected to a listener outside the
-//! dump, an established TCP connection (both leave the workload running, untraced).
+//! dump, an fd in flight in a unix socket's queue, an established TCP connection (both leave the workload running, untraced).
 //!
 //! Network traffic stays on loopback. Timing is never asserted.
 
@@ -192,7 +192,7 @@ fn sockets_pidns_new() {
 
 /// A dump of a process whose socket leads outside the dump must fail with one line naming the
 /// pid, the fd and `why`, and leave the workload running untraced (it then PASSes).
-fn assert_refused(wl: Workload, why: &str) {
+fn assert_refused(wl: Workload, fd: i32, why: &str) {
     let pid = wl.pid_arg();
     let images = Scratch::new("sockets-refused-img");
     let out = fastcr(&["dump", "-t", &pid, "-D", images.as_str()]);
@@ -200,9 +200,9 @@ fn assert_refused(wl: Workload, why: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!("process {pid}:"))
-            && stderr.contains("fd 3")
+            && stderr.contains(&format!("fd {fd} "))
             && stderr.contains(why),
-        "the error must name pid {pid}, fd 3 and {why:?}: {stderr}"
+        "the error must name pid {pid}, fd {fd} and {why:?}: {stderr}"
     );
     wl.assert_running_untraced();
     wl.wait_counter_advances();
@@ -219,7 +219,7 @@ fn sockets_refuse_unix_peer_outside() {
         "wl_sockets",
         &["outside", path.to_str().expect("utf-8 path")],
     );
-    assert_refused(wl, "unix socket connected outside the dump");
+    assert_refused(wl, 3, "unix socket connected outside the dump");
     drop(listener);
 }
 
@@ -234,5 +234,13 @@ fn sockets_refuse_established_tcp() {
         .to_string();
     let wl = Workload::spawn("wl_sockets", &["tcpconn", &port]);
     let (_conn, _) = listener.accept().expect("accept the workload's connection");
-    assert_refused(wl, "established TCP connection");
+    assert_refused(wl, 3, "established TCP connection");
+}
+
+#[test]
+fn sockets_refuse_fds_in_flight() {
+    require_root();
+    let wl = Workload::spawn("wl_sockets", &["rights", "-"]);
+    // The fd travels to the other end (fd 4), whose queue holds it.
+    assert_refused(wl, 4, "file descriptors in flight (SCM_RIGHTS)");
 }

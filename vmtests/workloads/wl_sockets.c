@@ -1,5 +1,5 @@
 /*
- * wl_sockets STATEDIR [outside PATH | tcpconn PORT]: sockets that must survive a checkpoint.
+ * wl_sockets STATEDIR [outside PATH | rights - | tcpconn PORT]: sockets that must survive a checkpoint.
  *
  * Default mode, a parent P and its child C:
  * - in P: socketpairs of each type (STREAM, DGRAM, SEQPACKET) with data queued
@@ -28,6 +28,8 @@
  *
  * outside PATH: connects a unix stream socket to PATH (a listener the test
  * holds), then idles: a dump must refuse it.
+ * rights -: a unix socketpair with an fd in flight (SCM_RIGHTS), never read:
+ * a dump must refuse it.
  * tcpconn PORT: connects TCP to 127.0.0.1:PORT, then idles: a dump must refuse
  * the established connection.
  */
@@ -376,6 +378,29 @@ static void idle_connected(const char *mode, const char *arg)
 		fd = socket(AF_UNIX, SOCK_STREAM, 0);
 		if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)))
 			die("connect outside");
+	} else if (!strcmp(mode, "rights")) {
+		/* fd 3 sends fd 0 to fd 4, which never reads it. */
+		int sv[2], passed = 0;
+		char data = 'r';
+		struct iovec iov = { &data, 1 };
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(sizeof(int))];
+		} u;
+		struct msghdr m = { 0 };
+		m.msg_iov = &iov;
+		m.msg_iovlen = 1;
+		m.msg_control = u.buf;
+		m.msg_controllen = sizeof(u.buf);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &passed, sizeof(int));
+		if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) || sendmsg(sv[0], &m, 0) != 1)
+			die("send SCM_RIGHTS");
+		fd = sv[0];
+		(void)arg;
 	} else {
 		struct sockaddr_in a;
 		memset(&a, 0, sizeof(a));
