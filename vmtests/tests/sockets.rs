@@ -127,8 +127,23 @@ fn sockets_leave_running_restore() {
     let images = Scratch::new("sockets-lr-img");
     dump(&wl, &images, true);
     wl.assert_running_untraced();
-    wl.kill_and_reap();
-    reap_child(child, true);
+    // The original goes on with its sockets as they were: its own verification passes (the
+    // queues were peeked, not consumed), and it ends its child itself.
+    assert!(vmtests::ProcStat::read(wl.pid()).is_some_and(|s| s.ppid == std::process::id() as i32));
+    // SAFETY: kill takes integers; the pid is our unreaped child (checked above).
+    unsafe { libc::kill(wl.pid(), libc::SIGTERM) };
+    let status = wl.reap();
+    let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+    assert!(
+        status.success() && result == "PASS\n",
+        "the original after dump --leave-running: {status:?}, {result:?}; log: {}",
+        wl.log()
+    );
+    assert!(
+        !pid_exists(child),
+        "the original child (pid {child}) must have been reaped by its parent"
+    );
+    fs::remove_file(wl.statedir().join("result")).expect("remove the original's result");
     restore_and_verify(wl, &images, ports, "dump --leave-running + restore");
 }
 

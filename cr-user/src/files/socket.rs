@@ -568,7 +568,7 @@ pub fn park(
         return Ok((Vec::new(), None));
     }
     let top = files.fds.iter().map(|f| f.fd).max().unwrap_or(0);
-    let base = u64::try_from(top.max(sockets.max_raw()) + 1)
+    let base = u64::try_from(top.max(sockets.max_raw()).saturating_add(1))
         .unwrap_or(3)
         .max(3);
     let mut parked = Vec::with_capacity(wanted.len());
