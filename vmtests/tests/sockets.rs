@@ -7,7 +7,8 @@
 //! After each restore the test connects to the restored TCP v4 listener (on the port the
 //! original published), sends "ping", and the workload answers "pong" while it verifies.
 //!
-//! Modes: `dump` + `restore -d`; `dump --leave-running` + `restore -d` after the original tree is
+//! Modes: `dump` + `restore -d`; `dump --pre-copy auto` + `restore --lazy -d`;
+//! `dump --leave-running` + `restore -d` after the original tree is
 //! killed; `dump --leave-running` + `restore --pidns new -d` (refused with one error line naming
 //! the taken address while the original holds its listeners, leaving no process behind; done
 //! once the original is killed). Refusals: a unix socket connected to a listener outside the
@@ -86,19 +87,38 @@ fn expect_pong(mut s: TcpStream) {
 }
 
 fn dump(wl: &Workload, images: &Scratch, leave_running: bool) {
+    dump_with(
+        wl,
+        images,
+        if leave_running {
+            &["--leave-running"]
+        } else {
+            &[]
+        },
+    );
+}
+
+fn dump_with(wl: &Workload, images: &Scratch, extra: &[&str]) {
     let pid = wl.pid_arg();
     let mut args = vec!["dump", "-t", &pid, "-D", images.as_str()];
-    if leave_running {
-        args.push("--leave-running");
-    }
+    args.extend(extra);
     assert_success(&fastcr(&args), &args.join(" "));
 }
 
-fn restore_and_verify(mut wl: Workload, images: &Scratch, ports: [u16; 3], what: &str) {
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        &format!("{what}: restore -d"),
-    );
+fn restore_and_verify(wl: Workload, images: &Scratch, ports: [u16; 3], what: &str) {
+    restore_with_and_verify(wl, images, ports, &[], what);
+}
+
+fn restore_with_and_verify(
+    mut wl: Workload,
+    images: &Scratch,
+    ports: [u16; 3],
+    extra: &[&str],
+    what: &str,
+) {
+    let mut args = vec!["restore", "-D", images.as_str(), "-d"];
+    args.extend(extra);
+    assert_success(&fastcr(&args), &format!("{what}: {}", args.join(" ")));
     wl.adopt_restored();
     wl.wait_counter_advances();
     let client = connect_client(&wl, ports[0]);
@@ -119,6 +139,28 @@ fn sockets_dump_restore() {
     );
     reap_child(child, false);
     restore_and_verify(wl, &images, ports, "dump + restore");
+}
+
+/// `dump --pre-copy auto` (memory copied in rounds while the tree runs; sockets in the freeze)
+/// and `restore --lazy`.
+#[test]
+fn sockets_precopy_lazy_restore() {
+    let (mut wl, child, ports) = spawn();
+    let images = Scratch::new("sockets-precopy-img");
+    dump_with(&wl, &images, &["--pre-copy", "auto"]);
+    let status = wl.reap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    reap_child(child, false);
+    restore_with_and_verify(
+        wl,
+        &images,
+        ports,
+        &["--lazy"],
+        "dump --pre-copy + restore --lazy",
+    );
 }
 
 #[test]
