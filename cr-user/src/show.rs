@@ -213,6 +213,12 @@ fn socket_summary(so: &crate::image::files::Socket) -> String {
         SocketState::ConnectedTo { peer } => {
             format!("connected to {}", crate::files::addr_string(peer))
         }
+        SocketState::Established(c) => format!(
+            "established to {} (send queue {} bytes, receive queue {} bytes)",
+            crate::files::addr_string(&c.peer),
+            c.sndq.len(),
+            c.rcvq.len()
+        ),
     };
     let bytes: usize = so.queue.iter().map(Vec::len).sum();
     format!(

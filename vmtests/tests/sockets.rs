@@ -12,7 +12,9 @@
 //! killed; `dump --leave-running` + `restore --pidns new -d` (refused with one error line naming
 //! the taken address while the original holds its listeners, leaving no process behind; done
 //! once the original is killed). Refusals: a unix socket connected to a listener outside the
-//! dump, an fd in flight in a unix socket's queue, an established TCP connection (both leave the workload running, untraced).
+//! dump, an fd in flight in a unix socket's queue, an established TCP connection without
+//! `--tcp-established`. With it, a connection to the test (outside the dump) survives `dump` +
+//! `restore` and `dump --leave-running` (both leave the workload running, untraced).
 //!
 //! Network traffic stays on loopback. Timing is never asserted.
 
@@ -300,4 +302,72 @@ fn sockets_refuse_fds_in_flight() {
     let wl = Workload::spawn("wl_sockets", &["rights", "-"]);
     // The fd travels to the other end (fd 4), whose queue holds it.
     assert_refused(wl, 4, "file descriptors in flight (SCM_RIGHTS)");
+}
+
+/// Starts `wl_sockets tcpecho` connected to a listener of the test, sends it "queued-to-wl"
+/// and waits until those bytes wait unread in its receive queue. Returns it with the test's
+/// end of the connection.
+fn spawn_tcpecho() -> (Workload, TcpStream) {
+    require_root();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+    let port = listener
+        .local_addr()
+        .expect("local addr")
+        .port()
+        .to_string();
+    let wl = Workload::spawn("wl_sockets", &["tcpecho", &port]);
+    let (mut conn, _) = listener.accept().expect("accept the workload's connection");
+    conn.set_read_timeout(Some(GUARD)).expect("read timeout");
+    conn.write_all(b"queued-to-wl")
+        .expect("send to the workload");
+    vmtests::restored::wait_until("the workload has our bytes queued", GUARD, || {
+        wl.statedir().join("queued").exists()
+    });
+    (wl, conn)
+}
+
+/// The connection still works from the test's side: the rest of the message goes, the
+/// workload (terminated by `end`) checks it all and answers "after", then closes.
+fn finish_tcpecho(mut conn: TcpStream, end: impl FnOnce()) {
+    conn.write_all(b"+more").expect("send after the dump");
+    end();
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got)
+        .expect("read the workload's answer and its close");
+    assert_eq!(got, b"after", "the workload's answer");
+}
+
+/// `dump --tcp-established` (the workload is killed, its connection ends silently) and
+/// `restore`: the test, outside the dump, keeps its connection; the workload reads the bytes
+/// queued before the dump and those sent after the restore, and answers.
+#[test]
+fn sockets_tcp_established_dump_restore() {
+    let (mut wl, conn) = spawn_tcpecho();
+    let images = Scratch::new("sockets-tcp-img");
+    dump_with(&wl, &images, &["--tcp-established"]);
+    let status = wl.reap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore of an established connection",
+    );
+    wl.adopt_restored();
+    wl.wait_counter_advances();
+    finish_tcpecho(conn, || wl.terminate_and_verify());
+    assert_no_stray_children("tcp established");
+}
+
+/// `dump --leave-running --tcp-established`: the original's connection goes on (repair mode
+/// is switched off again).
+#[test]
+fn sockets_tcp_established_leave_running() {
+    let (wl, conn) = spawn_tcpecho();
+    let images = Scratch::new("sockets-tcp-lr-img");
+    dump_with(&wl, &images, &["--leave-running", "--tcp-established"]);
+    wl.assert_running_untraced();
+    wl.wait_counter_advances();
+    finish_tcpecho(conn, || wl.terminate_and_verify());
 }

@@ -1,5 +1,5 @@
 /*
- * wl_sockets STATEDIR [outside PATH | rights - | tcpconn PORT]: sockets that must survive a checkpoint.
+ * wl_sockets STATEDIR [outside PATH | rights - | tcpconn PORT | tcpecho PORT]: sockets that must survive a checkpoint.
  *
  * Default mode, a parent P and its child C:
  * - in P: socketpairs of each type (STREAM, DGRAM, SEQPACKET) with data queued
@@ -31,7 +31,11 @@
  * rights -: a unix socketpair with an fd in flight (SCM_RIGHTS), never read:
  * a dump must refuse it.
  * tcpconn PORT: connects TCP to 127.0.0.1:PORT, then idles: a dump must refuse
- * the established connection.
+ * the established connection (without --tcp-established).
+ * tcpecho PORT: connects likewise; once the 12 bytes "queued-to-wl" the test sends
+ * wait unread in its receive queue it writes STATEDIR/queued; on SIGTERM it
+ * reads "queued-to-wl+more" (the rest sent after the restore) and answers
+ * "after".
  */
 #include "wl_common.h"
 
@@ -39,6 +43,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -412,9 +417,37 @@ static void idle_connected(const char *mode, const char *arg)
 			die("tcp connect");
 	}
 	wl_ready();
+	int queued = 0;
 	while (!wl_stop) {
+		int n = 0;
 		wl_tick();
+		/* tcpecho: say when the test's first bytes wait unread in our receive queue. */
+		if (!strcmp(mode, "tcpecho") && !queued && !ioctl(fd, FIONREAD, &n) && n >= 12) {
+			queued = 1;
+			if (wl_write_file("queued", "1\n", 2))
+				wl_fail("cannot write STATEDIR/queued");
+		}
 		wl_sleep_ms(50);
+	}
+	if (!strcmp(mode, "tcpecho")) {
+		/* What the test sent before the dump, then after the restore; then our answer. */
+		char want[] = "queued-to-wl+more", got[sizeof(want)] = "";
+		size_t off = 0;
+		while (off < sizeof(want) - 1) {
+			struct pollfd p = { fd, POLLIN, 0 };
+			ssize_t r;
+			if (poll(&p, 1, 10000) != 1)
+				break;
+			r = recv(fd, got + off, sizeof(want) - 1 - off, 0);
+			if (r <= 0)
+				break;
+			off += (size_t)r;
+		}
+		if (off != sizeof(want) - 1 || memcmp(got, want, off))
+			wl_fail("tcpecho: got \"%.*s\" (%zu bytes) from the test, want \"%s\" (%s)",
+				(int)off, got, off, want, strerror(errno));
+		else if (send(fd, "after", 5, MSG_NOSIGNAL) != 5)
+			wl_fail("tcpecho: send: %s", strerror(errno));
 	}
 	close(fd);
 	wl_finish();

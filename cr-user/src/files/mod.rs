@@ -8,8 +8,10 @@
 
 mod anon;
 mod socket;
+mod tcp;
 
 pub use socket::{Parked, TreeSockets, addr_string, park};
+pub use tcp::{begin as tcp_repair_begin, end as tcp_repair_end};
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;

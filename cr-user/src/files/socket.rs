@@ -28,6 +28,7 @@ use crate::sys::socket as so;
 const PEEK_BUF: usize = 8 << 20;
 const TCP_LISTEN: u8 = 10;
 const TCP_CLOSE: u8 = 7;
+const TCP_ESTABLISHED: u8 = 1;
 const UDIAG_SHOW_NAME: u32 = 1;
 const UDIAG_SHOW_PEER: u32 = 4;
 const UDIAG_SHOW_ICONS: u32 = 8;
@@ -279,9 +280,14 @@ pub(super) fn dump(
                             ));
                         }
                         rec.state = SocketState::Listening { backlog };
+                    } else if state == TCP_ESTABLISHED && super::tcp::enabled() {
+                        rec.state =
+                            SocketState::Established(Box::new(super::tcp::dump(s).map_err(sys)?));
+                    } else if state == TCP_ESTABLISHED {
+                        return Err(refuse("established TCP connection (use --tcp-established)"));
                     } else if state != TCP_CLOSE {
                         return Err(refuse(
-                            "established TCP connection (--tcp-established is not implemented)",
+                            "TCP connection being opened or closed (not supported)",
                         ));
                     }
                 }
@@ -392,6 +398,11 @@ impl TreeSockets {
                     set_options(fd.as_fd(), s).map_err(fail(s))?;
                     bind_named(fd.as_fd(), s)?;
                     so::connect(fd.as_fd(), peer).map_err(fail(s))?;
+                    out.fds.insert(s.inode, fd);
+                }
+                SocketState::Established(c) => {
+                    let fd =
+                        super::tcp::restore(s, c, |f| bind_named(f, s), |f| set_options(f, s))?;
                     out.fds.insert(s.inode, fd);
                 }
                 SocketState::Connected { peer } if !out.fds.contains_key(&s.inode) => {

@@ -81,6 +81,35 @@ pub enum SocketState {
         /// The peer address.
         peer: Vec<u8>,
     },
+    /// An established TCP connection saved with `TCP_REPAIR` (`dump --tcp-established`).
+    Established(Box<TcpConn>),
+}
+
+/// What `TCP_REPAIR` needs to rebuild an established connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConn {
+    /// The peer's address (raw `sockaddr` bytes).
+    pub peer: Vec<u8>,
+    /// Sequence number after the last byte written (`TCP_QUEUE_SEQ` of the send queue).
+    pub snd_seq: u32,
+    /// Sequence number after the last byte received (`TCP_QUEUE_SEQ` of the receive queue).
+    pub rcv_seq: u32,
+    /// Bytes written but not yet acknowledged by the peer (the send queue).
+    pub sndq: Vec<u8>,
+    /// Bytes received but not yet read (the receive queue).
+    pub rcvq: Vec<u8>,
+    /// Maximum segment size (`TCP_MAXSEG`).
+    pub mss: u32,
+    /// `tcpi_options`: 1 timestamps, 2 SACK, 4 window scaling.
+    pub options: u8,
+    /// Send window scale.
+    pub snd_wscale: u8,
+    /// Receive window scale.
+    pub rcv_wscale: u8,
+    /// `TCP_TIMESTAMP` (the connection's timestamp clock).
+    pub timestamp: u32,
+    /// `struct tcp_repair_window` as the kernel gave it (`TCP_REPAIR_WINDOW`).
+    pub window: Vec<u8>,
 }
 
 /// One socket. Every fd referring to it carries the same record (the socket is identified by

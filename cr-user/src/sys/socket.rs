@@ -318,3 +318,59 @@ pub fn sock_diag_dump(request: &[u8]) -> Result<Vec<Vec<u8>>, SyscallError> {
         }
     }
 }
+
+/// `getsockopt` of an option given as `len` raw bytes (a struct such as `tcp_info`).
+pub fn get_bytes(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    opt: i32,
+    len: usize,
+) -> Result<Vec<u8>, SyscallError> {
+    let mut buf = vec![0u8; len];
+    let mut l = libc::socklen_t::try_from(len)
+        .map_err(|_| SyscallError::from_errno("getsockopt", libc::EINVAL))?;
+    // SAFETY: `buf` is `len` writable bytes and `l` says so; both outlive the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            buf.as_mut_ptr().cast(),
+            &raw mut l,
+        )
+    };
+    check(ret.into(), "getsockopt")?;
+    buf.truncate(l as usize);
+    Ok(buf)
+}
+
+/// `setsockopt` of an option given as raw bytes.
+pub fn set_bytes(fd: BorrowedFd<'_>, level: i32, opt: i32, v: &[u8]) -> Result<(), SyscallError> {
+    let l = libc::socklen_t::try_from(v.len())
+        .map_err(|_| SyscallError::from_errno("setsockopt", libc::EINVAL))?;
+    // SAFETY: `v` is a valid slice of the length passed.
+    let ret = unsafe { libc::setsockopt(fd.as_raw_fd(), level, opt, v.as_ptr().cast(), l) };
+    check(ret.into(), "setsockopt").map(drop)
+}
+
+/// Copies queued stream bytes without consuming them (`MSG_PEEK`, never blocking); with a TCP
+/// socket in repair mode, from the queue `TCP_REPAIR_QUEUE` selects. 0 when nothing is queued.
+pub fn peek_stream(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, SyscallError> {
+    // SAFETY: `buf` is a valid writable slice of the length passed.
+    let ret = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if ret == -1 {
+        let e = SyscallError::last("recv(MSG_PEEK)");
+        if e.errno() == Some(libc::EAGAIN) {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(ret as usize)
+}
