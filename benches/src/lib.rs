@@ -245,8 +245,11 @@ pub const DIRTY_WORKLOAD: &str = "wl_dirty";
 /// `(size in MiB, dirty rates in permille of the pages per 100 ms)` of the pre-copy frozen-time
 /// benches. 4 GiB runs 1 % only (the size-independence check against 1 GiB): 10 % would be
 /// 4 GiB/s of writes, more than one core sustains, and each 4 GiB group takes ~3 min on 2 CPUs.
-pub const PRECOPY_CASES: &[(u64, &[u64])] =
-    &[(256, &[1, 10, 100]), (1024, &[1, 10, 100]), (4096, &[1, 10, 100])];
+pub const PRECOPY_CASES: &[(u64, &[u64])] = &[
+    (256, &[1, 10, 100]),
+    (1024, &[1, 10, 100]),
+    (4096, &[1, 10, 100]),
+];
 
 /// Sizes (MiB) of the write-cost bench.
 pub const WRITE_COST_SIZES_MIB: &[u64] = &[256, 1024];

@@ -25,8 +25,8 @@ use crate::sys::uffd;
 use crate::sys::uffd_lazy::{self, Event, PAGEFAULT_FLAG_WRITE, Placed};
 use crate::sys::{PAGE_SIZE, SyscallError};
 use crate::track::ranges;
-pub use stragglers::Stragglers;
 pub use pageset::PageSet;
+pub use stragglers::Stragglers;
 
 /// Why lazy restore failed. The restored tree is killed by the caller.
 #[derive(Debug, thiserror::Error)]
