@@ -191,3 +191,72 @@ pub struct Pipe {
     /// Bytes written but not yet read.
     pub data: Vec<u8>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(inode: u64, state: SocketState) -> Fd {
+        Fd {
+            fd: 3,
+            flags: 2,
+            pos: 0,
+            kind: FdKind::Socket(Box::new(Socket {
+                inode,
+                family: 1,
+                sotype: 5,
+                name: vec![1, 0, 0, b'x'],
+                state,
+                shutdown: 2,
+                queue: vec![b"ab".to_vec(), Vec::new(), b"c".to_vec()],
+                sndbuf: 4608,
+                rcvbuf: 212_992,
+                passcred: true,
+                reuseaddr: false,
+                reuseport: true,
+                v6only: false,
+            })),
+        }
+    }
+
+    #[test]
+    fn sockets_round_trip_and_truncation_is_an_error() {
+        let img = FilesImage {
+            cwd: "/".into(),
+            umask: 0o22,
+            fds: vec![
+                sock(7, SocketState::Connected { peer: 8 }),
+                sock(9, SocketState::Listening { backlog: 7 }),
+                sock(10, SocketState::ConnectedTo { peer: vec![2, 0] }),
+                sock(
+                    11,
+                    SocketState::Established(Box::new(TcpConn {
+                        peer: vec![2, 0, 1, 2, 127, 0, 0, 1],
+                        snd_seq: u32::MAX,
+                        rcv_seq: 5,
+                        sndq: b"out".to_vec(),
+                        rcvq: b"in".to_vec(),
+                        mss: 65483,
+                        options: 7,
+                        snd_wscale: 7,
+                        rcv_wscale: 7,
+                        timestamp: 123,
+                        window: vec![0; 20],
+                    })),
+                ),
+            ],
+            pipes: Vec::new(),
+        };
+        let kind = crate::image::Kind::Files;
+        let bytes = crate::image::encode(kind, &img).unwrap();
+        let back: FilesImage =
+            crate::image::decode(kind, &bytes, std::path::Path::new("x")).unwrap();
+        assert_eq!(back, img);
+        // A payload cut short (sealed again with a valid CRC) is an error, not a panic.
+        let payload = &bytes[..bytes.len() / 2];
+        let resealed = crate::image::header::seal(kind.magic(), payload);
+        let r: Result<FilesImage, _> =
+            crate::image::decode(kind, &resealed, std::path::Path::new("x"));
+        assert!(r.is_err());
+    }
+}
