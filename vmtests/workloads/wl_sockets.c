@@ -5,7 +5,7 @@
  * - in P: socketpairs of each type (STREAM, DGRAM, SEQPACKET) with data queued
  *   both ways (several messages each way for DGRAM/SEQPACKET, so boundaries
  *   matter), with O_NONBLOCK on one end, O_CLOEXEC on another, SO_PASSCRED and
- *   a larger SO_SNDBUF on others; a stream pair shut down half-way (one end did
+ *   a larger SO_SNDBUF and a smaller SO_RCVBUF on others; a stream pair shut down half-way (one end did
  *   SHUT_WR after queueing its last words);
  * - shared with C: a SEQPACKET pair whose ends are split between P and C, each
  *   with messages queued to the other, and a STREAM pair one end of which both
@@ -58,7 +58,7 @@ static int lab, lpath, cab, aab, cpath, apath;
 static int tcp4, tcp6, udp4;
 static int dg_recv, dg_send;
 static int port4, port6, portu;
-static int sndbuf_set;
+static int sndbuf_set, rcvbuf_set;
 
 static void die(const char *what)
 {
@@ -484,6 +484,10 @@ int main(int argc, char **argv)
 	if (setsockopt(sp_stream[1], SOL_SOCKET, SO_SNDBUF, &sndbuf_set, sizeof(sndbuf_set)))
 		die("SO_SNDBUF");
 	sndbuf_set = get_opt(sp_stream[1], SOL_SOCKET, SO_SNDBUF);
+	rcvbuf_set = 50000;
+	if (setsockopt(sp_dgram[1], SOL_SOCKET, SO_RCVBUF, &rcvbuf_set, sizeof(rcvbuf_set)))
+		die("SO_RCVBUF");
+	rcvbuf_set = get_opt(sp_dgram[1], SOL_SOCKET, SO_RCVBUF);
 	send_msgs(sp_shut[0], "last", 1);
 	if (shutdown(sp_shut[0], SHUT_WR))
 		die("shutdown");
@@ -557,6 +561,9 @@ int main(int argc, char **argv)
 	if (get_opt(sp_stream[1], SOL_SOCKET, SO_SNDBUF) != sndbuf_set)
 		wl_fail("SO_SNDBUF is %d, want %d", get_opt(sp_stream[1], SOL_SOCKET, SO_SNDBUF),
 			sndbuf_set);
+	if (get_opt(sp_dgram[1], SOL_SOCKET, SO_RCVBUF) != rcvbuf_set)
+		wl_fail("SO_RCVBUF is %d, want %d", get_opt(sp_dgram[1], SOL_SOCKET, SO_RCVBUF),
+			rcvbuf_set);
 	if (get_opt(sp_seq[0], SOL_SOCKET, SO_PASSCRED) != 1 ||
 	    get_opt(sp_seq[1], SOL_SOCKET, SO_PASSCRED) != 0)
 		wl_fail("SO_PASSCRED not as set");
