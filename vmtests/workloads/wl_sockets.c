@@ -4,9 +4,9 @@
  * Default mode, a parent P and its child C:
  * - in P: socketpairs of each type (STREAM, DGRAM, SEQPACKET) with data queued
  *   both ways (several messages each way for DGRAM/SEQPACKET, so boundaries
- *   matter), with O_NONBLOCK on one end, O_CLOEXEC on another, SO_PASSCRED and
- *   a larger SO_SNDBUF and a smaller SO_RCVBUF on others; a stream pair shut down half-way (one end did
- *   SHUT_WR after queueing its last words);
+ *   matter), with O_NONBLOCK on one end, O_CLOEXEC on another, SO_PASSCRED, a
+ *   larger SO_SNDBUF and a smaller SO_RCVBUF on others; a stream pair shut down
+ *   half-way (one end did SHUT_WR after queueing its last words);
  * - shared with C: a SEQPACKET pair whose ends are split between P and C, each
  *   with messages queued to the other, and a STREAM pair one end of which both
  *   hold (P queued data on it from the other end, which only P holds);
