@@ -1,7 +1,8 @@
 //! Live migration: `fastcr migrate [--lazy]` of `wl_heap SIZE_MIB` (256, 1024, 4096 MiB) to a
 //! `fastcr receive --pidns new` in another network namespace (a veth pair on this host).
 //!
-//! - `migrate_downtime/lazy/<size>` and `migrate_downtime/stop_and_copy/<size>`: the source's
+//! - `migrate_downtime/lazy/<size>`, `migrate_downtime/stop_and_copy/<size>` and
+//!   `migrate_downtime/precopy/<size>` (stop-and-copy after streamed pre-copy rounds): the source's
 //!   `downtime_us`, from the freeze to the copy's first instruction on the destination (the
 //!   arrival of `Resumed` minus half the measured round trip).
 //! - `migrate_time_to_all_pages/lazy/<size>`: `time_to_all_pages_us`, from the copy's resume
@@ -200,18 +201,18 @@ fn lazy(c: &mut Criterion, link: &Link, size: u64) {
 /// 4096 MiB on the 2-CPU bench machine the held dump plus writing the 4 GiB image to /dev/shm
 /// takes longer than the destination's 10 s read timeout, see docs/benchmarks.md.) Any other
 /// failure fails the bench.
-fn stop_and_copy(c: &mut Criterion, link: &Link, size: u64) {
+fn stop_and_copy(c: &mut Criterion, link: &Link, size: u64, mode: Mode) {
     let i = Cell::new(0);
     bench(
         c,
         "migrate_downtime",
-        Mode::StopAndCopy,
+        mode,
         size,
-        &format!("stop-and-copy downtime {size} MiB"),
+        &format!("{} downtime {size} MiB", mode.label()),
         || {
             let n = i.get();
             i.set(n + 1);
-            let m = match link.migrate_once(size, Mode::StopAndCopy) {
+            let m = match link.migrate_once(size, mode) {
                 Ok(m) => m,
                 Err(e) => match e.downcast_ref::<Thawed>() {
                     Some(thawed) => panic::resume_unwind(Box::new(Abandon(format!(
@@ -220,7 +221,7 @@ fn stop_and_copy(c: &mut Criterion, link: &Link, size: u64) {
                     None => return Err(e),
                 },
             };
-            println!("stop-and-copy {size} MiB #{n}: {}", m.summary());
+            println!("{} {size} MiB #{n}: {}", mode.label(), m.summary());
             m.downtime()
         },
     );
@@ -241,7 +242,8 @@ fn migrate(c: &mut Criterion) {
     let link = Link::new(Path::new(&bin)).unwrap_or_else(|e| panic!("migration link: {e:#}"));
     for &size in MIGRATE_SIZES_MIB {
         lazy(c, &link, size);
-        stop_and_copy(c, &link, size);
+        stop_and_copy(c, &link, size, Mode::StopAndCopy);
+        stop_and_copy(c, &link, size, Mode::PreCopy);
     }
 }
 

@@ -48,6 +48,9 @@ pub enum Mode {
     Lazy,
     /// `migrate` without `--lazy`: the whole image (memory included) before the resume.
     StopAndCopy,
+    /// `migrate --pre-copy auto`: the rounds' pages stream while the process runs, only the
+    /// residue after the freeze.
+    PreCopy,
 }
 
 impl Mode {
@@ -56,6 +59,7 @@ impl Mode {
         match self {
             Mode::Lazy => "lazy",
             Mode::StopAndCopy => "stop_and_copy",
+            Mode::PreCopy => "precopy",
         }
     }
 }
@@ -319,8 +323,14 @@ impl Link {
         ])
         .arg(self.token())
         .arg("--json");
-        if mode == Mode::Lazy {
-            cmd.arg("--lazy");
+        match mode {
+            Mode::Lazy => {
+                cmd.arg("--lazy");
+            }
+            Mode::PreCopy => {
+                cmd.args(["--pre-copy", "auto"]);
+            }
+            Mode::StopAndCopy => {}
         }
         let mut mig = Side::spawn("fastcr migrate", &mut cmd)?;
         let sides = mig.wait_success().and_then(|()| recv.wait_success());

@@ -23,7 +23,7 @@ use crate::stats::{DumpStats, micros};
 use crate::sys::PAGE_SIZE;
 use crate::sys::remote::Remote;
 use crate::track::incremental::{self, load_parent};
-use crate::track::precopy::{self, Rounds};
+use crate::track::precopy::{self, PageSink, Rounds};
 use crate::track::shadow::Shadow;
 use crate::track::{TrackError, WriteTracker};
 
@@ -272,7 +272,7 @@ impl Pages {
 /// Checkpoints `opts.pid` into `opts.dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     crate::files::tcp_repair_begin(opts.tcp_established);
-    let r = with_retries(|| dump_with(opts, after_of(opts))).map(|(stats, _)| stats);
+    let r = with_retries(|| dump_with(opts, after_of(opts), None)).map(|(stats, _)| stats);
     // Killed: fastcr's copies of repaired TCP sockets are the last, closed silently. Otherwise
     // the connections go on: repair mode off again.
     crate::files::tcp_repair_end(r.is_ok() && !opts.leave_running);
@@ -311,7 +311,23 @@ fn with_retries<T>(mut f: impl FnMut() -> Result<T, DumpError>) -> Result<T, Dum
 /// Checkpoints `opts.pid` into `opts.dir` and returns with the process still frozen (a
 /// migration source hands it over, or thaws it if the destination fails).
 pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, FrozenTree), DumpError> {
-    match with_retries(|| dump_with(opts, After::Hold))? {
+    dump_held_streaming(opts, None)
+}
+
+/// Parent recorded in an image whose pre-copied pages went to a [`PageSink`] instead of into
+/// the image: whoever received them writes them as a parent image and points the inventory
+/// at it (`fastcr receive` does).
+pub const STREAMED_PARENT: &str = "(streamed pre-copy)";
+
+/// Like [`dump_held`]; with `sink`, the pages the pre-copy rounds copy also go to it as they
+/// are copied, and the image leaves to the parent [`STREAMED_PARENT`] (`PE_IN_PARENT`) every
+/// page the sink got whose copy is still exact. (A tree, or a pre-copy that could not run,
+/// stores every page itself.)
+pub fn dump_held_streaming(
+    opts: &DumpOptions,
+    mut sink: Option<&mut (dyn PageSink + 'static)>,
+) -> Result<(DumpStats, FrozenTree), DumpError> {
+    match with_retries(|| dump_with(opts, After::Hold, sink.as_deref_mut()))? {
         (stats, Some(frozen)) => Ok((stats, frozen)),
         (_, None) => Err(DumpError::Unsupported {
             pid: opts.pid,
@@ -323,6 +339,7 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, FrozenTree), DumpErro
 fn dump_with(
     opts: &DumpOptions,
     after: After,
+    mut sink: Option<&mut (dyn PageSink + 'static)>,
 ) -> Result<(DumpStats, Option<FrozenTree>), DumpError> {
     let pid = opts.pid;
     let (stat, status) = preflight(pid)?;
@@ -404,7 +421,7 @@ fn dump_with(
                 Some(pre) => Some(crate::mm::dump::layout(pid, pre)?),
                 None => None,
             };
-            match precopy::run(pid, rounds, hints, layout.as_deref()) {
+            match precopy::run(pid, rounds, hints, layout.as_deref(), sink.as_deref_mut()) {
                 // It forked during the rounds: the tree goes on from here, its copy kept.
                 Ok(pc) if crate::tree::has_children(pid)? => {
                     drop(tracker);
@@ -478,6 +495,7 @@ fn dump_with(
         dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
     stats.frozen_steps.registers_us = micros(t.elapsed());
     let t_mem = Instant::now();
+    let mut streamed = false;
     let (mut pagemap, pages) = match (precopy.as_mut(), adopted.as_mut(), parent.as_ref()) {
         (None, Some((tracker, _)), Some(parent)) => {
             let t = Instant::now();
@@ -514,7 +532,12 @@ fn dump_with(
             (d.pagemap, Pages::Buffer(buf))
         }
         (Some(pc), _, _) => {
-            let (pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas, !layout_changed)?;
+            let (mut pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas, !layout_changed)?;
+            if sink.is_some() {
+                // What the sink holds exactly is left to the parent it will become.
+                pagemap = incremental::split(&pagemap, &fin.trusted).0;
+                streamed = true;
+            }
             stats.pages_scanned = scanned;
             stats.residual_pages = fin.residual_pages;
             stats.frozen_steps.final_scan_us = fin.final_scan_us;
@@ -559,7 +582,8 @@ fn dump_with(
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         parent: parent
             .as_ref()
-            .map(|p| p.dir.to_string_lossy().into_owned()),
+            .map(|p| p.dir.to_string_lossy().into_owned())
+            .or_else(|| streamed.then(|| STREAMED_PARENT.to_string())),
         pre_dump: false,
         tracking: if keep_tracking {
             adopted.as_ref().map(|(_, link)| *link)

@@ -170,6 +170,21 @@ fn known_children() -> &'static Mutex<HashSet<i32>> {
     KNOWN.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
+/// Makes `cmd` start with only stdin, stdout and stderr open: a program from the distribution
+/// would otherwise inherit what the test harness holds (cargo's jobserver pipe, say), which
+/// leads outside any dump. The C workloads close them themselves.
+pub fn close_inherited_fds(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec and only calls close_range, which
+    // is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        })
+    }
+}
+
 /// Spawns `cmd` and records its PID as one of ours, atomically with respect to
 /// [`stray_children`].
 pub fn spawn_registered(cmd: &mut Command) -> Child {
@@ -434,13 +449,41 @@ impl Workload {
         Self::spawn_inner(name, args, None, Some((uid, extra)))
     }
 
+    /// A workload that is a script of `vmtests/programs/` run by `interpreter` (a program from
+    /// the distribution, e.g. `/usr/bin/python3`), with the same contract as the C ones.
+    pub fn spawn_script(interpreter: &str, script: &str, args: &[&str]) -> Workload {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("programs")
+            .join(script);
+        let path = path.to_string_lossy().into_owned();
+        Self::spawn_program(script, Path::new(interpreter), &[&path], args, None, None)
+    }
+
     fn spawn_inner(
         name: &str,
         args: &[&str],
         stdout: Option<Stdio>,
         as_user: Option<(u32, &[&str])>,
     ) -> Workload {
-        let bin = build_workloads().join(name);
+        Self::spawn_program(
+            name,
+            &build_workloads().join(name),
+            &[],
+            args,
+            stdout,
+            as_user,
+        )
+    }
+
+    /// Runs `bin PRE... STATEDIR ARGS...` and waits for STATEDIR/ready.
+    fn spawn_program(
+        name: &str,
+        bin: &Path,
+        pre: &[&str],
+        args: &[&str],
+        stdout: Option<Stdio>,
+        as_user: Option<(u32, &[&str])>,
+    ) -> Workload {
         let dir = Scratch::new(name);
         let log = fs::File::create(dir.join("log")).expect("create the workload log");
         let log2 = log.try_clone().expect("dup the workload log");
@@ -454,13 +497,15 @@ impl Workload {
                     .arg("--clear-groups")
                     .args(extra)
                     .arg("--")
-                    .arg(&bin);
+                    .arg(bin);
                 c
             }
-            None => Command::new(&bin),
+            None => Command::new(bin),
         };
         let child = spawn_registered(
-            cmd.arg(dir.path())
+            close_inherited_fds(&mut cmd)
+                .args(pre)
+                .arg(dir.path())
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(stdout.unwrap_or_else(|| log.into()))

@@ -308,6 +308,8 @@ fn migrate_lazy_wl_heap_256() {
     // 256 MiB is 65536 pages, all of them sent after the resume.
     assert!(num(&mstats, "dest.pages_placed") > 60_000, "{mstats}");
     assert!(num(&mstats, "bulk_pages") > 0, "{mstats}");
+    // It writes its counter (and stack) all the time: some pages are hot.
+    assert!(num(&mstats, "hot_pages") > 0, "{mstats}");
 }
 
 #[test]
@@ -330,6 +332,20 @@ fn migrate_precopy_wl_dirty() {
         .unwrap_or_else(|| panic!("no dump.rounds array: {mstats}"));
     assert!(!rounds.is_empty(), "no pre-copy round: {mstats}");
     assert!(num(&mstats, "dump.pages_written") > 0, "{mstats}");
+    // The rounds' copies went over while the process ran (at least the 65536 pages of the
+    // first round), and the image leaves them to the parent the destination wrote from them:
+    // after the freeze only the residue was sent.
+    let streamed = num(&mstats, "precopy_pages_streamed");
+    assert!(streamed >= 65_536, "{mstats}");
+    let in_parent = num(&mstats, "dump.pages_in_parent");
+    assert!(
+        in_parent > 0,
+        "the image stored every page itself: {mstats}"
+    );
+    assert!(
+        num(&mstats, "dump.pages_written") < in_parent,
+        "the residue should be the smaller part: {mstats}"
+    );
 }
 
 /// wl_lazy 512 MiB, churning (munmap, mremap, MADV_DONTNEED, fork) before the migration and

@@ -374,7 +374,7 @@ fn classify(
         return Ok(kind);
     }
     Err(unsupported(if ft.is_fifo() {
-        "a pipe or FIFO leading outside the dump (process trees are not supported yet)"
+        "a pipe or FIFO leading outside the dump (to a process not in the dumped tree)"
     } else if target == "anon_inode:[userfaultfd]" {
         "a userfaultfd (if `fastcr pre-dump` left it, dump with --prev-images-dir)"
     } else if target.starts_with("anon_inode:") {

@@ -35,6 +35,30 @@ pub struct PagemapImage {
 }
 
 impl PagemapImage {
+    /// The index of pages `ranges` (sorted, disjoint, page-aligned), all stored here, in runs of
+    /// at most `max_run` pages.
+    pub fn of_ranges(ranges: &[(u64, u64)], max_run: u32) -> Self {
+        let page = 4096u64;
+        let mut entries = Vec::new();
+        for &(start, end) in ranges {
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) / page).min(u64::from(max_run.max(1)));
+                if n == 0 {
+                    break;
+                }
+                entries.push(PagemapEntry {
+                    vaddr: at,
+                    nr_pages: n as u32,
+                    flags: PE_PRESENT,
+                    crc32: 0,
+                });
+                at += n * page;
+            }
+        }
+        Self { entries }
+    }
+
     /// Total pages indexed (stored here or in the parent chain).
     pub fn total_pages(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.nr_pages)).sum()

@@ -46,7 +46,7 @@ use super::proto::{ProtoError, read_full};
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"FCRM";
 /// Protocol version spoken by this build; peers must match exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Shortest token accepted (bytes, after trimming trailing whitespace).
 pub const MIN_TOKEN_LEN: usize = 16;
 /// Largest token file read (bytes).
@@ -528,7 +528,7 @@ mod tests {
         let server = thread::spawn(move || server_handshake(&mut s, &token("0123456789abcdef")));
         let mut hello = [0u8; HELLO_LEN];
         hello[..4].copy_from_slice(&MAGIC);
-        hello[4..6].copy_from_slice(&2u16.to_le_bytes());
+        hello[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
         c.write_all(&hello).unwrap();
         let mut answer = [0u8; PREFIX_LEN];
         c.read_exact(&mut answer).unwrap();
@@ -544,7 +544,7 @@ mod tests {
         );
         assert!(matches!(
             server.join().unwrap(),
-            Err(ProtoError::Version { ours: 1, theirs: 2 })
+            Err(ProtoError::Version { ours, theirs }) if ours == PROTOCOL_VERSION && theirs == PROTOCOL_VERSION + 1
         ));
 
         // This client against a future server.
@@ -553,15 +553,21 @@ mod tests {
             let mut hello = [0u8; HELLO_LEN];
             s.read_exact(&mut hello).unwrap();
             let mut answer = MAGIC.to_vec();
-            answer.extend_from_slice(&2u16.to_le_bytes());
+            answer.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
             s.write_all(&answer).unwrap();
         });
         let err = client_handshake(&mut c, &token("0123456789abcdef"), Role::Control, [0; 16])
             .unwrap_err();
-        assert!(matches!(err, ProtoError::Version { ours: 1, theirs: 2 }));
+        assert!(matches!(
+            err,
+            ProtoError::Version { ours, theirs } if ours == PROTOCOL_VERSION && theirs == PROTOCOL_VERSION + 1
+        ));
         assert_eq!(
             err.to_string(),
-            "protocol version mismatch: this fastcr speaks version 1, the peer 2"
+            format!(
+                "protocol version mismatch: this fastcr speaks version {PROTOCOL_VERSION}, the peer {}",
+                PROTOCOL_VERSION + 1
+            )
         );
         server.join().unwrap();
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::auth::{self, Role, SessionId, Token};
 use super::feed::{NetFeed, accept_role};
 use super::proto::{self, DoneStats, Frame};
+use super::stream;
 use super::{IMAGE_WAIT, LINK_TIMEOUT, MigrateError, TempImages, io_err, tune};
 use crate::restore::{self, RestoreOptions};
 use crate::stats::{LazyStats, RestoreStats};
@@ -158,12 +159,26 @@ pub fn receive(
     );
     let bulk = bulk.map_err(|e| tell_failed(&mut ctl, e))?;
     let images = TempImages::new("receive")?;
+    // The pre-copy stream comes on the bulk connection while the source still runs the
+    // process, and ends before the image is sent.
+    let precopy = std::thread::Builder::new()
+        .name("pre-copy stream".into())
+        .spawn(move || stream::receive(bulk))
+        .map_err(io_err("spawn of the pre-copy reader"))?;
     // The source dumps (a stop-and-copy of a big process writes its whole memory first) before
     // the first image frame: wait longer than the link timeout for it.
     ctl.set_read_timeout(Some(IMAGE_WAIT))
         .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
     let received = receive_images(&mut ctl, images.path());
     let (lazy, image_bytes) = received.map_err(|e| tell_failed(&mut ctl, e))?;
+    let streamed = precopy
+        .join()
+        .map_err(|_| MigrateError::Peer("the pre-copy reader panicked".into()))
+        .and_then(|r| r);
+    let (mirror, bulk) = streamed.map_err(|e| tell_failed(&mut ctl, e))?;
+    let parent = TempImages::new("receive-parent")?;
+    stream::attach_parent(images.path(), parent.path(), mirror)
+        .map_err(|e| tell_failed(&mut ctl, e))?;
     let bulk = lazy.then_some(bulk);
     let t0 = Instant::now();
     let ropts = RestoreOptions {
@@ -189,6 +204,7 @@ pub fn receive(
         }
     };
     drop(images);
+    drop(parent);
     let mut stats = ReceiveStats {
         restore: r.stats.clone(),
         pid_here: r.pid_here,

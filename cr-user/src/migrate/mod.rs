@@ -15,6 +15,7 @@ pub mod dest;
 pub mod feed;
 pub mod proto;
 pub mod source;
+pub mod stream;
 
 use std::net::TcpStream;
 use std::time::Duration;

@@ -12,8 +12,9 @@ use serde::Serialize;
 
 use super::auth::{self, Role, SessionId, Token};
 use super::proto::{self, DoneStats, Frame, MAX_DATA_LEN, ProtoError};
+use super::stream::BulkSink;
 use super::{LINK_TIMEOUT, MigrateError, PING_PERIOD, TempImages, io_err, tune};
-use crate::dump::{DumpOptions, dump_held};
+use crate::dump::{DumpOptions, dump_held_streaming};
 use crate::image::mm::MmImage;
 use crate::image::pagemap::{PE_LAZY, PagemapImage};
 use crate::image::{ImageDir, Kind};
@@ -54,8 +55,13 @@ pub struct MigrateStats {
     pub time_to_all_pages_us: u64,
     /// Bytes sent: image files plus pages.
     pub bytes_sent: u64,
+    /// Pages sent while the process still ran (a stop-and-copy with pre-copy rounds).
+    pub precopy_pages_streamed: u64,
     /// Pages sent in the background stream.
     pub bulk_pages: u64,
+    /// Pages the process wrote in the window watched before a lazy migration's freeze: they
+    /// are streamed right after the stack.
+    pub hot_pages: u64,
     /// Page requests answered (demand faults on the destination).
     pub requests_served: u64,
     /// The destination's figures.
@@ -81,6 +87,7 @@ impl MigrateStats {
             ("time_to_all_pages", ms(self.time_to_all_pages_us)),
             ("bytes_sent", self.bytes_sent.to_string()),
             ("bulk_pages", self.bulk_pages.to_string()),
+            ("  hot_pages (first)", self.hot_pages.to_string()),
             ("demand_faults", self.dest.demand_faults.to_string()),
             ("fault_p50", format!("{} us", self.dest.fault_p50_us)),
             ("fault_p99", format!("{} us", self.dest.fault_p99_us)),
@@ -116,8 +123,29 @@ fn connect(
     Ok(s)
 }
 
+/// How long the pages the process writes are watched before a lazy migration freezes it: what
+/// it wrote in that window is its hot set, streamed first.
+const HOT_WINDOW: Duration = Duration::from_millis(100);
+
+/// The pages `pid` writes during [`HOT_WINDOW`], found with the pre-copy write tracking
+/// (userfaultfd write-protect, then `PAGEMAP_SCAN`) while it runs; none if tracking is not
+/// possible (the stream is then ordered without them).
+fn hot_pages(pid: i32) -> Vec<(u64, u64)> {
+    let watch = || -> Result<Vec<(u64, u64)>, crate::track::TrackError> {
+        let mut tracker = crate::track::WriteTracker::start(pid)?;
+        // The first harvest reports every populated page and protects them all.
+        tracker.harvest()?;
+        thread::sleep(HOT_WINDOW);
+        Ok(crate::track::ranges::normalize(tracker.scan()?))
+    };
+    watch()
+        .inspect_err(|e| tracing::info!(pid, error = %e, "no hot set; streaming without one"))
+        .unwrap_or_default()
+}
+
 /// What the background stream sends: the lazy VMAs' pages that exist, hottest first (the
-/// stack, then ascending), and the ranges that hold nothing.
+/// stack, then what the process wrote during [`HOT_WINDOW`] before the freeze, then the rest
+/// ascending), and the ranges that hold nothing.
 struct BulkPlan {
     present: Vec<(u64, u64)>,
     absent: Vec<(u64, u64)>,
@@ -125,7 +153,12 @@ struct BulkPlan {
 
 /// Finds, in the frozen process, which pages of the lazy ranges exist (a `PAGEMAP_SCAN` done
 /// after the hand-over, outside the frozen window).
-fn bulk_plan(pid: i32, pagemap: &PagemapImage, mm: &MmImage) -> Result<BulkPlan, MigrateError> {
+fn bulk_plan(
+    pid: i32,
+    pagemap: &PagemapImage,
+    mm: &MmImage,
+    hot: &[(u64, u64)],
+) -> Result<BulkPlan, MigrateError> {
     let lazy: Vec<(u64, u64)> = pagemap
         .entries
         .iter()
@@ -154,12 +187,15 @@ fn bulk_plan(pid: i32, pagemap: &PagemapImage, mm: &MmImage) -> Result<BulkPlan,
         .iter()
         .find(|v| v.name == "[stack]")
         .map(|v| (v.start, v.end));
-    let (mut hot, rest): (Vec<_>, Vec<_>) = present
-        .into_iter()
-        .partition(|r| stack.is_some_and(|(s, e)| r.0 >= s && r.1 <= e));
-    hot.extend(rest);
+    let stack: Vec<(u64, u64)> = stack.into_iter().collect();
+    let first = crate::track::ranges::intersect(&present, &stack);
+    let rest = crate::track::ranges::subtract(&present, &stack);
+    let written = crate::track::ranges::intersect(&rest, hot);
+    let mut order = first;
+    order.extend_from_slice(&written);
+    order.extend(crate::track::ranges::subtract(&rest, hot));
     Ok(BulkPlan {
-        present: hot,
+        present: order,
         absent,
     })
 }
@@ -280,9 +316,11 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
     let mut ctl = connect(&opts.to, &token, Role::Control, session)?;
     // The handshake is two round trips.
     let rtt_us = micros(t.elapsed()) / 2;
-    // Always made (the destination pairs it before it knows the mode); used when lazy.
+    // Always made (the destination pairs it before it knows the mode). It carries the
+    // pre-copy stream first (empty unless a stop-and-copy pre-copies), then, if lazy, the pages
+    // after the resume.
     let bulk = connect(&opts.to, &token, Role::Bulk, session)?;
-    let bulk = opts.lazy.then_some(bulk);
+    let mut sink = BulkSink { bulk, pages: 0 };
     let images = TempImages::new("migrate")?;
     let dopts = DumpOptions {
         pid,
@@ -303,17 +341,30 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
             what: "--lazy with --pre-copy is not supported yet: lazy migration sends the memory after the resume".into(),
         }));
     }
-    let (dump_stats, frozen) = dump_held(&dopts)?;
+    let hot = if opts.lazy {
+        hot_pages(pid)
+    } else {
+        Vec::new()
+    };
+    let stats_hot_pages = crate::track::pages_in(&hot);
+    let streaming = dopts.pre_copy.is_some();
+    let (dump_stats, frozen) = dump_held_streaming(&dopts, streaming.then_some(&mut sink))?;
     let t_frozen = Instant::now() - Duration::from_micros(dump_stats.frozen_time_us);
     let mut stats = MigrateStats {
         lazy: opts.lazy,
         dump: dump_stats,
+        hot_pages: stats_hot_pages,
         rtt_us,
         ..MigrateStats::default()
     };
+    let mut bulk = None;
     // Until `Go` is sent, any failure thaws the original.
     let handover = (|| -> Result<(), MigrateError> {
-        stats.bytes_sent = send_images(&mut ctl, images.path(), opts.lazy)?;
+        let (b, streamed) = sink.end()?;
+        bulk = opts.lazy.then_some(b);
+        stats.precopy_pages_streamed = streamed;
+        stats.bytes_sent = streamed * proto::PAGE_SIZE as u64;
+        stats.bytes_sent += send_images(&mut ctl, images.path(), opts.lazy)?;
         // The destination restores (a stop-and-copy image holds all the memory) before Ready.
         ctl.set_read_timeout(Some(super::IMAGE_WAIT))
             .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
@@ -355,7 +406,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         });
     }
     // Committed: the destination runs the process from here on.
-    let mut outcome = after_go(&mut ctl, bulk, procs, &mut stats, t_frozen);
+    let mut outcome = after_go(&mut ctl, bulk, procs, hot, &mut stats, t_frozen);
     let mut lost_at = Instant::now();
     // A lost link may come back: reconnect (same session) while the destination still waits
     // for us, and answer its requests for whatever it still misses.
@@ -405,6 +456,7 @@ fn after_go(
     ctl: &mut TcpStream,
     bulk: Option<TcpStream>,
     procs: Vec<(i32, PagemapImage, MmImage)>,
+    hot: Vec<(u64, u64)>,
     stats: &mut MigrateStats,
     t_frozen: Instant,
 ) -> Result<(), MigrateError> {
@@ -422,8 +474,10 @@ fn after_go(
         thread::spawn(move || {
             let t = Instant::now();
             let mut plans = Vec::with_capacity(procs.len());
-            for (pid, pagemap, mm) in &procs {
-                plans.push((*pid, bulk_plan(*pid, pagemap, mm)?));
+            for (i, (pid, pagemap, mm)) in procs.iter().enumerate() {
+                // The hot set is the root's (the first process).
+                let hot = if i == 0 { hot.as_slice() } else { &[] };
+                plans.push((*pid, bulk_plan(*pid, pagemap, mm, hot)?));
             }
             stream_bulk(plans, b).map(|pages| (pages, t.elapsed()))
         })

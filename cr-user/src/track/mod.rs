@@ -388,33 +388,18 @@ impl WriteTracker {
 /// Below this much memory one CPU walks the page tables faster than two can start.
 const PARALLEL_SCAN_MIN: u64 = 256 << 20;
 
-/// `ranges` cut into two halves of about equal size (at a 2 MiB boundary) when they are big
-/// enough to be worth scanning on two CPUs; else all of them and an empty second half.
-fn halves(ranges: &[(u64, u64)]) -> (Ranges, Ranges) {
-    let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+/// `ranges` cut into two halves of about equal size when they are big enough to be worth
+/// scanning on two CPUs; else all of them and an empty second half.
+fn halves(all: &[(u64, u64)]) -> (Ranges, Ranges) {
+    let total: u64 = all.iter().map(|(s, e)| e - s).sum();
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if total < PARALLEL_SCAN_MIN || cpus < 2 {
-        return (ranges.to_vec(), Vec::new());
+        return (all.to_vec(), Vec::new());
     }
-    const ALIGN: u64 = 2 << 20;
-    let (mut first, mut second) = (Vec::new(), Vec::new());
-    let mut left = total / 2;
-    for &(s, e) in ranges {
-        if left == 0 {
-            second.push((s, e));
-        } else if e - s <= left {
-            first.push((s, e));
-            left -= e - s;
-        } else {
-            let cut = (s + left).next_multiple_of(ALIGN).min(e);
-            first.push((s, cut));
-            if cut < e {
-                second.push((cut, e));
-            }
-            left = 0;
-        }
-    }
-    (first, second)
+    ranges::split_at(
+        all,
+        total / 2 / crate::sys::PAGE_SIZE * crate::sys::PAGE_SIZE,
+    )
 }
 
 /// Total pages in a list of ranges.
@@ -431,15 +416,15 @@ mod tests {
     use crate::proc::maps::parse_maps_line;
 
     #[test]
-    fn big_ranges_are_halved_at_2mib() {
+    fn big_ranges_are_halved() {
         let gib = 1u64 << 30;
         let (a, b) = halves(&[(0x1000, 0x3000), (gib, 5 * gib)]);
         if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
             assert!(b.is_empty());
             return;
         }
-        assert_eq!(a, vec![(0x1000, 0x3000), (gib, 3 * gib)]);
-        assert_eq!(b, vec![(3 * gib, 5 * gib)]);
+        assert_eq!(a, vec![(0x1000, 0x3000), (gib, 3 * gib - 0x1000)]);
+        assert_eq!(b, vec![(3 * gib - 0x1000, 5 * gib)]);
         let (small, none) = halves(&[(0x1000, 0x3000)]);
         assert_eq!(small, vec![(0x1000, 0x3000)]);
         assert!(none.is_empty());

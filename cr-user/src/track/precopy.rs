@@ -24,6 +24,16 @@ use crate::mm::dump::select_pages;
 use crate::stats::micros;
 use crate::sys::PAGE_SIZE;
 
+/// Where the pages copied by the rounds also go as they are copied (a migration streams them
+/// to its destination while the process runs).
+pub trait PageSink {
+    /// Pages `[addr, addr + data.len())` of process `pid` as just copied.
+    fn pages(&mut self, pid: i32, addr: u64, data: &[u8]) -> std::io::Result<()>;
+}
+
+/// Largest piece handed to a [`PageSink`] at once (8 MiB).
+const SINK_CHUNK: u64 = 8 << 20;
+
 /// How many rounds to run before the freeze.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rounds {
@@ -114,18 +124,22 @@ impl Heat {
 /// so the freeze follows a round of a millisecond or so instead of a walk of all memory.
 /// With `layout` (the process's VMAs, watched by BPF for changes) round 0 also selects the
 /// pages, so the freeze need not.
+///
+/// With `sink`, every page copied is also handed to it right after its round.
 pub fn run(
     pid: i32,
     rounds: Rounds,
     mut hints: Option<&mut TaskTracker>,
     layout: Option<&[Vma]>,
+    mut sink: Option<&mut (dyn PageSink + 'static)>,
 ) -> Result<PreCopy, TrackError> {
     let mut pc = PreCopy::start(pid)?;
     let limit = rounds.limit();
     for round in 0..limit {
         let hinted = drain_hints(&mut hints);
         let last = round + 1 == limit;
-        pc.full_round(hinted.get(&pid).map_or(&[], Vec::as_slice), last, layout)?;
+        let copied = pc.full_round(hinted.get(&pid).map_or(&[], Vec::as_slice), last, layout)?;
+        pc.stream(&copied, sink.as_deref_mut())?;
         if rounds == Rounds::Auto && auto_converged(&pc.rounds) {
             break;
         }
@@ -141,7 +155,9 @@ pub fn run(
                 .filter(|h| h.tgid == pid as u32)
                 .map(|h| h.page)
                 .collect();
-            let pages = pc.closing_round(&hinted)?;
+            let copied = pc.closing_round(&hinted)?;
+            pc.stream(&copied, sink.as_deref_mut())?;
+            let pages = pages_in(&copied);
             if pages <= CLOSING_DONE || pages >= last {
                 break;
             }
@@ -204,7 +220,7 @@ impl PreCopy {
         hinted: &[u64],
         last: bool,
         layout: Option<&[Vma]>,
-    ) -> Result<(), TrackError> {
+    ) -> Result<Vec<(u64, u64)>, TrackError> {
         let pid = self.tracker.pid();
         let t = Instant::now();
         let first = self.rounds.is_empty();
@@ -240,14 +256,14 @@ impl PreCopy {
             time_us: micros(t.elapsed()),
             hinted_only: false,
         });
-        Ok(())
+        Ok(copy)
     }
 
     /// A closing round: scans (and write-protects again) only the ranges the hints name, and
     /// copies what the scan confirms written. Exact for the same reason a full round is: a
     /// written page the hints missed stays marked written, so the final scan still reports it.
-    /// Returns the pages copied.
-    pub fn closing_round(&mut self, hinted: &[u64]) -> Result<u64, TrackError> {
+    /// Returns the ranges copied.
+    pub fn closing_round(&mut self, hinted: &[u64]) -> Result<Vec<(u64, u64)>, TrackError> {
         let t = Instant::now();
         let tracked = normalize(self.tracker.tracked().to_vec());
         let ranges = intersect(&hint_ranges(hinted), &tracked);
@@ -263,7 +279,49 @@ impl PreCopy {
             time_us: micros(t.elapsed()),
             hinted_only: true,
         });
-        Ok(pages)
+        Ok(written)
+    }
+
+    /// Hands the pages of `ranges` (just copied) to `sink`, from the shadow.
+    pub fn stream(
+        &self,
+        ranges: &[(u64, u64)],
+        sink: Option<&mut (dyn PageSink + 'static)>,
+    ) -> Result<(), TrackError> {
+        let Some(sink) = sink else {
+            return Ok(());
+        };
+        let pid = self.tracker.pid();
+        let mut buf = Vec::new();
+        for &(start, end) in ranges {
+            let mut at = start;
+            while at < end {
+                let stop = end.min(at + SINK_CHUNK);
+                buf.clear();
+                let mut a = at;
+                while a < stop {
+                    // Every page of a copied range is in the shadow, unless it could not be
+                    // read (unmapped meanwhile): the piece ends before it.
+                    let Some(page) = self.shadow.get(a) else {
+                        break;
+                    };
+                    buf.extend_from_slice(page);
+                    a += PAGE_SIZE;
+                }
+                if !buf.is_empty() {
+                    sink.pages(pid, at, &buf).map_err(|e| TrackError::Syscall {
+                        pid,
+                        step: "streaming of copied pages",
+                        source: crate::sys::SyscallError {
+                            call: "write",
+                            io_error: e,
+                        },
+                    })?;
+                }
+                at = if a == at { a + PAGE_SIZE } else { a };
+            }
+        }
+        Ok(())
     }
 
     fn copy(&mut self, ranges: &[(u64, u64)], step: &'static str) -> Result<(), TrackError> {
@@ -410,6 +468,9 @@ pub struct FinalPass {
     pub residual_pages: u64,
     /// The residue was too large to pay off: everything was copied in one sweep.
     pub bulk: bool,
+    /// Pages whose newest copy was made during the rounds and that were not written since
+    /// (what a [`PageSink`] already holds exactly); empty after a bulk copy.
+    pub trusted: Vec<(u64, u64)>,
 }
 
 /// The final pass, with the process frozen: harvest the residue, decide the page set, read
@@ -461,7 +522,7 @@ pub fn finish(
     // Into the shadow's arena: its pages are already faulted in, and round 0 laid the slots
     // out in address order, so most reads land in place.
     pc.shadow
-        .copy_from(pid, &copy)
+        .copy_from_parallel(pid, &copy)
         .map_err(|source| TrackError::Syscall {
             pid,
             step: "copy of the residue",
@@ -481,6 +542,10 @@ pub fn finish(
     fin.residual_pages = if bulk { selected_pages } else { residue_pages };
     fin.residual_copy_us = micros(t.elapsed());
     fin.bulk = bulk;
+    if !bulk {
+        // Re-read pages (gaps bridged) hold the same bytes as their trusted copies.
+        fin.trusted = trusted;
+    }
     Ok((pagemap, pages_scanned, fin))
 }
 

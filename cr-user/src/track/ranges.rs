@@ -57,6 +57,26 @@ pub fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// `ranges` (sorted) cut into the first `bytes` bytes and the rest; a range across the cut is
+/// split there.
+pub fn split_at(ranges: &[(u64, u64)], bytes: u64) -> (super::Ranges, super::Ranges) {
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut left = bytes;
+    for &(s, e) in ranges {
+        if left == 0 {
+            second.push((s, e));
+        } else if e - s <= left {
+            first.push((s, e));
+            left -= e - s;
+        } else {
+            first.push((s, s + left));
+            second.push((s + left, e));
+            left = 0;
+        }
+    }
+    (first, second)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +97,8 @@ mod tests {
             vec![(2, 4), (5, 9)]
         );
         assert!(intersect(&a, &[]).is_empty());
+        assert_eq!(split_at(&a, 15), (vec![(0, 10), (20, 25)], vec![(25, 30)]));
+        assert_eq!(split_at(&a, 10), (vec![(0, 10)], vec![(20, 30)]));
+        assert_eq!(split_at(&a, 0), (vec![], a.to_vec()));
     }
 }

@@ -44,6 +44,9 @@ fn read_tolerant(pid: i32, addr: u64, dst: &mut [u8]) -> Result<usize, SyscallEr
     }
 }
 
+/// Below this many pages one thread reads faster than two can start.
+const PARALLEL_MIN_PAGES: u64 = 256;
+
 /// Pages per arena segment (64 MiB).
 const SEGMENT_PAGES: usize = 16384;
 
@@ -128,6 +131,53 @@ impl Shadow {
             }
         }
         copied += self.copy_batch(pid, &batch, &mut bounce)?;
+        Ok(copied)
+    }
+
+    /// Like [`Shadow::copy_from`], but with enough to read, half of it is read by a second
+    /// thread meanwhile: for the final pass, when the process is frozen and every CPU is free.
+    pub fn copy_from_parallel(
+        &mut self,
+        pid: i32,
+        ranges: &[(u64, u64)],
+    ) -> Result<u64, SyscallError> {
+        let total: u64 = ranges.iter().map(|(s, e)| (e - s) / PAGE_SIZE).sum();
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if total < PARALLEL_MIN_PAGES || cpus < 2 {
+            return self.copy_from(pid, ranges);
+        }
+        let (first, second) = super::ranges::split_at(ranges, total / 2 * PAGE_SIZE);
+        let iov: Vec<(u64, usize)> = second.iter().map(|&(s, e)| (s, (e - s) as usize)).collect();
+        let len: usize = iov.iter().map(|r| r.1).sum();
+        let (copied, read) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| {
+                let mut buf = vec![0u8; len];
+                let got = mem::read_remote(pid, &iov, &mut buf);
+                (buf, got)
+            });
+            let copied = self.copy_from(pid, &first);
+            (copied, other.join())
+        });
+        let mut copied = copied?;
+        match read {
+            // Whole: stored as read.
+            Ok((buf, Ok(got))) if got == len => {
+                let mut off = 0;
+                for &(s, e) in &second {
+                    let mut addr = s;
+                    while addr < e {
+                        let slot = self.slot_for(addr);
+                        self.page_mut(slot).copy_from_slice(&buf[off..off + PAGE]);
+                        off += PAGE;
+                        addr += PAGE_SIZE;
+                    }
+                    self.covered.push((s, e));
+                }
+                copied += (len / PAGE) as u64;
+            }
+            // Part of it could not be read that way: the careful path does it again.
+            _ => copied += self.copy_from(pid, &second)?,
+        }
         Ok(copied)
     }
 
@@ -238,12 +288,24 @@ impl Shadow {
         &self.covered
     }
 
-    /// Stores one page given by the caller (tests fill the store without a process).
+    /// Stores whole pages given by the caller at `addr` (a migration destination mirrors the
+    /// source's copies this way); a trailing partial page is ignored.
+    pub fn store(&mut self, addr: u64, data: &[u8]) {
+        let mut a = addr;
+        for page in data.chunks_exact(PAGE) {
+            let slot = self.slot_for(a);
+            self.page_mut(slot).copy_from_slice(page);
+            a += PAGE_SIZE;
+        }
+        if a > addr {
+            self.covered.push((addr, a));
+        }
+    }
+
+    /// Stores one page (tests fill the store without a process).
     #[cfg(test)]
     fn put(&mut self, addr: u64, data: &[u8]) {
-        self.covered.push((addr, addr + PAGE_SIZE));
-        let slot = self.slot_for(addr);
-        self.page_mut(slot).copy_from_slice(&data[..PAGE]);
+        self.store(addr, &data[..PAGE]);
     }
 }
 

@@ -1,0 +1,180 @@
+//! Real programs from the distribution, dumped, killed and restored, then checked from outside
+//! and by themselves:
+//! - `python3` running `programs/wl_python.py`: four worker threads extending SHA-256 chains,
+//!   a shared dict under a lock, a thread blocked in a `Condition`, a 32 MiB pattern; on SIGTERM
+//!   it recomputes everything and reports PASS (dump + restore, and dump --leave-running);
+//! - a shell pipeline `seq | tr | cat -n | awk` under `sh`: `seq` counts, `tr` maps digits to
+//!   letters, `cat -n` numbers the lines, and `awk` checks every line (its number and its
+//!   letters must both be the next integer) and appends `ok N` to a file every 20000 lines, or
+//!   `BAD ...` and exits. After the restore the file must keep growing with `ok` lines past the
+//!   last one before the dump, and never say `BAD`: every stage's state and the data in flight in
+//!   the three pipes came back exactly.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use vmtests::restored::{Restored, reap_within, wait_until};
+use vmtests::{
+    ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_success,
+    close_inherited_fds, fastcr, reap_orphan, require_root, spawn_registered,
+};
+
+const PYTHON: &str = "/usr/bin/python3";
+const GUARD: Duration = Duration::from_secs(60);
+
+fn python(leave_running: bool) {
+    require_root();
+    let mut wl = Workload::spawn_script(PYTHON, "wl_python.py", &[]);
+    wl.wait_counter_advances();
+    let before = VisibleState::capture(wl.pid());
+    let images = Scratch::new("python-img");
+    let pid = wl.pid_arg();
+    let mut args = vec!["dump", "-t", &pid, "-D", images.as_str()];
+    if leave_running {
+        args.push("--leave-running");
+    }
+    assert_success(&fastcr(&args), &args.join(" "));
+    if leave_running {
+        wl.assert_running_untraced();
+        before.assert_same(
+            &VisibleState::capture(wl.pid()),
+            "after dump --leave-running",
+        );
+        wl.kill_and_reap();
+    } else {
+        let status = wl.reap();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "python after the dump: {status}"
+        );
+    }
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d",
+    );
+    wl.adopt_restored();
+    before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+    assert_no_stray_children("python");
+}
+
+#[test]
+fn python_threads_dump_restore() {
+    python(false);
+}
+
+#[test]
+fn python_threads_leave_running_restore() {
+    python(true);
+}
+
+/// The last `ok N` of the pipeline's report, and whether it said `BAD`.
+fn report(path: &std::path::Path) -> (u64, Option<String>) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let bad = text
+        .lines()
+        .find(|l| l.starts_with("BAD"))
+        .map(str::to_owned);
+    let last = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("ok ")?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    (last, bad)
+}
+
+/// The children of `pid`, from /proc.
+fn children(pid: i32) -> Vec<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+#[test]
+fn shell_pipeline_keeps_streaming() {
+    require_root();
+    let dir = Scratch::new("pipeline");
+    let out = dir.join("report");
+    let script = format!(
+        "seq 1 4000000000 | tr 0-9 a-j | cat -n | awk 'BEGIN {{ for (i = 0; i < 10; i++) \
+         m[sprintf(\"%c\", 97 + i)] = i }} {{ n++; d = \"\"; for (i = 1; i <= length($2); i++) \
+         d = d m[substr($2, i, 1)]; if ($1 != n || d != n \"\") {{ print \"BAD line \" n \": \" \
+         $0; fflush(); exit 1 }} if (n % 20000 == 0) {{ print \"ok \" n; fflush() }} }}' > {}",
+        out.display()
+    );
+    let mut sh = Command::new("setsid");
+    sh.args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.join("log")).expect("pipeline log"));
+    let child = spawn_registered(close_inherited_fds(&mut sh));
+    let root = i32::try_from(child.id()).expect("pid");
+    drop(child);
+    wait_until("the pipeline reports", GUARD, || report(&out).0 >= 40000);
+    let stages = children(root);
+    assert_eq!(stages.len(), 4, "sh should run 4 stages: {stages:?}");
+
+    let images = Scratch::new("pipeline-img");
+    let root_arg = root.to_string();
+    assert_success(
+        &fastcr(&["dump", "-t", &root_arg, "-D", images.as_str()]),
+        "dump of the pipeline",
+    );
+    let (at_dump, bad) = report(&out);
+    assert_eq!(bad, None, "the pipeline failed before the dump");
+    let status = reap_within(root, GUARD, "sh after the dump");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "sh after the dump: {status:?}"
+    );
+    for &p in &stages {
+        let st = ExitStatus::from_raw(reap_orphan(p));
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "stage {p} after the dump: {st}"
+        );
+    }
+
+    assert_success(
+        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
+        "restore -d of the pipeline",
+    );
+    assert_eq!(
+        ProcStat::read(root).map(|s| s.ppid),
+        Some(i32::try_from(std::process::id()).expect("pid")),
+        "the restored sh is the test's child"
+    );
+    assert_eq!(
+        children(root),
+        stages,
+        "the restored sh has its 4 stages again"
+    );
+    wait_until("the restored pipeline reports past the dump", GUARD, || {
+        let (last, bad) = report(&out);
+        bad.is_some() || last >= at_dump + 100000
+    });
+    let (last, bad) = report(&out);
+    assert_eq!(bad, None, "the restored pipeline found a wrong line");
+    eprintln!("pipeline: ok {at_dump} at the dump, ok {last} after the restore");
+
+    // Ended by the test: sh first (it would reap its stages itself), then the stages, which it
+    // leaves to this subreaper; each was checked to be our descendant.
+    let restored: Vec<Restored> = stages.iter().map(|&p| Restored::new(p)).collect();
+    Restored::new(root).signal(libc::SIGKILL);
+    let _ = reap_within(root, GUARD, "the restored sh");
+    for r in &restored {
+        r.signal(libc::SIGKILL);
+    }
+    for &p in &stages {
+        let _ = reap_orphan(p);
+    }
+    assert_no_stray_children("pipeline");
+}
