@@ -60,6 +60,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_tree",
     "wl_sigstate",
     "wl_sockets",
+    "wl_combo",
 ];
 
 /// The cargo workspace root.
