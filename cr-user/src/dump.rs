@@ -51,6 +51,8 @@ pub struct DumpOptions {
     /// Leave the pages of private anonymous VMAs out of the image (`PE_LAZY`): a migration
     /// source sends them after the destination resumed.
     pub lazy_pages: bool,
+    /// Save established TCP connections with `TCP_REPAIR` (refused otherwise).
+    pub tcp_established: bool,
 }
 
 /// What happens to the process once its image is complete.
@@ -269,7 +271,12 @@ impl Pages {
 
 /// Checkpoints `opts.pid` into `opts.dir`.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
-    with_retries(|| dump_with(opts, after_of(opts), None)).map(|(stats, _)| stats)
+    crate::files::tcp_repair_begin(opts.tcp_established);
+    let r = with_retries(|| dump_with(opts, after_of(opts), None)).map(|(stats, _)| stats);
+    // Killed: fastcr's copies of repaired TCP sockets are the last, closed silently. Otherwise
+    // the connections go on: repair mode off again.
+    crate::files::tcp_repair_end(r.is_ok() && !opts.leave_running);
+    r
 }
 
 fn after_of(opts: &DumpOptions) -> After {

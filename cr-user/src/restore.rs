@@ -213,9 +213,11 @@ pub fn restore_loaded(
         None
     };
     // Before the root is forked (and after the namespace's init was): the root inherits the
-    // shared pipes, and every process of the tree from it.
+    // shared pipes and the sockets, and every process of the tree from it (see files::park).
+    // A taken address fails here, before any process exists.
     let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
     let shared = crate::files::SharedPipes::create(&files)?;
+    let sockets = crate::files::TreeSockets::create(&files)?;
     let t_fork = Instant::now();
     let spawned = match &pidns {
         Some(ns) => {
@@ -267,7 +269,7 @@ pub fn restore_loaded(
             source: SyscallError::from_errno("clone3", libc::ESRCH),
         })?;
         let lazy = opts.lazy.then_some(&plans[built.len()]);
-        built.push(build::build(p, h, &shared, &objects, lazy)?);
+        built.push(build::build(p, h, &shared, &objects, &sockets, lazy)?);
     }
     objects.seal().map_err(crate::files::FilesError::from)?;
     let restore_time_us = micros(t0.elapsed());
@@ -281,6 +283,7 @@ pub fn restore_loaded(
     guard.armed = false;
     drop(shared);
     drop(objects);
+    drop(sockets);
     let pages_restored = built.iter().map(|b| b.pages).sum();
     let mut lazy = Vec::new();
     let mut lazy_release = Vec::new();

@@ -179,11 +179,11 @@ fn render(full: &LoadedImage) -> String {
     }
     let _ = writeln!(s, "{} fds:", img.files.fds.len());
     for f in &img.files.fds {
-        let _ = writeln!(
-            s,
-            "  {:>3} flags {:#o} pos {} {:?}",
-            f.fd, f.flags, f.pos, f.kind
-        );
+        let kind = match &f.kind {
+            crate::image::files::FdKind::Socket(so) => socket_summary(so),
+            k => format!("{k:?}"),
+        };
+        let _ = writeln!(s, "  {:>3} flags {:#o} pos {} {kind}", f.fd, f.flags, f.pos);
     }
     let _ = writeln!(
         s,
@@ -192,4 +192,43 @@ fn render(full: &LoadedImage) -> String {
         img.pagemap.entries.len()
     );
     s
+}
+
+/// One line for a socket: family, type, name, state, shutdown bits, queue size (not its bytes).
+fn socket_summary(so: &crate::image::files::Socket) -> String {
+    use crate::image::files::SocketState;
+    let family = match so.family {
+        libc::AF_UNIX => "unix",
+        libc::AF_INET => "inet",
+        libc::AF_INET6 => "inet6",
+        _ => "family?",
+    };
+    let ty = match so.sotype {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "dgram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "type?",
+    };
+    let state = match &so.state {
+        SocketState::Unconnected => "unconnected".to_string(),
+        SocketState::Listening { backlog } => format!("listening (backlog {backlog})"),
+        SocketState::Connected { peer } => format!("connected to socket {peer}"),
+        SocketState::ConnectedTo { peer } => {
+            format!("connected to {}", crate::files::addr_string(peer))
+        }
+        SocketState::Established(c) => format!(
+            "established to {} (send queue {} bytes, receive queue {} bytes)",
+            crate::files::addr_string(&c.peer),
+            c.sndq.len(),
+            c.rcvq.len()
+        ),
+    };
+    let bytes: usize = so.queue.iter().map(Vec::len).sum();
+    format!(
+        "socket {} {family} {ty} {} {state} shutdown {} queue {} messages {bytes} bytes",
+        so.inode,
+        crate::files::addr_string(&so.name),
+        so.shutdown,
+        so.queue.len()
+    )
 }

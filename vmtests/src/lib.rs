@@ -63,6 +63,8 @@ pub const WORKLOADS: &[&str] = &[
     "wl_shmem",
     "wl_deleted",
     "wl_locks",
+    "wl_sockets",
+    "wl_combo",
 ];
 
 /// The cargo workspace root.

@@ -59,12 +59,16 @@ pub struct VisibleState {
     pub root: String,
 }
 
-/// Pipe inode numbers change across a restore; which fds share a pipe must not. Renames
-/// `pipe:[INODE]` to `pipe:#K`, K counting distinct pipes in fd order.
+/// Pipe and socket inode numbers change across a restore; which fds share a pipe or a socket
+/// must not. Renames `pipe:[INODE]` to `pipe:#K` and `socket:[INODE]` to `socket:#K`, K
+/// counting distinct pipes and sockets in fd order.
 fn canonical_pipe_ids(fds: &mut BTreeMap<i32, FdState>) {
     let mut seen: Vec<String> = Vec::new();
     for st in fds.values_mut() {
-        if st.target.starts_with("pipe:[") {
+        for kind in ["pipe", "socket"] {
+            if !st.target.starts_with(&format!("{kind}:[")) {
+                continue;
+            }
             let k = seen
                 .iter()
                 .position(|t| *t == st.target)
@@ -72,7 +76,7 @@ fn canonical_pipe_ids(fds: &mut BTreeMap<i32, FdState>) {
                     seen.push(st.target.clone());
                     seen.len() - 1
                 });
-            st.target = format!("pipe:#{k}");
+            st.target = format!("{kind}:#{k}");
         }
     }
 }

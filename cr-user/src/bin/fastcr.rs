@@ -46,6 +46,10 @@ enum Command {
         /// Leave the process running after the dump.
         #[arg(short = 'R', long)]
         leave_running: bool,
+        /// Save established TCP connections (TCP_REPAIR): the peer keeps its connection across
+        /// dump and restore on the same host.
+        #[arg(long)]
+        tcp_established: bool,
         /// Allow standard streams that are terminals or pipes; restore hands them its own.
         #[arg(long)]
         shell_job: bool,
@@ -233,6 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pid,
             dir,
             leave_running,
+            tcp_established,
             shell_job,
             pre_copy,
             no_bpf,
@@ -253,6 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 prev_images_dir,
                 track_mem,
                 lazy_pages: false,
+                tcp_established,
             };
             let s = dump(&opts)
                 .with_context(|| format!("dump of process {pid} into {} failed", dir.display()))?;

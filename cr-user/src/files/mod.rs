@@ -3,11 +3,17 @@
 //! Supported now: regular files and directories (reopened by path at the same offset and flags),
 //! harmless character devices (`/dev/null`, `/dev/zero`, `/dev/full`, `/dev/random`,
 //! `/dev/urandom`), and with `--shell-job` standard streams that are terminals or pipes, which
-//! are handed the restorer's own. Anything else is refused at dump time, naming the fd.
+//! are handed the restorer's own; pipes, anonymous-inode objects (`anon`) and sockets
+//! (`socket`). Anything else is refused at dump time, naming the fd.
 
 mod anon;
 pub mod locks;
 pub mod objects;
+mod socket;
+mod tcp;
+
+pub use socket::{Parked, TreeSockets, addr_string, park};
+pub use tcp::{begin as tcp_repair_begin, end as tcp_repair_end};
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -81,6 +87,41 @@ pub enum FilesError {
         /// The pipe's inode.
         inode: u64,
     },
+    /// Reading a socket's state failed.
+    #[error("cannot read the socket at fd {fd} of process {pid}")]
+    SocketIo {
+        /// Process.
+        pid: i32,
+        /// The fd.
+        fd: i32,
+        /// The failed call.
+        #[source]
+        source: crate::sys::SyscallError,
+    },
+    /// Making a socket again failed.
+    #[error("cannot make socket {inode} again")]
+    SocketRestore {
+        /// Its inode at dump time.
+        inode: u64,
+        /// The failed call.
+        #[source]
+        source: crate::sys::SyscallError,
+    },
+    /// A socket's address is taken (or cannot be bound).
+    #[error("cannot bind a socket to {addr}")]
+    SocketBind {
+        /// The address.
+        addr: String,
+        /// The failed call (EADDRINUSE when taken).
+        #[source]
+        source: crate::sys::SyscallError,
+    },
+    /// The image refers to a socket it does not hold.
+    #[error("the image refers to socket {inode}, which it does not hold")]
+    MissingSocket {
+        /// Its inode at dump time.
+        inode: u64,
+    },
     /// Reading `/proc` failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
@@ -130,6 +171,8 @@ pub struct TreePipe {
     pub writer: Option<(i32, i32)>,
     /// The first process (in tree order) that holds an end: it carries the pipe's data.
     pub owner: i32,
+    /// A socket, not a pipe: only its inode matters (a unix peer inside the tree).
+    pub socket: bool,
 }
 
 /// Finds the pipe ends of every process in `pids` (tree order).
@@ -140,12 +183,21 @@ pub fn tree_pipes(pids: &[i32]) -> Result<TreePipes, FilesError> {
             let target = proc::read_link(pid, &format!("fd/{fd}"))?
                 .to_string_lossy()
                 .into_owned();
-            if !target.starts_with("pipe:") {
+            let is_socket = target.starts_with("socket:");
+            if !target.starts_with("pipe:") && !is_socket {
                 continue;
             }
             let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
                 continue;
             };
+            if is_socket {
+                out.entry(meta.ino()).or_insert(TreePipe {
+                    owner: pid,
+                    socket: true,
+                    ..TreePipe::default()
+                });
+                continue;
+            }
             let (_, flags) = proc::fdinfo(pid, fd)?;
             let e = out.entry(meta.ino()).or_insert(TreePipe {
                 owner: pid,
@@ -204,10 +256,23 @@ pub fn dump(
             }
         }
     }
+    // The sockets the dump holds: this process's, and the tree's.
+    let inside: std::collections::BTreeSet<u64> = raw
+        .iter()
+        .filter(|r| r.target.starts_with("socket:"))
+        .filter_map(|r| r.meta.as_ref().map(MetadataExt::ino))
+        .chain(tree.iter().filter(|(_, t)| t.socket).map(|(i, _)| *i))
+        .collect();
+    let mut ctx = socket::DumpCtx {
+        pid,
+        pidfd: None,
+        unix: None,
+        inside: &inside,
+    };
     let mut fds = Vec::new();
     let mut pipes = Vec::new();
     for r in &raw {
-        let kind = classify(pid, r, &ends, tree, shell_job)?;
+        let kind = classify(&mut ctx, r, &ends, tree, shell_job)?;
         if let FdKind::Pipe { inode } = kind
             && !pipes.iter().any(|p: &Pipe| p.inode == inode)
             && let Some(&(Some(rd), Some(wr))) = ends.get(&inode)
@@ -220,6 +285,7 @@ pub fn dump(
                 reader: Some(rd),
                 writer: Some(wr),
                 owner,
+                ..
             }) = tree.get(&inode).copied()
             && owner == pid
         {
@@ -242,12 +308,13 @@ pub fn dump(
 }
 
 fn classify(
-    pid: i32,
+    ctx: &mut socket::DumpCtx<'_>,
     r: &RawFd,
     ends: &BTreeMap<u64, (Option<i32>, Option<i32>)>,
     tree: &TreePipes,
     shell_job: bool,
 ) -> Result<FdKind, FilesError> {
+    let pid = ctx.pid;
     let unsupported = |why| FilesError::Unsupported {
         pid,
         fd: r.fd,
@@ -314,13 +381,14 @@ fn classify(
             "a terminal or pipe leading outside the dump; use --shell-job to hand it to the restorer",
         ));
     }
+    if ft.is_socket() && target.starts_with("socket:") {
+        return socket::dump(ctx, r.fd, meta.ino(), target);
+    }
     if let Some(kind) = anon::dump(pid, r.fd, target)? {
         return Ok(kind);
     }
     Err(unsupported(if ft.is_fifo() {
         "a pipe or FIFO leading outside the dump (to a process not in the dumped tree)"
-    } else if target.starts_with("socket:") {
-        "sockets are not supported yet"
     } else if target == "anon_inode:[userfaultfd]" {
         "a userfaultfd (if `fastcr pre-dump` left it, dump with --prev-images-dir)"
     } else if target.starts_with("anon_inode:") {
@@ -399,26 +467,30 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
             | FdKind::TimerFd { .. }
             | FdKind::SignalFd { .. }
             | FdKind::Epoll { .. }
-            | FdKind::Object { .. } => {}
+            | FdKind::Object { .. }
+            | FdKind::Socket(_) => {}
         }
     }
     Ok(())
 }
 
 /// Closes everything the child inherited from fastcr, except the standard streams the image
-/// hands over (`--shell-job`) and the ends of the tree's shared pipes (inherited from fastcr,
-/// placed by [`restore`]).
+/// hands over (`--shell-job`), the ends of the tree's shared pipes (inherited from fastcr,
+/// placed by [`restore`]) and the range `keep` (the process's parked sockets, see [`park`]).
 pub fn close_inherited(
     inj: &Injector,
     files: &FilesImage,
     shared: &SharedPipes,
+    keep: Option<(u64, u64)>,
 ) -> Result<(), FilesError> {
+    let mut kept: Vec<u64> = shared.raw_fds();
+    if let Some((lo, hi)) = keep {
+        kept.extend(lo..=hi);
+    }
+    kept.sort_unstable();
+    kept.dedup();
     let mut from = 3u64;
-    for keep in shared
-        .raw_fds()
-        .into_iter()
-        .chain([u64::from(u32::MAX) + 1])
-    {
+    for keep in kept.into_iter().chain([u64::from(u32::MAX) + 1]) {
         if keep > from {
             inj.call(
                 || "close_range".into(),
@@ -496,7 +568,7 @@ impl SharedPipes {
     }
 
     /// Every end's fd number, ascending.
-    fn raw_fds(&self) -> Vec<u64> {
+    pub fn raw_fds(&self) -> Vec<u64> {
         let mut out: Vec<u64> = self
             .ends
             .keys()
@@ -508,12 +580,14 @@ impl SharedPipes {
     }
 }
 
-/// Reopens every fd at its number, offset and flags; sets cwd and umask.
+/// Reopens every fd at its number, offset and flags; sets cwd and umask. `parked` are the
+/// process's sockets (see [`park`]).
 pub fn restore(
     inj: &Injector,
     files: &FilesImage,
     shared: &SharedPipes,
     objects: &objects::Objects,
+    sockets: &Parked,
 ) -> Result<(), FilesError> {
     let cwd = inj.put_cstr(SCRATCH_PATH, &files.cwd)?;
     inj.call(
@@ -623,6 +697,7 @@ pub fn restore(
     for fd in parked.into_values() {
         close(inj, fd)?;
     }
+    socket::place(inj, files, sockets)?;
     // Kernel objects last, epoll after every fd it may watch.
     for f in files.fds.iter().filter(|f| {
         matches!(

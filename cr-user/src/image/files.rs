@@ -65,6 +65,91 @@ pub enum FdKind {
         /// `st_ino` at dump time.
         ino: u64,
     },
+    /// A socket (unix, or an inet listener / UDP socket), see [`Socket`].
+    Socket(Box<Socket>),
+}
+
+/// The state of a socket that restore rebuilds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SocketState {
+    /// Not connected (maybe bound): made and bound to [`Socket::name`] if it has one.
+    Unconnected,
+    /// Listening (no connection waiting to be accepted), with its backlog.
+    Listening {
+        /// The `listen` backlog.
+        backlog: u32,
+    },
+    /// A unix socket connected to the socket of inode `peer`, which the dump holds too.
+    Connected {
+        /// The peer's inode at dump time.
+        peer: u64,
+    },
+    /// A UDP socket connected to an address (raw `sockaddr` bytes).
+    ConnectedTo {
+        /// The peer address.
+        peer: Vec<u8>,
+    },
+    /// An established TCP connection saved with `TCP_REPAIR` (`dump --tcp-established`).
+    Established(Box<TcpConn>),
+}
+
+/// What `TCP_REPAIR` needs to rebuild an established connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConn {
+    /// The peer's address (raw `sockaddr` bytes).
+    pub peer: Vec<u8>,
+    /// Sequence number after the last byte written (`TCP_QUEUE_SEQ` of the send queue).
+    pub snd_seq: u32,
+    /// Sequence number after the last byte received (`TCP_QUEUE_SEQ` of the receive queue).
+    pub rcv_seq: u32,
+    /// Bytes written but not yet acknowledged by the peer (the send queue).
+    pub sndq: Vec<u8>,
+    /// Bytes received but not yet read (the receive queue).
+    pub rcvq: Vec<u8>,
+    /// Maximum segment size (`TCP_MAXSEG`).
+    pub mss: u32,
+    /// `tcpi_options`: 1 timestamps, 2 SACK, 4 window scaling.
+    pub options: u8,
+    /// Send window scale.
+    pub snd_wscale: u8,
+    /// Receive window scale.
+    pub rcv_wscale: u8,
+    /// `TCP_TIMESTAMP` (the connection's timestamp clock).
+    pub timestamp: u32,
+    /// `struct tcp_repair_window` as the kernel gave it (`TCP_REPAIR_WINDOW`).
+    pub window: Vec<u8>,
+}
+
+/// One socket. Every fd referring to it carries the same record (the socket is identified by
+/// its inode, unique in the dump).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Socket {
+    /// Inode number at dump time.
+    pub inode: u64,
+    /// `AF_UNIX`, `AF_INET` or `AF_INET6`.
+    pub family: i32,
+    /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+    pub sotype: i32,
+    /// Its own address (`getsockname`, raw `sockaddr` bytes); empty or family-only if unbound.
+    pub name: Vec<u8>,
+    /// Connection state.
+    pub state: SocketState,
+    /// `sk_shutdown` bits: 1 = no more receiving, 2 = no more sending.
+    pub shutdown: u8,
+    /// Its receive queue (unix sockets): one entry per message, or stream bytes in chunks.
+    pub queue: Vec<Vec<u8>>,
+    /// `SO_SNDBUF` as `getsockopt` reports it.
+    pub sndbuf: u32,
+    /// `SO_RCVBUF` as `getsockopt` reports it.
+    pub rcvbuf: u32,
+    /// `SO_PASSCRED`.
+    pub passcred: bool,
+    /// `SO_REUSEADDR`.
+    pub reuseaddr: bool,
+    /// `SO_REUSEPORT`.
+    pub reuseport: bool,
+    /// `IPV6_V6ONLY` (AF_INET6 only).
+    pub v6only: bool,
 }
 
 /// One fd an epoll instance watches.
@@ -113,4 +198,73 @@ pub struct Pipe {
     pub size: u32,
     /// Bytes written but not yet read.
     pub data: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(inode: u64, state: SocketState) -> Fd {
+        Fd {
+            fd: 3,
+            flags: 2,
+            pos: 0,
+            kind: FdKind::Socket(Box::new(Socket {
+                inode,
+                family: 1,
+                sotype: 5,
+                name: vec![1, 0, 0, b'x'],
+                state,
+                shutdown: 2,
+                queue: vec![b"ab".to_vec(), Vec::new(), b"c".to_vec()],
+                sndbuf: 4608,
+                rcvbuf: 212_992,
+                passcred: true,
+                reuseaddr: false,
+                reuseport: true,
+                v6only: false,
+            })),
+        }
+    }
+
+    #[test]
+    fn sockets_round_trip_and_truncation_is_an_error() {
+        let img = FilesImage {
+            cwd: "/".into(),
+            umask: 0o22,
+            fds: vec![
+                sock(7, SocketState::Connected { peer: 8 }),
+                sock(9, SocketState::Listening { backlog: 7 }),
+                sock(10, SocketState::ConnectedTo { peer: vec![2, 0] }),
+                sock(
+                    11,
+                    SocketState::Established(Box::new(TcpConn {
+                        peer: vec![2, 0, 1, 2, 127, 0, 0, 1],
+                        snd_seq: u32::MAX,
+                        rcv_seq: 5,
+                        sndq: b"out".to_vec(),
+                        rcvq: b"in".to_vec(),
+                        mss: 65483,
+                        options: 7,
+                        snd_wscale: 7,
+                        rcv_wscale: 7,
+                        timestamp: 123,
+                        window: vec![0; 20],
+                    })),
+                ),
+            ],
+            pipes: Vec::new(),
+        };
+        let kind = crate::image::Kind::Files;
+        let bytes = crate::image::encode(kind, &img).unwrap();
+        let back: FilesImage =
+            crate::image::decode(kind, &bytes, std::path::Path::new("x")).unwrap();
+        assert_eq!(back, img);
+        // A payload cut short (sealed again with a valid CRC) is an error, not a panic.
+        let payload = &bytes[..bytes.len() / 2];
+        let resealed = crate::image::header::seal(kind.magic(), payload);
+        let r: Result<FilesImage, _> =
+            crate::image::decode(kind, &resealed, std::path::Path::new("x"));
+        assert!(r.is_err());
+    }
 }

@@ -333,6 +333,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         prev_images_dir: None,
         track_mem: false,
         lazy_pages: opts.lazy,
+        tcp_established: false,
     };
     if opts.lazy && opts.pre_copy.is_some() {
         return Err(MigrateError::Dump(crate::dump::DumpError::Unsupported {

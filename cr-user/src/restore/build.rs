@@ -32,6 +32,7 @@ pub(super) fn build<'a>(
     here: i32,
     shared: &SharedPipes,
     objects: &crate::files::objects::Objects,
+    sockets: &crate::files::TreeSockets,
     lazy: Option<&LazyPlan>,
 ) -> Result<Built<'a>, RestoreError> {
     let pid = p.pid;
@@ -44,7 +45,9 @@ pub(super) fn build<'a>(
 
     crate::core::unregister_inherited_rseq(&inj)?;
     let trampoline = mmr::install_trampoline(&mut inj, &child_maps, &p.mm)?;
-    crate::files::close_inherited(&inj, &p.files, shared)?;
+    let above = shared.raw_fds().into_iter().max().unwrap_or(0);
+    let (parked, keep) = crate::files::park(&inj, &p.files, sockets, above)?;
+    crate::files::close_inherited(&inj, &p.files, shared, keep)?;
     mmr::clear_address_space(&inj, &child_maps, trampoline)?;
     mmr::move_specials(&inj, &child_maps, &p.mm, trampoline)?;
     let has_pages = mmr::vmas_with_pages(&p.mm, &p.pagemap);
@@ -66,7 +69,7 @@ pub(super) fn build<'a>(
         }
         None => None,
     };
-    crate::files::restore(&inj, &p.files, shared, objects)?;
+    crate::files::restore(&inj, &p.files, shared, objects, &parked)?;
     crate::files::locks::restore(&inj, pid, &p.files, &p.locks)
         .map_err(crate::files::FilesError::from)?;
     crate::core::restore_name(&inj, &p.core.comm)?;

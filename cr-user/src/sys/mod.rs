@@ -12,6 +12,7 @@ pub mod probe;
 pub mod process;
 pub mod ptrace;
 pub mod remote;
+pub mod socket;
 pub mod uffd;
 pub mod uffd_lazy;
 
