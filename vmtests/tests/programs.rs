@@ -357,3 +357,8 @@ fn redis(keep_client: bool) {
 fn redis_dataset_and_new_clients() {
     redis(false);
 }
+
+#[test]
+fn redis_client_connection_kept_with_tcp_established() {
+    redis(true);
+}

@@ -148,8 +148,10 @@ pub(super) fn restore(
     let fd = so::socket(s.family, libc::SOCK_STREAM, 0).map_err(fail)?;
     let f = fd.as_fd();
     let tcp = |opt, v| so::set_int(f, libc::IPPROTO_TCP, opt, v).map_err(fail);
-    tcp(libc::TCP_REPAIR, TCP_REPAIR_ON)?;
+    // The socket options first: setting SO_REUSEADDR (even to 0) would undo the forced reuse
+    // repair mode gives, and the address is usually taken by the listener it came from.
     set_options(f).map_err(fail)?;
+    tcp(libc::TCP_REPAIR, TCP_REPAIR_ON)?;
     bind(f)?;
     let len = |q: &[u8]| u32::try_from(q.len()).unwrap_or(u32::MAX);
     tcp(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
