@@ -77,11 +77,11 @@ struct Final {
 
 fn save(
     f: &FrozenProcess,
-    shell_job: bool,
-    lazy: bool,
+    opts: &DumpOptions,
     pipes: &crate::files::TreePipes,
     precopied: Option<&mut PreCopy>,
     layout: Option<&[proc::maps::MapEntry]>,
+    mut buf: Vec<u8>,
     fin: &mut Final,
 ) -> Result<Saved, DumpError> {
     let pid = f.main().pid();
@@ -102,11 +102,10 @@ fn save(
         None => proc::maps::smaps(pid)?,
     };
     tracing::debug!(pid, layout_unchanged, "layout read");
-    let (vmas, files) = dump_layout_files(pid, &smaps, status.umask, shell_job, None, pipes)?;
+    let (vmas, files) = dump_layout_files(pid, &smaps, status.umask, opts.shell_job, None, pipes)?;
     tracing::debug!(pid, "files saved");
     let (mm, core, threads, sigstate) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
     tracing::debug!(pid, "layout, files and registers saved");
-    let mut buf = Vec::new();
     let (pagemap, pages) = match precopied {
         Some(pc) => {
             let (pagemap, _, pass) = precopy::finish(pc, &mm.vmas, layout_unchanged)?;
@@ -115,7 +114,7 @@ fn save(
             fin.bulk |= pass.bulk;
             (pagemap, Pages::Shadow(std::mem::take(&mut pc.shadow)))
         }
-        None if lazy => {
+        None if opts.lazy_pages => {
             let keep = crate::lazy::register::kernel_written(&core, &threads);
             let pagemap = crate::dump::lazy_pagemap(pid, &mm.vmas, &keep, &mut buf)?.0;
             (pagemap, Pages::Buffer(buf))
@@ -136,6 +135,32 @@ fn save(
         pagemap,
         pages,
     })
+}
+
+/// A touched buffer per live process of the tree whose pages will be copied in the freeze,
+/// sized from its resident memory.
+fn page_buffers(
+    root: i32,
+    precopied: Option<&super::precopy::TreePreCopy>,
+    lazy: bool,
+) -> std::collections::HashMap<i32, Vec<u8>> {
+    let mut out = std::collections::HashMap::new();
+    if lazy {
+        return out;
+    }
+    let Ok(tree) = super::collect(root) else {
+        return out;
+    };
+    for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
+        if precopied.is_some_and(|pc| pc.sessions.contains_key(&p.pid)) {
+            continue;
+        }
+        if let Ok(status) = proc::status::status(p.pid) {
+            let estimate = (status.rss_anon_kib + status.rss_shmem_kib) as usize * 1024 * 11 / 10;
+            out.insert(p.pid, vec![1u8; estimate]);
+        }
+    }
+    out
 }
 
 /// Dumps the tree rooted at `opts.pid` into `opts.dir`.
@@ -189,6 +214,9 @@ pub(crate) fn dump(
             }
         }
     };
+    // Page buffers touched now, so the frozen window does not pay for their page faults (a
+    // process that appears meanwhile grows its own in the window).
+    let mut buffers = page_buffers(root, precopied.as_ref(), opts.lazy_pages);
     let t_freeze = Instant::now();
     let (frozen, tree) = freeze_all(root)?;
     let t_frozen = Instant::now();
@@ -218,15 +246,8 @@ pub(crate) fn dump(
             ),
             None => (None, None),
         };
-        saved.push(save(
-            f,
-            opts.shell_job,
-            opts.lazy_pages,
-            &pipes,
-            pc,
-            layout,
-            &mut fin,
-        )?);
+        let buf = buffers.remove(&f.main().pid()).unwrap_or_default();
+        saved.push(save(f, opts, &pipes, pc, layout, buf, &mut fin)?);
     }
     let refs: Vec<_> = saved
         .iter()
