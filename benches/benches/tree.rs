@@ -7,7 +7,7 @@
 //!
 //! Needs root and a release fastcr, otherwise prints `skipping: <reason>`.
 
-use benches::tree::{TREE_SIZE_MIB, TreeFrozen, TreeRestore};
+use benches::tree::{TREE_SIZE_MIB, TreeRestore};
 use benches::{one_op_per_sample, prerequisites};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -20,7 +20,7 @@ fn tree(c: &mut Criterion) {
         }
     };
     let id = BenchmarkId::from_parameter(format!("{TREE_SIZE_MIB}MiB"));
-    let frozen = TreeFrozen::start(&bin);
+    let frozen = benches::tree::frozen(&bin);
     let mut group = one_op_per_sample(c, "tree_frozen_time");
     group.bench_function(id.clone(), |b| {
         b.iter_custom(|iters| {

@@ -133,7 +133,12 @@ pub struct FrozenTime {
 impl FrozenTime {
     /// Starts the workload with `size_mib` MiB of pattern and waits until it runs its loop.
     pub fn start(bin: &Path, size_mib: u64) -> Self {
-        let workload = Workload::spawn(WORKLOAD, &[&size_arg(size_mib)]);
+        Self::start_workload(bin, WORKLOAD, &[&size_arg(size_mib)])
+    }
+
+    /// [`FrozenTime::start`] for workload `name` with `args`.
+    pub fn start_workload(bin: &Path, name: &str, args: &[&str]) -> Self {
+        let workload = Workload::spawn(name, args);
         workload.wait_counter_advances();
         Self {
             bin: bin.to_path_buf(),

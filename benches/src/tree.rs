@@ -3,15 +3,15 @@
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use vmtests::restored::Restored;
-use vmtests::{Scratch, Workload, reap_orphan};
+use vmtests::{Workload, reap_orphan};
 
-use crate::{RestoreTime, fastcr, micros, parse_stats};
+use crate::{FrozenTime, RestoreTime};
 
 /// The workload.
 pub const TREE_WORKLOAD: &str = "wl_combo";
@@ -28,44 +28,8 @@ fn child_of(wl: &Workload) -> Result<i32> {
 }
 
 /// The running tree, dumped again and again with `--leave-running`.
-pub struct TreeFrozen {
-    bin: PathBuf,
-    wl: Workload,
-}
-
-impl TreeFrozen {
-    /// Starts the tree and waits until it runs.
-    pub fn start(bin: &Path) -> Self {
-        let wl = Workload::spawn(TREE_WORKLOAD, &[&TREE_SIZE_MIB.to_string()]);
-        wl.wait_counter_advances();
-        Self {
-            bin: bin.to_path_buf(),
-            wl,
-        }
-    }
-
-    /// One `dump --leave-running`: the time the tree was frozen.
-    pub fn measure_once(&self) -> Result<Duration> {
-        let images = Scratch::new("bench-tree-frozen-img");
-        let pid = self.wl.pid_arg();
-        let args = [
-            "dump",
-            "-t",
-            &pid,
-            "-D",
-            images.as_str(),
-            "--leave-running",
-            "--json",
-        ];
-        let out = fastcr(&self.bin, &args)?;
-        micros(&parse_stats(&out.stdout)?, "frozen_time_us")
-    }
-
-    /// Stops the tree; it must have survived every dump intact (its own verification).
-    pub fn finish(self) {
-        self.wl.assert_running_untraced();
-        self.wl.terminate_and_verify();
-    }
+pub fn frozen(bin: &Path) -> FrozenTime {
+    FrozenTime::start_workload(bin, TREE_WORKLOAD, &[&TREE_SIZE_MIB.to_string()])
 }
 
 /// The tree dumped once (which ends it), then restored again and again; each restored tree is
