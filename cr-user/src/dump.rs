@@ -454,42 +454,62 @@ fn dump_with(
         confirm_task_set(pid, t, &frozen.tids(), &[pid])?;
     }
     check_single(pid)?;
-    let t = Instant::now();
     let layout_changed = match (tracker.as_mut(), layout_watch) {
         (Some(t), Some(lost_before)) => vma_activity(t, lost_before)?,
         _ => true,
     };
-    let smaps = match pre_smaps {
-        Some(pre) if !layout_changed => {
-            let now = proc::maps::maps(pid)?;
-            match proc::maps::with_flags_from(&now, &pre) {
-                Some(merged) => merged,
-                None => {
-                    tracing::debug!("maps differ from the smaps read before: smaps read again");
-                    proc::maps::smaps(pid)?
+    // With pre-copy, the final page-table walk (the one step that grows with memory) runs
+    // beside the metadata and registers, which mostly wait on /proc and ptrace.
+    let early_scan = precopy.as_ref().map(|pc| &pc.tracker);
+    let (state, scanned) = std::thread::scope(|scope| {
+        let scan = early_scan.map(|tracker| scope.spawn(move || precopy::FinalScan::run(tracker)));
+        let state = (|| {
+            let t = Instant::now();
+            let smaps = match pre_smaps {
+                Some(pre) if !layout_changed => {
+                    let now = proc::maps::maps(pid)?;
+                    match proc::maps::with_flags_from(&now, &pre) {
+                        Some(merged) => merged,
+                        None => {
+                            tracing::debug!(
+                                "maps differ from the smaps read before: smaps read again"
+                            );
+                            proc::maps::smaps(pid)?
+                        }
+                    }
                 }
-            }
-        }
-        _ => proc::maps::smaps(pid)?,
+                _ => proc::maps::smaps(pid)?,
+            };
+            let tracking_fd = adopted.as_ref().map(|(_, link)| link.fd);
+            let (vmas, files) = dump_layout_files(
+                pid,
+                &smaps,
+                status.umask,
+                opts.shell_job,
+                tracking_fd,
+                &crate::files::TreePipes::new(),
+            )?;
+            let objects =
+                crate::files::objects::dump(&[(pid, &vmas, &files)]).map_err(FilesError::from)?;
+            let locks = crate::files::locks::dump(pid, &files, &mut Default::default())
+                .map_err(FilesError::from)?;
+            let metadata_us = micros(t.elapsed());
+            let t = Instant::now();
+            let close_fd = tracking_fd.filter(|_| !keep_tracking);
+            let cpu = dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
+            Ok::<_, DumpError>((files, objects, locks, cpu, metadata_us, micros(t.elapsed())))
+        })();
+        let scanned = scan.map(|h| h.join());
+        (state, scanned)
+    });
+    let (files, objects, locks, (mm, core, threads, sigstate), metadata_us, registers_us) = state?;
+    stats.frozen_steps.metadata_us = metadata_us;
+    stats.frozen_steps.registers_us = registers_us;
+    let scanned = match scanned {
+        Some(Ok(r)) => Some(r?),
+        // A panic in the scan is a bug; the final pass scans again.
+        Some(Err(_)) | None => None,
     };
-    let tracking_fd = adopted.as_ref().map(|(_, link)| link.fd);
-    let (vmas, files) = dump_layout_files(
-        pid,
-        &smaps,
-        status.umask,
-        opts.shell_job,
-        tracking_fd,
-        &crate::files::TreePipes::new(),
-    )?;
-    let objects = crate::files::objects::dump(&[(pid, &vmas, &files)]).map_err(FilesError::from)?;
-    let locks = crate::files::locks::dump(pid, &files, &mut Default::default())
-        .map_err(FilesError::from)?;
-    stats.frozen_steps.metadata_us = micros(t.elapsed());
-    let t = Instant::now();
-    let close_fd = tracking_fd.filter(|_| !keep_tracking);
-    let (mm, core, threads, sigstate) =
-        dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
-    stats.frozen_steps.registers_us = micros(t.elapsed());
     let t_mem = Instant::now();
     let mut streamed = false;
     let (mut pagemap, pages) = match (precopy.as_mut(), adopted.as_mut(), parent.as_ref()) {
@@ -528,7 +548,8 @@ fn dump_with(
             (d.pagemap, Pages::Buffer(buf))
         }
         (Some(pc), _, _) => {
-            let (mut pagemap, scanned, fin) = precopy::finish(pc, &mm.vmas, !layout_changed)?;
+            let (mut pagemap, scanned, fin) =
+                precopy::finish(pc, &mm.vmas, !layout_changed, scanned)?;
             if sink.is_some() {
                 // What the sink holds exactly is left to the parent it will become.
                 pagemap = incremental::split(&pagemap, &fin.trusted).0;
@@ -736,6 +757,7 @@ pub(crate) fn dump_cpu(
     DumpError,
 > {
     let pid = frozen.main().pid();
+    let t = Instant::now();
     // Before any injection: a filter could kill the process for a syscall fastcr injects.
     let seccomp = crate::core::sigstate::seccomp_threads(pid)?;
     if !seccomp.is_empty() {
@@ -745,10 +767,14 @@ pub(crate) fn dump_cpu(
     let ip = crate::inject::vdso_syscall_ip(pid, smaps)?;
     let mut inj = Injector::new(Remote::new(pid, *frozen.main().regs(), ip));
     let (brk, core, threads, sigstate) = with_scratch(&mut inj, |inj| {
+        tracing::debug!(us = micros(t.elapsed()), "cpu: scratch mapped");
         let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
         let core = crate::core::dump(frozen.main(), inj, status, stat, comm)?;
+        tracing::debug!(us = micros(t.elapsed()), "cpu: core");
         let threads = crate::core::threads::dump(pid, frozen.others(), inj, ip)?;
+        tracing::debug!(us = micros(t.elapsed()), "cpu: threads");
         let sigstate = crate::core::sigstate::dump(pid, &frozen.tids(), inj, status, &seccomp)?;
+        tracing::debug!(us = micros(t.elapsed()), "cpu: sigstate");
         // The tracking fd a pre-dump left in the process is not the program's: it goes.
         if let Some(fd) = close_fd {
             inj.call(
@@ -760,6 +786,7 @@ pub(crate) fn dump_cpu(
         }
         Ok((brk, core, threads, sigstate))
     })?;
+    tracing::debug!(us = micros(t.elapsed()), "cpu: scratch unmapped");
     let auxv = proc::auxv(pid)?;
     let exe = proc::read_link(pid, "exe")?.to_string_lossy().into_owned();
     let mm = crate::mm::dump::mm_image(exe, stat, brk, &auxv, vmas);

@@ -25,7 +25,6 @@ use crate::sys::ptrace;
 
 /// Dump scratch (offsets in the dump's 4 KiB scratch page, clear of what `core` uses).
 const DUMP_SCRATCH_TIMESPEC: u64 = 3200;
-const DUMP_SCRATCH_RLIMIT: u64 = 3264;
 /// Restore scratch (offsets in the trampoline's data area, clear of `core` and `threads`).
 const SCRATCH_SIGINFO: u64 = 11264;
 const SCRATCH_SIGEVENT: u64 = 11392;
@@ -35,7 +34,6 @@ const SCRATCH_RLIMIT: u64 = 11504;
 const SCRATCH_CAPS: u64 = 11520;
 
 const RLIM_NLIMITS: u32 = 16;
-const PERSONALITY_QUERY: u64 = 0xffff_ffff;
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
 const PR_CAPBSET_DROP: u64 = 24;
 const PR_SET_KEEPCAPS: u64 = 8;
@@ -185,24 +183,17 @@ pub fn dump(
         t.signal_pending = img.timer_signal_queued(t.id);
     }
     img.timers = timers;
-    for resource in 0..RLIM_NLIMITS {
-        let out = inj.scratch_addr(DUMP_SCRATCH_RLIMIT);
-        inj.call(
-            || format!("prlimit64({})", rlimit_name(resource)),
-            "prlimit64",
-            libc::SYS_prlimit64,
-            [0, u64::from(resource), 0, out, 0, 0],
-        )?;
-        let [cur, max] = words::<2>(&inj.get(DUMP_SCRATCH_RLIMIT, 16)?);
-        img.rlimits.push(Rlimit { resource, cur, max });
-    }
-    let persona = inj.call(
-        || "personality query".into(),
-        "personality",
-        libc::SYS_personality,
-        [PERSONALITY_QUERY, 0, 0, 0, 0, 0],
-    )?;
-    img.personality = persona as u32;
+    // Read from outside: an injected call per resource made up most of the frozen metadata.
+    img.rlimits = crate::proc::limits::limits(pid)?
+        .into_iter()
+        .take(RLIM_NLIMITS as usize)
+        .map(|l| Rlimit {
+            resource: l.resource,
+            cur: l.cur,
+            max: l.max,
+        })
+        .collect();
+    img.personality = crate::proc::limits::personality(pid)?;
     Ok(img)
 }
 

@@ -1,6 +1,7 @@
 //! `/proc` readers: pure parsers (`&str` → structs, unit-tested on fixture text) and thin
 //! functions that read the files. No syscalls beyond reading files.
 
+pub mod limits;
 pub mod maps;
 pub mod stat;
 pub mod status;

@@ -55,6 +55,65 @@ pub fn read_remote(
     Ok(done)
 }
 
+/// Reads remote address `remote[i]` of `pid` into `local[i]` (its whole length), for every
+/// `i`, in as few `process_vm_readv` calls as the iovec limit allows: the pages land where
+/// the caller wants them, with no buffer in between. Returns the bytes read, which is less
+/// than asked only if a range became unreadable (nothing after it is read).
+pub fn read_remote_scatter(
+    pid: i32,
+    remote: &[u64],
+    local: &mut [&mut [u8]],
+) -> Result<usize, SyscallError> {
+    assert_eq!(
+        remote.len(),
+        local.len(),
+        "read_remote_scatter: one address per buffer"
+    );
+    let mut done = 0usize;
+    for (addrs, bufs) in remote.chunks(IOV_MAX).zip(local.chunks_mut(IOV_MAX)) {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        let local_iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let remote_iov: Vec<libc::iovec> = addrs
+            .iter()
+            .zip(bufs.iter())
+            .map(|(&addr, b)| libc::iovec {
+                iov_base: addr as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: each local iovec covers one whole `&mut [u8]` of `local`, exclusively
+        // borrowed for the call; the remote iovecs are only addresses in the other process,
+        // checked by the kernel.
+        let ret = unsafe {
+            libc::process_vm_readv(
+                pid,
+                local_iov.as_ptr(),
+                local_iov.len() as u64,
+                remote_iov.as_ptr(),
+                remote_iov.len() as u64,
+                0,
+            )
+        };
+        let got = match check(ret as libc::c_long, "process_vm_readv") {
+            Ok(n) => n as usize,
+            // Nothing of the first range could be read.
+            Err(e) if e.errno() == Some(libc::EFAULT) => 0,
+            Err(e) => return Err(e),
+        };
+        done += got;
+        if got < len {
+            break;
+        }
+    }
+    Ok(done)
+}
+
 /// Writes `data` to address `addr` of `pid`. Returns the bytes written.
 pub fn write_remote(pid: i32, addr: u64, data: &[u8]) -> Result<usize, SyscallError> {
     let mut done = 0usize;

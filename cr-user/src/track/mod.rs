@@ -303,7 +303,7 @@ impl WriteTracker {
     /// again (tracking goes on after this dump); without it the page tables are only read, on
     /// two CPUs at once when there is much to walk (a tracked range may then come back cut in
     /// two). Returns (written ranges, sorted and merged; still-tracked ranges, sorted).
-    pub fn final_scan(&mut self, reprotect: bool) -> Result<(Ranges, Ranges), TrackError> {
+    pub fn final_scan(&self, reprotect: bool) -> Result<(Ranges, Ranges), TrackError> {
         let flags = PM_SCAN_CHECK_WPASYNC | if reprotect { PM_SCAN_WP_MATCHING } else { 0 };
         let (first, second) = if reprotect {
             (self.ranges.clone(), Vec::new())

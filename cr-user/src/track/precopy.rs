@@ -146,32 +146,58 @@ pub fn run(
         }
     }
     if let Some(bpf) = hints {
-        let mut last = u64::MAX;
-        for _ in 0..CLOSING_ROUNDS {
-            let t_drain = Instant::now();
-            let Ok(all) = bpf.drain_dirty() else {
-                break;
-            };
-            tracing::debug!(
-                us = micros(t_drain.elapsed()),
-                hints = all.len(),
-                "closing round: hints drained"
-            );
-            let hinted: Vec<u64> = all
-                .iter()
-                .filter(|h| h.tgid == pid as u32)
-                .map(|h| h.page)
-                .collect();
-            let copied = pc.closing_round(&hinted)?;
-            pc.stream(&copied, sink.as_deref_mut())?;
-            let pages = pages_in(&copied);
-            if pages <= CLOSING_DONE || pages >= last {
-                break;
-            }
-            last = pages;
-        }
+        closing_rounds(bpf, &mut [(pid, &mut pc)], sink)?;
     }
     Ok(pc)
+}
+
+/// The closing rounds after the full ones, over every session of `sessions` (pid, session):
+/// each drains the hints and runs [`PreCopy::closing_round`] per process, until a round finds
+/// at most [`CLOSING_DONE`] pages written or no fewer than the one before (or
+/// [`CLOSING_ROUNDS`] ran). Copied pages go to `sink` too. Returns each round's figures summed
+/// over the sessions; every session also keeps its own.
+pub fn closing_rounds(
+    bpf: &mut TaskTracker,
+    sessions: &mut [(i32, &mut PreCopy)],
+    mut sink: Option<&mut (dyn PageSink + 'static)>,
+) -> Result<Vec<RoundStat>, TrackError> {
+    let mut out = Vec::new();
+    let mut last = u64::MAX;
+    for _ in 0..CLOSING_ROUNDS {
+        let t = Instant::now();
+        let Ok(all) = bpf.drain_dirty() else {
+            break;
+        };
+        tracing::debug!(
+            us = micros(t.elapsed()),
+            hints = all.len(),
+            "closing round: hints drained"
+        );
+        let mut hinted: HashMap<i32, Vec<u64>> = HashMap::new();
+        for h in all {
+            hinted.entry(h.tgid as i32).or_default().push(h.page);
+        }
+        let mut sum = RoundStat {
+            hinted_only: true,
+            ..RoundStat::default()
+        };
+        for (pid, pc) in sessions.iter_mut() {
+            let copied = pc.closing_round(hinted.get(pid).map_or(&[][..], Vec::as_slice))?;
+            pc.stream(&copied, sink.as_deref_mut())?;
+            if let Some(r) = pc.rounds.last() {
+                sum.pages += r.pages;
+                sum.hinted += r.hinted;
+            }
+        }
+        sum.time_us = micros(t.elapsed());
+        let pages = sum.pages;
+        out.push(sum);
+        if pages <= CLOSING_DONE || pages >= last {
+            break;
+        }
+        last = pages;
+    }
+    Ok(out)
 }
 
 /// The hinted pages of every process since the last drain; none once the hints fail (the
@@ -273,7 +299,13 @@ impl PreCopy {
     pub fn closing_round(&mut self, hinted: &[u64]) -> Result<Vec<(u64, u64)>, TrackError> {
         let t = Instant::now();
         let tracked = normalize(self.tracker.tracked().to_vec());
-        let ranges = intersect(&hint_ranges(hinted), &tracked);
+        // Hot pages the full rounds left are copied now, at the end, so that the freeze has
+        // only those written again in the last moments: they are scanned too, which write-
+        // protects them again before their copy.
+        let deferred = intersect(&std::mem::take(&mut self.deferred), &tracked);
+        let mut wanted = hint_ranges(hinted);
+        wanted.extend_from_slice(&deferred);
+        let ranges = intersect(&normalize(wanted), &tracked);
         // One PAGEMAP_SCAN per hinted range costs a few µs; one over every tracked range about
         // 0.4 ms per GiB: scattered hints over a big memory are cheaper scanned whole.
         let tracked_gib = tracked.iter().map(|(s, e)| e - s).sum::<u64>() >> 30;
@@ -288,14 +320,20 @@ impl PreCopy {
             ranges = ranges.len(),
             "closing round: scanned"
         );
-        self.copy(&written, "copy of hinted pages")?;
+        // A deferred page not written since its harvest is still write-protected, so its copy
+        // now is exact; one written since and missed by the scan keeps its written mark for
+        // the final scan.
+        let mut copy = written.clone();
+        copy.extend_from_slice(&deferred);
+        let copy = normalize(copy);
+        self.copy(&copy, "copy of hinted pages")?;
         tracing::debug!(
             us = micros(t.elapsed()),
-            pages = pages_in(&written),
+            pages = pages_in(&copy),
+            deferred = pages_in(&deferred),
             "closing round: copied"
         );
         self.add_to_selection(&written);
-        self.deferred = subtract(&self.deferred, &written);
         let pages = pages_in(&written);
         self.rounds.push(RoundStat {
             pages,
@@ -304,7 +342,7 @@ impl PreCopy {
             time_us: micros(t.elapsed()),
             hinted_only: true,
         });
-        Ok(written)
+        Ok(copy)
     }
 
     /// Hands the pages of `ranges` (just copied) to `sink`, from the shadow.
@@ -487,6 +525,29 @@ pub fn auto_converged(stats: &[RoundStat]) -> bool {
         && last.pages * 4 <= floor * 5
 }
 
+/// The final `PAGEMAP_SCAN` of a frozen process (read only).
+pub struct FinalScan {
+    /// Pages written since their last copy.
+    pub written: Vec<(u64, u64)>,
+    /// Ranges still tracked without a break.
+    pub tracked: Vec<(u64, u64)>,
+    /// Its duration.
+    pub us: u64,
+}
+
+impl FinalScan {
+    /// Scans `tracker`'s ranges (on two threads when there is much to walk).
+    pub fn run(tracker: &WriteTracker) -> Result<Self, TrackError> {
+        let t = Instant::now();
+        let (written, tracked) = tracker.final_scan(false)?;
+        Ok(Self {
+            written,
+            tracked,
+            us: micros(t.elapsed()),
+        })
+    }
+}
+
 /// Figures of the final pass.
 #[derive(Debug, Clone, Default)]
 pub struct FinalPass {
@@ -506,16 +567,25 @@ pub struct FinalPass {
 /// The final pass, with the process frozen: harvest the residue, decide the page set, read
 /// whatever the shadow cannot supply. Returns the page index; every indexed page is then in
 /// the shadow.
+///
+/// `scanned` is the final scan if the caller already made it, with the process frozen.
 pub fn finish(
     pc: &mut PreCopy,
     vmas: &[Vma],
     layout_unchanged: bool,
+    scanned: Option<FinalScan>,
 ) -> Result<(PagemapImage, u64, FinalPass), TrackError> {
     let pid = pc.tracker.pid();
     let mut fin = FinalPass::default();
-    let t = Instant::now();
-    let (written, tracked) = pc.tracker.final_scan(false)?;
-    fin.final_scan_us = micros(t.elapsed());
+    let FinalScan {
+        written,
+        tracked,
+        us: scan_us,
+    } = match scanned {
+        Some(done) => done,
+        None => FinalScan::run(&pc.tracker)?,
+    };
+    fin.final_scan_us = scan_us;
     let t = Instant::now();
     let written = normalize(written);
     let (pagemap, pages_scanned) =
@@ -523,6 +593,7 @@ pub fn finish(
     tracing::debug!(us = micros(t.elapsed()), "final pass: pages selected");
     // A page comes from the shadow if its range stayed tracked, the shadow holds it, and it was
     // not written since; everything else the image needs is read now.
+    let written_pages = pages_in(&written);
     let mut stale = written;
     stale.extend_from_slice(&pc.deferred);
     let trusted = subtract(
@@ -532,16 +603,19 @@ pub fn finish(
     let selected = entry_ranges(&pagemap);
     let residue = subtract(&selected, &trusted);
     let (residue_pages, selected_pages) = (pages_in(&residue), pages_in(&selected));
+    tracing::debug!(
+        written = written_pages,
+        deferred = pages_in(&normalize(pc.deferred.clone())),
+        uncovered = pages_in(&subtract(&selected, pc.shadow.covered())),
+        residue_pages,
+        "final pass: residue"
+    );
     // When writes outran the rounds, the residue is large and scattered, and copying it run by
     // run would be slower than the plain stop-the-world copy: then every selected page is
-    // read again in one sweep. Otherwise short clean gaps between residue runs are read along
-    // (their pages are present and the process is frozen, so re-reading them is exact).
+    // read again in one sweep. Otherwise only the residue is read, every run straight into its
+    // shadow slots (one iovec per run, so reading clean pages between runs would only add).
     let bulk = residue_pages * BULK_DENOMINATOR >= selected_pages;
-    let copy = if bulk {
-        selected.clone()
-    } else {
-        bridge_gaps(&residue, &selected, MAX_GAP_PAGES * PAGE_SIZE)
-    };
+    let copy = if bulk { selected.clone() } else { residue };
     tracing::debug!(
         us = micros(t.elapsed()),
         runs = copy.len(),
@@ -573,7 +647,6 @@ pub fn finish(
     fin.residual_copy_us = micros(t.elapsed());
     fin.bulk = bulk;
     if !bulk {
-        // Re-read pages (gaps bridged) hold the same bytes as their trusted copies.
         fin.trusted = trusted;
     }
     Ok((pagemap, pages_scanned, fin))
@@ -581,26 +654,6 @@ pub fn finish(
 
 /// Residue at least 1/BULK_DENOMINATOR of the selected pages is copied in bulk.
 const BULK_DENOMINATOR: u64 = 4;
-/// Longest clean gap read along with the residue around it.
-const MAX_GAP_PAGES: u64 = 16;
-
-/// Merges consecutive `runs` whose gap is at most `max_gap` bytes and lies wholly inside
-/// `within` (both sorted, disjoint).
-fn bridge_gaps(runs: &[(u64, u64)], within: &[(u64, u64)], max_gap: u64) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
-    for &(s, e) in runs {
-        if let Some(last) = out.last_mut() {
-            let gap = [(last.1, s)];
-            if s - last.1 <= max_gap && subtract(&gap, within).is_empty() {
-                last.1 = e;
-                continue;
-            }
-        }
-        out.push((s, e));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,16 +717,5 @@ mod tests {
             vec![(p(1), p(4 + HINT_GAP_PAGES)), (p(100), p(101))]
         );
         assert!(hint_ranges(&[]).is_empty());
-    }
-
-    #[test]
-    fn gaps_are_bridged_only_over_present_pages() {
-        let runs = [(0x1000, 0x2000), (0x4000, 0x5000), (0x9000, 0xa000)];
-        let within = [(0x1000, 0x6000), (0x8000, 0xa000)];
-        assert_eq!(
-            bridge_gaps(&runs, &within, 0x4000),
-            vec![(0x1000, 0x5000), (0x9000, 0xa000)]
-        );
-        assert_eq!(bridge_gaps(&runs, &within, 0x1000), runs.to_vec());
     }
 }

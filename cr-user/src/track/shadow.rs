@@ -11,10 +11,6 @@ use crate::sys::SyscallError;
 use crate::sys::mem;
 
 const PAGE: usize = PAGE_SIZE as usize;
-/// Ranges up to this size are gathered into batched reads.
-const SMALL_RANGE: u64 = 16 * PAGE_SIZE;
-/// Most ranges one batched `process_vm_readv` takes (`UIO_MAXIOV`).
-const BATCH_RANGES: usize = 1024;
 
 /// Page addresses are already well spread in their upper bits; a multiply mixes them enough
 /// and costs a fraction of SipHash on the hot final pass.
@@ -32,15 +28,6 @@ impl Hasher for PageHasher {
     }
     fn write_u64(&mut self, n: u64) {
         self.0 = (n >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// `process_vm_readv` that treats an unmapped range as a short read.
-fn read_tolerant(pid: i32, addr: u64, dst: &mut [u8]) -> Result<usize, SyscallError> {
-    match mem::read_remote(pid, &[(addr, dst.len())], dst) {
-        Ok(n) => Ok(n),
-        Err(e) if e.errno() == Some(libc::EFAULT) => Ok(0),
-        Err(e) => Err(e),
     }
 }
 
@@ -98,40 +85,14 @@ impl Shadow {
         &mut self.arena[seg][at..at + PAGE]
     }
 
-    /// The bytes of `n` consecutive slots from `first`, if they lie in one segment.
-    fn slots_mut(&mut self, first: usize, n: usize) -> Option<&mut [u8]> {
-        let (seg, at) = (first / SEGMENT_PAGES, first % SEGMENT_PAGES);
-        (at + n <= SEGMENT_PAGES).then(|| &mut self.arena[seg][at * PAGE..(at + n) * PAGE])
-    }
-
     /// Copies the pages of `ranges` out of process `pid` into the store. Pages that cannot be
     /// read (unmapped meanwhile) are skipped: the caller decides from [`Shadow::covered`]
     /// what the image holds. Returns the pages copied.
     pub fn copy_from(&mut self, pid: i32, ranges: &[(u64, u64)]) -> Result<u64, SyscallError> {
-        const CHUNK: u64 = 512 * PAGE_SIZE;
-        let mut copied = 0;
-        let mut bounce = Vec::new();
-        // Small scattered ranges (the residue of later rounds) are gathered into one
-        // process_vm_readv of up to 1024 ranges; large ones go chunk by chunk.
-        let mut batch: Vec<(u64, u64)> = Vec::new();
-        for &(start, end) in ranges {
-            if end - start <= SMALL_RANGE {
-                batch.push((start, end));
-                if batch.len() == BATCH_RANGES {
-                    copied += self.copy_batch(pid, &batch, &mut bounce)?;
-                    batch.clear();
-                }
-                continue;
-            }
-            let mut at = start;
-            while at < end {
-                let stop = end.min(at + CHUNK);
-                copied += self.copy_chunk(pid, at, stop, &mut bounce)?;
-                at = stop;
-            }
-        }
-        copied += self.copy_batch(pid, &batch, &mut bounce)?;
-        Ok(copied)
+        let groups = self.plan(ranges);
+        let mut dst = slices(&mut self.arena, &groups);
+        let got = read_groups(pid, &groups, &mut dst)?;
+        Ok(self.record(got))
     }
 
     /// Like [`Shadow::copy_from`], but with enough to read, half of it is read by a second
@@ -146,140 +107,64 @@ impl Shadow {
         if total < PARALLEL_MIN_PAGES || cpus < 2 {
             return self.copy_from(pid, ranges);
         }
-        let (first, second) = super::ranges::split_at(ranges, total / 2 * PAGE_SIZE);
-        let iov: Vec<(u64, usize)> = second.iter().map(|&(s, e)| (s, (e - s) as usize)).collect();
-        let len: usize = iov.iter().map(|r| r.1).sum();
-        let (copied, read) = std::thread::scope(|scope| {
-            let other = scope.spawn(|| {
-                let mut buf = vec![0u8; len];
-                let got = mem::read_remote(pid, &iov, &mut buf);
-                (buf, got)
-            });
-            let copied = self.copy_from(pid, &first);
-            (copied, other.join())
-        });
-        let mut copied = copied?;
-        match read {
-            // Whole: stored as read.
-            Ok((buf, Ok(got))) if got == len => {
-                let mut off = 0;
-                for &(s, e) in &second {
-                    let mut addr = s;
-                    while addr < e {
-                        let slot = self.slot_for(addr);
-                        self.page_mut(slot).copy_from_slice(&buf[off..off + PAGE]);
-                        off += PAGE;
-                        addr += PAGE_SIZE;
-                    }
-                    self.covered.push((s, e));
-                }
-                copied += (len / PAGE) as u64;
-            }
-            // Part of it could not be read that way: the careful path does it again.
-            _ => copied += self.copy_from(pid, &second)?,
+        let groups = self.plan(ranges);
+        let mut dst = slices(&mut self.arena, &groups);
+        // Split where half of the pages are on each side.
+        let mut half = 0;
+        let mut pages = 0;
+        while half < groups.len() && pages < total / 2 {
+            pages += groups[half].pages as u64;
+            half += 1;
         }
-        Ok(copied)
+        let (g1, g2) = groups.split_at(half);
+        let (d1, d2) = dst.split_at_mut(half);
+        let (first, second) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| read_groups(pid, g2, d2));
+            let first = read_groups(pid, g1, d1);
+            (first, other.join())
+        });
+        let mut got = first?;
+        match second {
+            Ok(second) => got.extend(second?),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        Ok(self.record(got))
     }
 
-    /// Reads many small ranges with one syscall; if any of them fails, each is read on its own.
-    fn copy_batch(
-        &mut self,
-        pid: i32,
-        batch: &[(u64, u64)],
-        bounce: &mut Vec<u8>,
-    ) -> Result<u64, SyscallError> {
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let iov: Vec<(u64, usize)> = batch.iter().map(|&(s, e)| (s, (e - s) as usize)).collect();
-        let total: usize = iov.iter().map(|r| r.1).sum();
-        bounce.resize(total, 0);
-        let got = match mem::read_remote(pid, &iov, bounce) {
-            Ok(n) => n,
-            Err(e) if e.errno() == Some(libc::EFAULT) => 0,
-            Err(e) => return Err(e),
-        };
-        if got < total {
-            let mut copied = 0;
-            let mut one = Vec::new();
-            for &(s, e) in batch {
-                copied += self.copy_chunk(pid, s, e, &mut one)?;
-            }
-            return Ok(copied);
-        }
-        let mut off = 0usize;
-        for &(s, e) in batch {
-            let mut addr = s;
-            while addr < e {
+    /// Gives every page of `ranges` its slot and groups them into runs of consecutive
+    /// addresses held in consecutive slots of one segment, in address order.
+    fn plan(&mut self, ranges: &[(u64, u64)]) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        for (start, end) in super::ranges::normalize(ranges.to_vec()) {
+            let mut addr = start;
+            while addr < end {
                 let slot = self.slot_for(addr);
-                self.page_mut(slot)
-                    .copy_from_slice(&bounce[off..off + PAGE]);
-                off += PAGE;
+                match groups.last_mut() {
+                    Some(g)
+                        if g.addr + g.pages as u64 * PAGE_SIZE == addr
+                            && g.slot + g.pages == slot
+                            && !slot.is_multiple_of(SEGMENT_PAGES)
+                            && g.pages < GROUP_PAGES =>
+                    {
+                        g.pages += 1
+                    }
+                    _ => groups.push(Group {
+                        addr,
+                        slot,
+                        pages: 1,
+                    }),
+                }
                 addr += PAGE_SIZE;
             }
-            self.covered.push((s, e));
         }
-        Ok((total / PAGE) as u64)
+        groups
     }
 
-    /// One chunk: straight into the arena when its slots are consecutive in one segment
-    /// (pages seen for the first time, the common case), else through a bounce buffer.
-    fn copy_chunk(
-        &mut self,
-        pid: i32,
-        start: u64,
-        end: u64,
-        bounce: &mut Vec<u8>,
-    ) -> Result<u64, SyscallError> {
-        let n = ((end - start) / PAGE_SIZE) as usize;
-        let slots: Vec<usize> = (0..n)
-            .map(|i| self.slot_for(start + (i * PAGE) as u64))
-            .collect();
-        let consecutive = slots.windows(2).all(|w| w[1] == w[0] + 1);
-        let direct = if consecutive {
-            self.slots_mut(slots[0], n)
-        } else {
-            None
-        };
-        let got = match direct {
-            Some(dst) => read_tolerant(pid, start, dst)?,
-            None => {
-                bounce.resize(n * PAGE, 0);
-                let got = read_tolerant(pid, start, bounce)?;
-                for (i, &slot) in slots.iter().enumerate().take(got / PAGE) {
-                    self.page_mut(slot)
-                        .copy_from_slice(&bounce[i * PAGE..(i + 1) * PAGE]);
-                }
-                got
-            }
-        };
-        let whole = got / PAGE;
-        if whole > 0 {
-            self.covered.push((start, start + (whole * PAGE) as u64));
-        }
-        // The rest of the chunk is unreadable by process_vm_readv (no PROT_READ, or unmapped
-        // meanwhile): page by page, through /proc/PID/mem, which reads what the process could
-        // make readable, skipping what is gone.
-        let mut page = vec![0u8; PAGE];
-        let mut copied = whole as u64;
-        let memf = if whole < n {
-            File::open(format!("/proc/{pid}/mem")).ok()
-        } else {
-            None
-        };
-        for (i, &slot) in slots.iter().enumerate().skip(whole) {
-            let addr = start + (i * PAGE) as u64;
-            let read = matches!(mem::read_remote(pid, &[(addr, PAGE)], &mut page), Ok(PAGE))
-                || memf
-                    .as_ref()
-                    .is_some_and(|f| f.read_exact_at(&mut page, addr).is_ok());
-            if read {
-                self.page_mut(slot).copy_from_slice(&page);
-                self.covered.push((addr, addr + PAGE_SIZE));
-                copied += 1;
-            }
-        }
-        Ok(copied)
+    /// Notes ranges read as covered; returns their pages.
+    fn record(&mut self, got: Vec<(u64, u64)>) -> u64 {
+        let pages = got.iter().map(|(s, e)| (e - s) / PAGE_SIZE).sum();
+        self.covered.extend(got);
+        pages
     }
 
     /// Every address range the store holds pages for, sorted and merged.
@@ -309,6 +194,94 @@ impl Shadow {
     }
 }
 
+/// Pages read in one `process_vm_readv` iovec at most (the careful path redoes a whole group
+/// page by page when part of it cannot be read).
+const GROUP_PAGES: usize = 512;
+
+/// Pages at consecutive addresses from `addr`, held in consecutive slots from `slot`.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    addr: u64,
+    slot: usize,
+    pages: usize,
+}
+
+/// The arena bytes of each group, in the order of `groups` (whose slots never overlap).
+fn slices<'a>(arena: &'a mut [Vec<u8>], groups: &[Group]) -> Vec<&'a mut [u8]> {
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_unstable_by_key(|&i| groups[i].slot);
+    let mut out: Vec<Option<&'a mut [u8]>> = (0..groups.len()).map(|_| None).collect();
+    let mut segments = arena.iter_mut().enumerate();
+    // The current segment, its bytes not handed out yet, and the slot they start at.
+    let mut current: Option<(usize, &'a mut [u8], usize)> = None;
+    for i in order {
+        let g = groups[i];
+        let (seg, at) = (g.slot / SEGMENT_PAGES, g.slot % SEGMENT_PAGES);
+        let (mut idx, mut rest, mut from) = match current.take() {
+            Some(c) => c,
+            None => match segments.next() {
+                Some((idx, v)) => (idx, v.as_mut_slice(), 0),
+                None => break,
+            },
+        };
+        while idx < seg {
+            match segments.next() {
+                Some((next, v)) => (idx, rest, from) = (next, v.as_mut_slice(), 0),
+                None => break,
+            }
+        }
+        if idx != seg || at < from {
+            // Not reachable: slot_for made the segment, and plan gives each page one group.
+            break;
+        }
+        let (_, tail) = rest.split_at_mut((at - from) * PAGE);
+        let (mine, tail) = tail.split_at_mut(g.pages * PAGE);
+        out[i] = Some(mine);
+        current = Some((seg, tail, at + g.pages));
+    }
+    out.into_iter().flatten().collect()
+}
+
+/// Reads `groups` of `pid` into `dst` (one slice per group); a group that cannot be read at
+/// once is read page by page, through `/proc/PID/mem` for what `process_vm_readv` refuses
+/// (no PROT_READ), skipping what is gone. Returns the ranges read.
+fn read_groups(
+    pid: i32,
+    groups: &[Group],
+    dst: &mut [&mut [u8]],
+) -> Result<Vec<(u64, u64)>, SyscallError> {
+    let addrs: Vec<u64> = groups.iter().map(|g| g.addr).collect();
+    let mut got = Vec::with_capacity(groups.len());
+    let mut memf = None;
+    let mut i = 0;
+    while i < groups.len() {
+        let mut bytes = mem::read_remote_scatter(pid, &addrs[i..], &mut dst[i..])?;
+        while i < groups.len() && bytes >= groups[i].pages * PAGE {
+            bytes -= groups[i].pages * PAGE;
+            let g = groups[i];
+            got.push((g.addr, g.addr + g.pages as u64 * PAGE_SIZE));
+            i += 1;
+        }
+        if i == groups.len() {
+            break;
+        }
+        let g = groups[i];
+        for (n, page) in dst[i].chunks_exact_mut(PAGE).enumerate() {
+            let addr = g.addr + n as u64 * PAGE_SIZE;
+            let read = matches!(mem::read_remote(pid, &[(addr, PAGE)], page), Ok(PAGE)) || {
+                let f = memf.get_or_insert_with(|| File::open(format!("/proc/{pid}/mem")).ok());
+                f.as_ref()
+                    .is_some_and(|f| f.read_exact_at(page, addr).is_ok())
+            };
+            if read {
+                got.push((addr, addr + PAGE_SIZE));
+            }
+        }
+        i += 1;
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +308,45 @@ mod tests {
                 .unwrap()[0],
             5
         );
+    }
+
+    /// Reads from this very process: pages land in their slots whatever the order in which
+    /// slots were handed out, in one thread or two.
+    #[test]
+    fn reads_scattered_pages_into_their_slots() {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let n = 600usize;
+        let mut src = vec![0u8; (n + 1) * PAGE];
+        let base = (src.as_ptr() as u64).next_multiple_of(PAGE_SIZE);
+        let off = (base - src.as_ptr() as u64) as usize;
+        for p in 0..n {
+            src[off + p * PAGE..off + (p + 1) * PAGE].fill((p % 251) as u8 + 1);
+        }
+        let page = |p: usize| base + (p * PAGE) as u64;
+        let mut s = Shadow::new();
+        // Later pages first: their slots come before those of earlier pages.
+        assert_eq!(s.copy_from(pid, &[(page(10), page(12))]).unwrap(), 2);
+        assert_eq!(
+            s.copy_from(pid, &[(page(3), page(5)), (page(4), page(11))])
+                .unwrap(),
+            8
+        );
+        assert_eq!(
+            s.copy_from_parallel(pid, &[(page(0), page(n))]).unwrap(),
+            n as u64
+        );
+        for p in 0..n {
+            assert_eq!(
+                s.get(page(p)).unwrap()[PAGE - 1],
+                (p % 251) as u8 + 1,
+                "page {p}"
+            );
+        }
+        assert_eq!(s.len(), n);
+        assert_eq!(s.covered(), &[(page(0), page(n))]);
+        // An unmapped address is skipped, the rest is read.
+        let holes = [(0x1000, 0x3000), (page(1), page(2))];
+        assert_eq!(s.copy_from(pid, &holes).unwrap(), 1);
+        drop(src);
     }
 }

@@ -108,7 +108,7 @@ fn save(
     tracing::debug!(pid, "layout, files and registers saved");
     let (pagemap, pages) = match precopied {
         Some(pc) => {
-            let (pagemap, _, pass) = precopy::finish(pc, &mm.vmas, layout_unchanged)?;
+            let (pagemap, _, pass) = precopy::finish(pc, &mm.vmas, layout_unchanged, None)?;
             fin.scan_us += pass.final_scan_us;
             fin.residual_pages += pass.residual_pages;
             fin.bulk |= pass.bulk;

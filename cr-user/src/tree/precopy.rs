@@ -4,8 +4,8 @@
 //! after the last round, or one whose tracking broke (it called `execve`), is copied whole in
 //! the freeze. A process that exited is forgotten.
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use crate::bpf::TaskTracker;
@@ -13,9 +13,7 @@ use crate::proc::maps::MapEntry;
 use crate::proc::{self, ProcError};
 use crate::stats::micros;
 use crate::track::TrackError;
-use crate::track::precopy::{
-    self, CLOSING_DONE, CLOSING_ROUNDS, PreCopy, RoundStat, Rounds, auto_converged,
-};
+use crate::track::precopy::{self, PreCopy, RoundStat, Rounds, auto_converged};
 
 /// What the rounds over a tree produced.
 pub struct TreePreCopy {
@@ -98,34 +96,9 @@ pub fn run(
         }
     }
     if let Some(bpf) = hints {
-        let mut last = u64::MAX;
-        for _ in 0..CLOSING_ROUNDS {
-            let t = Instant::now();
-            let Ok(all) = bpf.drain_dirty() else {
-                break;
-            };
-            let mut hinted: HashMap<i32, Vec<u64>> = HashMap::new();
-            for h in all {
-                hinted.entry(h.tgid as i32).or_default().push(h.page);
-            }
-            let mut sum = RoundStat {
-                hinted_only: true,
-                ..RoundStat::default()
-            };
-            for (pid, pc) in sessions.iter_mut() {
-                let mine = hinted.get(pid).map_or(&[][..], Vec::as_slice);
-                let before = pc.rounds.len();
-                pc.closing_round(mine)?;
-                add(&mut sum, &pc.rounds[before..]);
-            }
-            sum.time_us = micros(t.elapsed());
-            let pages = sum.pages;
-            stats.push(sum);
-            if pages <= CLOSING_DONE || pages >= last {
-                break;
-            }
-            last = pages;
-        }
+        let mut all: Vec<(i32, &mut PreCopy)> =
+            sessions.iter_mut().map(|(pid, pc)| (*pid, pc)).collect();
+        stats.extend(precopy::closing_rounds(bpf, &mut all, None)?);
     }
     let dirty_rate = sessions.values().map(|pc| pc.dirty_rate).sum();
     layouts.retain(|pid, _| sessions.contains_key(pid));
