@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -214,6 +215,9 @@ fn read_pages(pid: i32, addr: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), 
     Ok(())
 }
 
+/// Buffers of [`MAX_DATA_LEN`] between the bulk stream's reader and sender.
+const BULK_BUFFERS: usize = 3;
+
 /// Streams the bulk plans of every process: `Absent` ranges first (they free the destination
 /// from waiting on memory that never existed), then the pages, then `BulkEnd`. Returns pages
 /// sent.
@@ -230,21 +234,51 @@ fn stream_bulk(plans: Vec<(i32, BulkPlan)>, mut bulk: TcpStream) -> Result<u64, 
             )?;
         }
     }
-    let mut buf = Vec::with_capacity(MAX_DATA_LEN);
+    // Reading and sending overlap: one thread reads the frozen process into a few pooled
+    // buffers, this one sends them (each is a full memory copy, and the two take turns on
+    // one CPU otherwise).
+    let (full_tx, full_rx) = mpsc::sync_channel::<(i32, u64, Vec<u8>)>(BULK_BUFFERS - 1);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..BULK_BUFFERS {
+        let _ = free_tx.send(Vec::with_capacity(MAX_DATA_LEN));
+    }
     let chunk = MAX_DATA_LEN as u64;
-    let mut pages = 0u64;
-    for (pid, plan) in plans {
-        for (start, end) in plan.present {
-            let mut a = start;
-            while a < end {
-                let len = (end - a).min(chunk);
-                read_pages(pid, a, len as usize, &mut buf)?;
-                proto::write_pages(&mut bulk, pid, a, &buf)?;
-                pages += len / 4096;
-                a += len;
+    let reader = thread::spawn(move || -> Result<(), MigrateError> {
+        for (pid, plan) in plans {
+            for (start, end) in plan.present {
+                let mut a = start;
+                while a < end {
+                    let len = (end - a).min(chunk);
+                    // The sender stopped (its error is the one reported).
+                    let Ok(mut buf) = free_rx.recv() else {
+                        return Ok(());
+                    };
+                    read_pages(pid, a, len as usize, &mut buf)?;
+                    if full_tx.send((pid, a, buf)).is_err() {
+                        return Ok(());
+                    }
+                    a += len;
+                }
             }
         }
-    }
+        Ok(())
+    });
+    let mut pages = 0u64;
+    let sent = (|| -> Result<(), MigrateError> {
+        for (pid, addr, buf) in &full_rx {
+            proto::write_pages(&mut bulk, pid, addr, &buf)?;
+            pages += buf.len() as u64 / 4096;
+            let _ = free_tx.send(buf);
+        }
+        Ok(())
+    })();
+    drop(full_rx);
+    drop(free_tx);
+    let read = reader
+        .join()
+        .map_err(|_| MigrateError::Peer("bulk reader panicked".into()))?;
+    sent?;
+    read?;
     proto::write_frame(&mut bulk, &Frame::BulkEnd { pages_sent: pages })?;
     Ok(pages)
 }
