@@ -6,7 +6,8 @@
 //!   `downtime_us`, from the freeze to the copy's first instruction on the destination (the
 //!   arrival of `Resumed` minus half the measured round trip).
 //! - `migrate_time_to_all_pages/lazy/<size>`: `time_to_all_pages_us`, from the copy's resume
-//!   until the destination has every page in place.
+//!   until the destination has every page in place; `.../lazy_copy/<size>` the same with
+//!   `--no-splice` (background pages copied out of the original, not spliced).
 //! - `migrate_fault_p50/lazy/<size>`: `dest.fault_p50_us`, the median latency of the demand
 //!   faults of one migration (fault to page placed). A migration has only a handful of them
 //!   (the copy touches its stack, libc and counter pages right after the resume; the pattern
@@ -195,6 +196,26 @@ fn lazy(c: &mut Criterion, link: &Link, size: u64) {
     }
 }
 
+/// Time to all pages of lazy migrations whose background pages are copied out of the
+/// original instead of spliced (`--no-splice`): the baseline of the splice, same run.
+fn lazy_copy(c: &mut Criterion, link: &Link, size: u64) {
+    let i = Cell::new(0);
+    bench(
+        c,
+        "migrate_time_to_all_pages",
+        Mode::LazyCopy,
+        size,
+        &format!("lazy_copy time to all pages {size} MiB"),
+        || {
+            let n = i.get();
+            i.set(n + 1);
+            let m = link.migrate_once(size, Mode::LazyCopy)?;
+            println!("lazy_copy {size} MiB #{n}: {}", m.summary());
+            m.time_to_all_pages()
+        },
+    );
+}
+
 /// Stop-and-copy downtime. A migration that fails cleanly before the resume (the original
 /// thawed and intact, checked) abandons the size without a figure: a mean over the migrations
 /// that happened to succeed would be biased, and a failed migration has no downtime. (At
@@ -242,6 +263,7 @@ fn migrate(c: &mut Criterion) {
     let link = Link::new(Path::new(&bin)).unwrap_or_else(|e| panic!("migration link: {e:#}"));
     for &size in MIGRATE_SIZES_MIB {
         lazy(c, &link, size);
+        lazy_copy(c, &link, size);
         stop_and_copy(c, &link, size, Mode::StopAndCopy);
         stop_and_copy(c, &link, size, Mode::PreCopy);
     }

@@ -44,8 +44,12 @@ const POLL: Duration = Duration::from_millis(5);
 /// How the memory travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `migrate --lazy`: resume on the destination at once, pages afterwards (post-copy).
+    /// `migrate --lazy`: resume on the destination at once, pages afterwards (post-copy),
+    /// spliced out of the original.
     Lazy,
+    /// `migrate --lazy --no-splice`: the same with the background pages copied out of the
+    /// original (`process_vm_readv`, then a socket write), for comparison in the same run.
+    LazyCopy,
     /// `migrate` without `--lazy`: the whole image (memory included) before the resume.
     StopAndCopy,
     /// `migrate --pre-copy auto`: the rounds' pages stream while the process runs, only the
@@ -58,6 +62,7 @@ impl Mode {
     pub fn label(self) -> &'static str {
         match self {
             Mode::Lazy => "lazy",
+            Mode::LazyCopy => "lazy_copy",
             Mode::StopAndCopy => "stop_and_copy",
             Mode::PreCopy => "precopy",
         }
@@ -244,7 +249,8 @@ impl Migrated {
         );
         if self.stats.get("lazy") == Some(&Value::Bool(true)) {
             line.push_str(&format!(
-                "; all pages {} us, {} demand faults (p50 {} us, p99 {} us), bulk {} MiB/s",
+                "; all pages {} us, {} demand faults (p50 {} us, p99 {} us), bulk {} MiB/s, \
+                 spliced {}",
                 get("/time_to_all_pages_us"),
                 get("/dest/demand_faults"),
                 get("/dest/fault_p50_us"),
@@ -253,6 +259,7 @@ impl Migrated {
                     .get("background_mib_s")
                     .and_then(Value::as_f64)
                     .map_or_else(|| "?".to_owned(), |v| format!("{v:.0}")),
+                get("/spliced_processes"),
             ));
         }
         line
@@ -326,6 +333,9 @@ impl Link {
         match mode {
             Mode::Lazy => {
                 cmd.arg("--lazy");
+            }
+            Mode::LazyCopy => {
+                cmd.args(["--lazy", "--no-splice"]);
             }
             Mode::PreCopy => {
                 cmd.args(["--pre-copy", "auto"]);

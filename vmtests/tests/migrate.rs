@@ -310,6 +310,16 @@ fn migrate_lazy_wl_heap_256() {
     assert!(num(&mstats, "bulk_pages") > 0, "{mstats}");
     // It writes its counter (and stack) all the time: some pages are hot.
     assert!(num(&mstats, "hot_pages") > 0, "{mstats}");
+    // The background pages left the original through a helper thread's pipe.
+    assert_eq!(num(&mstats, "spliced_processes"), 1, "{mstats}");
+}
+
+#[test]
+fn migrate_lazy_no_splice_wl_heap_256() {
+    let (mstats, _) = migrate_and_verify("wl_heap", &["256"], &["--lazy", "--no-splice"]);
+    assert!(num(&mstats, "dest.pages_placed") > 60_000, "{mstats}");
+    assert!(num(&mstats, "bulk_pages") > 0, "{mstats}");
+    assert_eq!(num(&mstats, "spliced_processes"), 0, "{mstats}");
 }
 
 #[test]

@@ -144,6 +144,10 @@ enum Command {
         /// Do not use BPF.
         #[arg(long)]
         no_bpf: bool,
+        /// With --lazy: copy the background pages out of the original instead of splicing
+        /// them from it (zero-copy, through a helper thread made in the frozen original).
+        #[arg(long)]
+        no_splice: bool,
         /// Print a stats table.
         #[arg(long)]
         stats: bool,
@@ -334,6 +338,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pre_copy,
             token_file,
             no_bpf,
+            no_splice,
             stats,
             json,
         } => {
@@ -344,6 +349,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pre_copy,
                 token_file,
                 no_bpf,
+                no_splice,
             };
             let s = migrate(&opts)
                 .with_context(|| format!("migration of process {pid} to {to} failed"))?;

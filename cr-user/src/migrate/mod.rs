@@ -15,6 +15,7 @@ pub mod dest;
 pub mod feed;
 pub mod proto;
 pub mod source;
+mod splice;
 pub mod stream;
 
 use std::net::TcpStream;

@@ -2,9 +2,12 @@
 //! the destination resume (`Go`), then (lazy) serve page requests on the control connection
 //! and stream every remaining page on the bulk connection, hottest first.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use serde::Serialize;
 
 use super::auth::{self, Role, SessionId, Token};
 use super::proto::{self, DoneStats, Frame, MAX_DATA_LEN, ProtoError};
+use super::splice::{self, Cmd, Helper};
 use super::stream::BulkSink;
 use super::{LINK_TIMEOUT, MigrateError, PING_PERIOD, TempImages, io_err, tune};
 use crate::dump::{DumpOptions, dump_held_streaming};
@@ -38,6 +42,9 @@ pub struct MigrateOptions {
     pub token_file: PathBuf,
     /// Do not use BPF.
     pub no_bpf: bool,
+    /// Copy the lazy background stream (`process_vm_readv`, then a socket write) instead of
+    /// splicing it from the original through a helper thread.
+    pub no_splice: bool,
 }
 
 /// What the migration measured.
@@ -69,6 +76,9 @@ pub struct MigrateStats {
     pub dest: DoneStats,
     /// Background throughput, MiB/s.
     pub background_mib_s: f64,
+    /// Processes whose background pages were spliced out of the original by a helper thread
+    /// (the others', if any, were copied).
+    pub spliced_processes: u32,
     /// Measured round-trip time of the control connection.
     pub rtt_us: u64,
 }
@@ -93,6 +103,7 @@ impl MigrateStats {
             ("fault_p50", format!("{} us", self.dest.fault_p50_us)),
             ("fault_p99", format!("{} us", self.dest.fault_p99_us)),
             ("background", format!("{:.0} MiB/s", self.background_mib_s)),
+            ("  spliced (processes)", self.spliced_processes.to_string()),
             ("rtt", format!("{} us", self.rtt_us)),
         ];
         let mut out = String::from("migration stats\n");
@@ -202,7 +213,12 @@ fn bulk_plan(
 }
 
 /// Reads `len` bytes of the frozen process at `addr` into `buf`.
-fn read_pages(pid: i32, addr: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), MigrateError> {
+pub(super) fn read_pages(
+    pid: i32,
+    addr: u64,
+    len: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), MigrateError> {
     buf.resize(len, 0);
     let n = mem::read_remote(pid, &[(addr, len)], buf).map_err(|e| {
         io_err(format!("read of {len} bytes at {addr:#x} in process {pid}"))(e.io_error)
@@ -392,6 +408,8 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         ..MigrateStats::default()
     };
     let mut bulk = None;
+    let mut helpers: Vec<Helper> = Vec::new();
+    let mut pipes = HashMap::new();
     // Until `Go` is sent, any failure thaws the original.
     let handover = (|| -> Result<(), MigrateError> {
         let (b, streamed) = sink.end()?;
@@ -399,6 +417,21 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         stats.precopy_pages_streamed = streamed;
         stats.bytes_sent = streamed * proto::PAGE_SIZE as u64;
         stats.bytes_sent += send_images(&mut ctl, images.path(), opts.lazy)?;
+        // While the destination restores: the helpers that stream the pages without copies.
+        if opts.lazy && !opts.no_splice {
+            for p in frozen.procs() {
+                match Helper::start(p.main()) {
+                    Ok((h, pipe)) => {
+                        pipes.insert(p.main().pid(), pipe);
+                        helpers.push(h);
+                    }
+                    Err(e) => tracing::info!(
+                        error = %crate::error_chain(&e),
+                        "pages are copied, not spliced"
+                    ),
+                }
+            }
+        }
         // The destination restores (a stop-and-copy image holds all the memory) before Ready.
         ctl.set_read_timeout(Some(super::IMAGE_WAIT))
             .map_err(io_err("setsockopt(SO_RCVTIMEO)"))?;
@@ -407,6 +440,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         Ok(())
     })();
     if let Err(e) = handover {
+        helpers.into_iter().for_each(Helper::end);
         frozen.thaw()?;
         return Err(MigrateError::Thawed {
             pid,
@@ -427,12 +461,18 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
     let pids = frozen.pids();
     drop(images);
     // Should this fastcr die from here on, the original must not run on beside the copy: a
-    // queued SIGSTOP keeps it stopped once ptrace lets go of it.
-    for p in frozen.pids() {
-        crate::sys::process::kill(p, libc::SIGSTOP)
-            .map_err(|e| io_err(format!("SIGSTOP of process {p}"))(e.io_error))?;
+    // queued SIGSTOP keeps it stopped once ptrace lets go of it. Each of its threads gets one
+    // of its own, so that injections into a page stream helper never take it.
+    for p in frozen.procs() {
+        let pid = p.main().pid();
+        for tid in p.tids() {
+            crate::sys::process::tgkill(pid, tid, libc::SIGSTOP).map_err(|e| {
+                io_err(format!("SIGSTOP of thread {tid} of process {pid}"))(e.io_error)
+            })?;
+        }
     }
     if let Err(e) = proto::write_frame(&mut ctl, &Frame::Go) {
+        helpers.into_iter().for_each(Helper::end);
         thaw_stopped(frozen, pid)?;
         return Err(MigrateError::Thawed {
             pid,
@@ -440,7 +480,9 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         });
     }
     // Committed: the destination runs the process from here on.
-    let mut outcome = after_go(&mut ctl, bulk, procs, hot, &mut stats, t_frozen);
+    stats.spliced_processes = helpers.len() as u32;
+    let streams = Streams { helpers, pipes };
+    let mut outcome = after_go(&mut ctl, bulk, procs, hot, streams, &mut stats, t_frozen);
     let mut lost_at = Instant::now();
     // A lost link may come back: reconnect (same session) while the destination still waits
     // for us, and answer its requests for whatever it still misses.
@@ -486,11 +528,18 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
     }
 }
 
+/// The page stream helpers of a lazy migration and their pipes' read ends, by pid.
+struct Streams {
+    helpers: Vec<Helper>,
+    pipes: HashMap<i32, OwnedFd>,
+}
+
 fn after_go(
     ctl: &mut TcpStream,
     bulk: Option<TcpStream>,
     procs: Vec<(i32, PagemapImage, MmImage)>,
     hot: Vec<(u64, u64)>,
+    streams: Streams,
     stats: &mut MigrateStats,
     t_frozen: Instant,
 ) -> Result<(), MigrateError> {
@@ -503,30 +552,34 @@ fn after_go(
         }
         _ => unreachable_frame()?,
     }
-    // The scan runs on the streaming thread: demand requests are answered from the start.
-    let streamer = bulk.map(|b| {
-        thread::spawn(move || {
+    let Streams { helpers, pipes } = streams;
+    // Demand requests are answered on a thread of their own from the start; this thread
+    // (the original's tracer, so the one that can drive the helpers) streams.
+    let mut served = MigrateStats::default();
+    let (done, streamed) = thread::scope(|scope| {
+        let server = scope.spawn(|| serve_requests(ctl, &pids, &mut served));
+        let streamed = bulk.map(|b| {
             let t = Instant::now();
-            let mut plans = Vec::with_capacity(procs.len());
-            for (i, (pid, pagemap, mm)) in procs.iter().enumerate() {
-                // The hot set is the root's (the first process).
-                let hot = if i == 0 { hot.as_slice() } else { &[] };
-                plans.push((*pid, bulk_plan(*pid, pagemap, mm, hot)?));
-            }
-            stream_bulk(plans, b).map(|pages| (pages, t.elapsed()))
-        })
+            let sent = stream(b, &procs, &hot, &helpers, pipes);
+            helpers.into_iter().for_each(Helper::end);
+            sent.map(|pages| (pages, t.elapsed()))
+        });
+        let done = server
+            .join()
+            .unwrap_or_else(|_| Err(MigrateError::Peer("page server panicked".into())));
+        (done, streamed)
     });
-    let done = serve_requests(ctl, &pids, stats)?;
+    stats.requests_served += served.requests_served;
+    stats.bytes_sent += served.bytes_sent;
+    let done = done?;
     stats.dest = done;
     stats.time_to_all_pages_us = if stats.lazy {
         done.time_to_all_pages_us
     } else {
         0
     };
-    if let Some(h) = streamer {
-        let (pages, took) = h
-            .join()
-            .map_err(|_| MigrateError::Peer("bulk sender panicked".into()))??;
+    if let Some(streamed) = streamed {
+        let (pages, took) = streamed?;
         stats.bulk_pages = pages;
         stats.bytes_sent += pages * 4096;
         let secs = took.as_secs_f64();
@@ -535,6 +588,77 @@ fn after_go(
         }
     }
     Ok(())
+}
+
+/// The background stream: the plans (which pages exist, hottest first), then the pages of each
+/// process, spliced from its helper's pipe when it has one, else copied (see [`stream_bulk`]).
+fn stream(
+    bulk: TcpStream,
+    procs: &[(i32, PagemapImage, MmImage)],
+    hot: &[(u64, u64)],
+    helpers: &[Helper],
+    pipes: HashMap<i32, OwnedFd>,
+) -> Result<u64, MigrateError> {
+    let mut plans = Vec::with_capacity(procs.len());
+    for (i, (pid, pagemap, mm)) in procs.iter().enumerate() {
+        // The hot set is the root's (the first process).
+        let hot = if i == 0 { hot } else { &[] };
+        plans.push((*pid, bulk_plan(*pid, pagemap, mm, hot)?));
+    }
+    if helpers.is_empty() {
+        return stream_bulk(plans, bulk);
+    }
+    let abort = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|scope| {
+        let splicer = scope.spawn(|| splice::splicer(rx, bulk, pipes, &abort));
+        let pushed = (|| {
+            for (pid, plan) in &plans {
+                for &(s, e) in &plan.absent {
+                    let npages = (e - s) / 4096;
+                    let _ = tx.send(Cmd::Absent {
+                        pid: *pid,
+                        addr: s,
+                        npages,
+                    });
+                }
+            }
+            for (pid, plan) in &plans {
+                let helper = helpers.iter().find(|h| h.pid() == *pid);
+                for &(start, end) in &plan.present {
+                    let mut a = start;
+                    while a < end {
+                        let len = (end - a).min(MAX_DATA_LEN as u64);
+                        let (pid, addr) = (*pid, a);
+                        match helper {
+                            Some(h) => {
+                                if tx.send(Cmd::Spliced { pid, addr, len }).is_err() {
+                                    return Ok(());
+                                }
+                                h.push(a, len)?;
+                            }
+                            None => {
+                                if tx.send(Cmd::Copied { pid, addr, len }).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        a += len;
+                    }
+                }
+            }
+            Ok::<(), MigrateError>(())
+        })();
+        if pushed.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        drop(tx);
+        let spliced = splicer
+            .join()
+            .unwrap_or_else(|_| Err(MigrateError::Peer("bulk splicer panicked".into())));
+        pushed?;
+        spliced
+    })
 }
 
 /// Answers page requests on `ctl` until the destination says `Done`.

@@ -23,3 +23,28 @@ pub fn set_pipe_size(fd: impl AsFd, size: u32) -> Result<(), SyscallError> {
     };
     check(ret.into(), "fcntl(F_SETPIPE_SZ)").map(drop)
 }
+
+/// `splice(2)` of up to `len` bytes from the pipe `from` to `to` (a socket), without blocking
+/// on the pipe (`SPLICE_F_NONBLOCK`; the socket may still block). `more` says more data
+/// follows (`SPLICE_F_MORE`). Returns the bytes moved; `EAGAIN` when the pipe is empty.
+pub fn splice_from_pipe(
+    from: impl AsFd,
+    to: impl AsFd,
+    len: usize,
+    more: bool,
+) -> Result<usize, SyscallError> {
+    let flags =
+        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
+    // SAFETY: two borrowed descriptors, null offsets (both are streams), integer arguments.
+    let ret = unsafe {
+        libc::splice(
+            from.as_fd().as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_fd().as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    check(ret as libc::c_long, "splice").map(|n| n as usize)
+}

@@ -213,6 +213,13 @@ pub fn kill(pid: i32, sig: i32) -> Result<(), SyscallError> {
     check(ret.into(), "kill").map(drop)
 }
 
+/// Sends `sig` to thread `tid` of process `pid` only (`tgkill`).
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> Result<(), SyscallError> {
+    // SAFETY: plain integers.
+    let ret = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+    check(ret, "tgkill").map(drop)
+}
+
 /// Waits for `pid` to end and returns its wait status decoded as (exited code | killed signal).
 pub fn wait_exit(pid: i32) -> Result<ExitStatus, SyscallError> {
     loop {

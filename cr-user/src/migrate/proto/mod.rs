@@ -463,7 +463,7 @@ mod write;
 
 pub use read::read_frame;
 pub(super) use read::read_full;
-pub use write::{write_file_chunks, write_frame, write_pages};
+pub use write::{write_file_chunks, write_frame, write_pages, write_pages_head};
 
 #[cfg(test)]
 mod tests;

@@ -490,3 +490,21 @@ fn idle_timeout_keeps_the_stream_usable() {
     write_frame(&mut a, &Frame::Ping).unwrap();
     assert_eq!(read_frame(&mut b, &mut buf).unwrap(), Frame::Ping);
 }
+
+#[test]
+fn a_pages_head_and_its_data_read_as_one_frame() {
+    let data = vec![7u8; 2 * PAGE_SIZE];
+    let mut out = Vec::new();
+    write_pages_head(&mut out, 42, 0x7000, data.len()).unwrap();
+    out.extend_from_slice(&data);
+    assert_eq!(
+        out,
+        encode(&Frame::Pages {
+            pid: 42,
+            addr: 0x7000,
+            data: &data
+        })
+    );
+    assert!(write_pages_head(&mut Vec::new(), 1, 0x7001, PAGE_SIZE).is_err());
+    assert!(write_pages_head(&mut Vec::new(), 1, 0x7000, MAX_DATA_LEN + PAGE_SIZE).is_err());
+}

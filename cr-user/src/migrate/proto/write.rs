@@ -143,6 +143,27 @@ pub fn write_pages<W: Write>(
     write_frame(w, &Frame::Pages { pid, addr, data })
 }
 
+/// Writes only the head of a `Pages` frame carrying `len` bytes: the caller sends exactly those
+/// bytes next (spliced from a pipe, say). Same rules as [`write_pages`].
+pub fn write_pages_head<W: Write>(
+    w: &mut W,
+    pid: i32,
+    addr: u64,
+    len: usize,
+) -> Result<(), ProtoError> {
+    check_pages(addr, len)?;
+    let mut head = Head::new(ty::PAGES);
+    head.put(&pid.to_le_bytes());
+    head.put(&addr.to_le_bytes());
+    let total = (head.len - 4 + len) as u32;
+    head.buf[..4].copy_from_slice(&total.to_le_bytes());
+    w.write_all(&head.buf[..head.len])
+        .map_err(|source| ProtoError::Io {
+            op: "writing a frame",
+            source,
+        })
+}
+
 /// Sends everything `src` yields as `FileChunk` frames named `name` of at most
 /// [`MAX_DATA_LEN`] bytes (one empty chunk for an empty source), reading through `buf`, which
 /// is reused and grows to [`MAX_DATA_LEN`]. Returns the bytes sent.

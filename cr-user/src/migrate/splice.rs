@@ -1,0 +1,348 @@
+//! Lazy migration's background stream without copying on the source: a helper thread made in
+//! the frozen original `vmsplice`s the original's own pages into a pipe, and the pipe is
+//! spliced into the bulk connection. The pages go from the original's memory to the socket by
+//! reference; the source's two copies (`process_vm_readv`, then the socket write) are gone,
+//! which leaves the CPUs to the destination's.
+//!
+//! Why a helper thread: `vmsplice` works on the caller's own memory, so it must run in the
+//! original, and the original's main thread has the `SIGSTOP` that keeps it stopped should
+//! fastcr die after `Go` queued for it alone (`tgkill`): an injection into it would deliver that
+//! signal. The helper is made before `Go`, with every signal blocked, and injections into it
+//! run at a `syscall` in a page of its own, followed by `exit`: were fastcr to die and the
+//! helper run by itself, it ends itself at once (and the original stops on its `SIGSTOP`).
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+
+use super::proto;
+use super::{MigrateError, io_err};
+use crate::freeze::Frozen;
+use crate::inject::{Injector, to_bytes, words};
+use crate::sys::ptrace::{self, Stop};
+use crate::sys::remote::{InjectError, Remote, RemoteCallError};
+use crate::sys::{fs, process};
+
+/// `syscall; mov eax, 60 (exit); xor edi, edi; syscall; jmp .`: injections run the first
+/// `syscall`; a helper left to run by itself ends with the second.
+const STUB: [u8; 13] = [
+    0x0f, 0x05, 0xb8, 0x3c, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05, 0xeb, 0xfe,
+];
+/// The helper's two pages: its code (read and execute only once written), then its data.
+const SCRATCH_LEN: u64 = 8192;
+const DATA: u64 = 4096;
+const OFF_ARGS: u64 = DATA + 64;
+const OFF_FDS: u64 = DATA + 192;
+const OFF_IOV: u64 = DATA + 256;
+/// Pipe capacity asked for: `/proc/sys/fs/pipe-max-size` by default, the most one can set
+/// without `CAP_SYS_RESOURCE`.
+const PIPE_BYTES: u64 = 1 << 20;
+/// `clone3` flags of the helper: a thread of the original.
+const THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+/// How long the splicer waits on an empty pipe before it looks at the abort flag again.
+const POLL_MS: i32 = 100;
+
+/// A helper thread in a frozen original and the write end of its pipe (in the original).
+pub(super) struct Helper {
+    pid: i32,
+    tid: i32,
+    inj: Injector,
+    scratch: u64,
+    write_end: i32,
+}
+
+fn helper_err(pid: i32, what: &str) -> impl FnOnce(String) -> MigrateError + '_ {
+    move |why| MigrateError::Io {
+        what: format!("page stream helper in process {pid}: {what}"),
+        source: std::io::Error::other(why),
+    }
+}
+
+impl Helper {
+    /// Makes the helper in `main`'s process (frozen, registers put back) and its pipe; returns
+    /// it with the pipe's read end, here. `main` is left as it was.
+    pub(super) fn start(main: &Frozen) -> Result<(Self, OwnedFd), MigrateError> {
+        let pid = main.pid();
+        let err = |what| helper_err(pid, what);
+        let maps = crate::proc::maps::maps(pid).map_err(|e| err("maps")(e.to_string()))?;
+        let vdso_ip =
+            crate::inject::vdso_syscall_ip(pid, &maps).map_err(|e| err("vdso")(e.to_string()))?;
+        let mut inj = Injector::new(Remote::new(pid, *main.regs(), vdso_ip));
+        let scratch = inj
+            .call(
+                || "mmap of the helper's page".into(),
+                "mmap",
+                libc::SYS_mmap,
+                [
+                    0,
+                    SCRATCH_LEN,
+                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )
+            .map_err(|e| err("mmap")(e.to_string()))?;
+        inj.set_scratch(scratch, SCRATCH_LEN);
+        let made = Self::clone_helper(main, &mut inj, scratch);
+        // The main thread goes back to its own registers, mask and options whatever happened.
+        let _ = ptrace::set_options(pid, ptrace::OPT_TRACESYSGOOD);
+        let _ = main.put_back();
+        let tid = match made {
+            Ok(tid) => tid,
+            Err(why) => {
+                inj.set_syscall_ip(vdso_ip);
+                let _ = inj.raw(
+                    "munmap",
+                    libc::SYS_munmap,
+                    [scratch, SCRATCH_LEN, 0, 0, 0, 0],
+                );
+                let _ = main.put_back();
+                return Err(err("clone")(why));
+            }
+        };
+        let regs = ptrace::get_regs(tid).map_err(|e| err("registers")(e.to_string()))?;
+        let mut hinj = Injector::new(Remote::new(tid, regs, scratch));
+        hinj.set_scratch(scratch, SCRATCH_LEN);
+        let mut helper = Self {
+            pid,
+            tid,
+            inj: hinj,
+            scratch,
+            write_end: -1,
+        };
+        match helper.open_pipe() {
+            Ok(read_end) => Ok((helper, read_end)),
+            Err(e) => {
+                helper.end();
+                Err(e)
+            }
+        }
+    }
+
+    /// The `clone3`, from the stub's `syscall` with every signal blocked (the helper inherits
+    /// the mask); returns the helper's tid, stopped.
+    fn clone_helper(main: &Frozen, inj: &mut Injector, scratch: u64) -> Result<i32, String> {
+        let pid = main.pid();
+        inj.put(0, &STUB).map_err(|e| e.to_string())?;
+        inj.call(
+            || "mprotect of the helper's code".into(),
+            "mprotect",
+            libc::SYS_mprotect,
+            [
+                scratch,
+                DATA,
+                (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+        main.block_signals().map_err(|e| e.to_string())?;
+        ptrace::set_options(pid, ptrace::OPT_TRACESYSGOOD | ptrace::OPT_TRACECLONE)
+            .map_err(|e| e.to_string())?;
+        inj.set_syscall_ip(scratch);
+        // struct clone_args: flags, then zeros (no stack: the helper never runs our way).
+        let args = [THREAD_FLAGS, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let at = inj
+            .put(OFF_ARGS, &to_bytes(&args))
+            .map_err(|e| e.to_string())?;
+        let tid = inj
+            .clone_thread(
+                || "clone3 of the page stream helper".into(),
+                [at, 88, 0, 0, 0, 0],
+            )
+            .map_err(|e| e.to_string())?;
+        match ptrace::wait_stop(tid) {
+            Ok(Stop::Signal(libc::SIGSTOP) | Stop::Event { .. }) => {}
+            other => return Err(format!("the new thread {tid} did not stop: {other:?}")),
+        }
+        ptrace::set_options(tid, ptrace::OPT_TRACESYSGOOD).map_err(|e| e.to_string())?;
+        Ok(tid)
+    }
+
+    /// `pipe2` in the helper, the capacity raised, the read end taken here and closed there.
+    fn open_pipe(&mut self) -> Result<OwnedFd, MigrateError> {
+        let err = |what| helper_err(self.pid, what);
+        let fds = self.inj.scratch_addr(OFF_FDS);
+        self.inj
+            .call(
+                || "pipe2".into(),
+                "pipe2",
+                libc::SYS_pipe2,
+                [fds, libc::O_CLOEXEC as u64, 0, 0, 0, 0],
+            )
+            .map_err(|e| err("pipe2")(e.to_string()))?;
+        let [pair] = words::<1>(
+            &self
+                .inj
+                .get(OFF_FDS, 8)
+                .map_err(|e| err("pipe2")(e.to_string()))?,
+        );
+        let (read_end, write_end) = ((pair & 0xffff_ffff) as i32, (pair >> 32) as i32);
+        self.write_end = write_end;
+        // A smaller pipe only means more vmsplice calls.
+        let _ = self.inj.raw(
+            "fcntl(F_SETPIPE_SZ)",
+            libc::SYS_fcntl,
+            [
+                write_end as u64,
+                libc::F_SETPIPE_SZ as u64,
+                PIPE_BYTES,
+                0,
+                0,
+                0,
+            ],
+        );
+        let pidfd = process::pidfd_open(self.pid).map_err(|e| err("pidfd_open")(e.to_string()))?;
+        let here = process::pidfd_getfd(pidfd.as_fd(), read_end)
+            .map_err(|e| err("pidfd_getfd")(e.to_string()))?;
+        self.inj
+            .call(
+                || "close of the pipe's read end".into(),
+                "close",
+                libc::SYS_close,
+                [read_end as u64, 0, 0, 0, 0, 0],
+            )
+            .map_err(|e| err("close")(e.to_string()))?;
+        Ok(here)
+    }
+
+    /// The process it belongs to.
+    pub(super) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Puts the pages `[addr, addr + len)` into the pipe; blocks while the pipe is full.
+    pub(super) fn push(&self, addr: u64, len: u64) -> Result<(), MigrateError> {
+        let mut done = 0;
+        while done < len {
+            let iov = self
+                .inj
+                .put(OFF_IOV, &to_bytes(&[addr + done, len - done]))
+                .map_err(|e| helper_err(self.pid, "iovec")(e.to_string()))?;
+            let n = self
+                .inj
+                .raw(
+                    "vmsplice",
+                    libc::SYS_vmsplice,
+                    [self.write_end as u64, iov, 1, 0, 0, 0],
+                )
+                .map_err(|e| helper_err(self.pid, "vmsplice")(e.to_string()))?;
+            if n <= 0 {
+                return Err(helper_err(self.pid, "vmsplice")(format!(
+                    "returned {n} at {:#x}",
+                    addr + done
+                )));
+            }
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Closes the pipe in the original, unmaps the helper's data page and ends the helper. Its
+    /// code page (13 bytes of stub, read and execute only) stays: the helper cannot unmap the
+    /// page it runs from, and an injection into the main thread would take its `SIGSTOP`. It
+    /// goes with the original, which is killed once the destination has every page (it is
+    /// left only in an original thawed after a lost link, or after fastcr died).
+    pub(super) fn end(self) {
+        if self.write_end >= 0 {
+            let _ = self.inj.raw(
+                "close",
+                libc::SYS_close,
+                [self.write_end as u64, 0, 0, 0, 0, 0],
+            );
+        }
+        let _ = self.inj.raw(
+            "munmap",
+            libc::SYS_munmap,
+            [self.scratch + DATA, SCRATCH_LEN - DATA, 0, 0, 0, 0],
+        );
+        // From the stub's `syscall`: should fastcr die right here, the helper exits by itself.
+        match self.inj.raw("exit", libc::SYS_exit, [0; 6]) {
+            Err(e)
+                if matches!(
+                    e.source,
+                    RemoteCallError::Inject(InjectError::UnexpectedStop {
+                        stop: Stop::Exited(_),
+                        ..
+                    })
+                ) => {}
+            other => tracing::debug!(
+                pid = self.pid,
+                tid = self.tid,
+                result = ?other.map_err(|e| e.to_string()),
+                "page stream helper did not exit as expected"
+            ),
+        }
+    }
+}
+
+/// What the splicer writes on the bulk connection, in order.
+pub(super) enum Cmd {
+    /// An `Absent` frame.
+    Absent { pid: i32, addr: u64, npages: u64 },
+    /// A `Pages` frame whose data comes from process `pid`'s pipe (pushed by its helper).
+    Spliced { pid: i32, addr: u64, len: u64 },
+    /// A `Pages` frame read here (a process without a helper).
+    Copied { pid: i32, addr: u64, len: u64 },
+}
+
+/// Writes the frames `cmds` names on `bulk`, then `BulkEnd`; returns the pages sent. On any
+/// failure the pipes are closed (dropped), which fails a helper's `vmsplice` that waits for
+/// room; `abort` (set by the pushing side when it fails) ends a wait for data.
+pub(super) fn splicer(
+    cmds: Receiver<Cmd>,
+    mut bulk: TcpStream,
+    pipes: HashMap<i32, OwnedFd>,
+    abort: &AtomicBool,
+) -> Result<u64, MigrateError> {
+    let mut pages = 0;
+    let mut buf = Vec::new();
+    for cmd in cmds {
+        match cmd {
+            Cmd::Absent { pid, addr, npages } => {
+                proto::write_frame(&mut bulk, &proto::Frame::Absent { pid, addr, npages })?;
+            }
+            Cmd::Copied { pid, addr, len } => {
+                super::source::read_pages(pid, addr, len as usize, &mut buf)?;
+                proto::write_pages(&mut bulk, pid, addr, &buf)?;
+                pages += len / 4096;
+            }
+            Cmd::Spliced { pid, addr, len } => {
+                let Some(pipe) = pipes.get(&pid) else {
+                    return Err(helper_err(pid, "pipe")("no pipe for this process".into()));
+                };
+                proto::write_pages_head(&mut bulk, pid, addr, len as usize)?;
+                let mut left = len as usize;
+                while left > 0 {
+                    match fs::splice_from_pipe(pipe, &bulk, left, true) {
+                        Ok(0) => {
+                            return Err(helper_err(pid, "splice")("the pipe was closed".into()));
+                        }
+                        Ok(n) => left -= n,
+                        Err(e) if e.errno() == Some(libc::EAGAIN) => {
+                            if abort.load(Ordering::Relaxed) {
+                                return Err(helper_err(pid, "splice")("aborted".into()));
+                            }
+                            crate::sys::uffd_lazy::poll_readable(&[pipe.as_fd()], POLL_MS)
+                                .map_err(|e| io_err("poll of the page pipe")(e.io_error))?;
+                        }
+                        Err(e) => return Err(io_err("splice to the bulk connection")(e.io_error)),
+                    }
+                }
+                pages += len / 4096;
+            }
+        }
+    }
+    proto::write_frame(&mut bulk, &proto::Frame::BulkEnd { pages_sent: pages })?;
+    Ok(pages)
+}
