@@ -1,8 +1,10 @@
 //! Dumped pages, read through an image and its chain of parents (incremental images).
 //!
 //! Level 0 is the image being restored; level i+1 is the parent of level i. A run flagged
-//! `PE_IN_PARENT` is looked up in the next level, recursively. Every run's CRC is checked once,
-//! the first time any of its pages is used.
+//! `PE_IN_PARENT` is looked up in the next level, recursively. In a process tree the levels
+//! above a child are instead its parent process's pages, its grandparent's, and so on: a run
+//! flagged `PE_COW_PARENT` (shared copy-on-write when dumped) is looked up there. Every run's
+//! CRC is checked once, the first time any of its pages is used.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::MmError;
 use crate::image::inventory::Inventory;
-use crate::image::pagemap::{PE_IN_PARENT, PE_PRESENT, PagemapEntry, PagemapImage};
+use crate::image::pagemap::{PE_COW_PARENT, PE_IN_PARENT, PE_PRESENT, PagemapEntry, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
 use crate::sys::PAGE_SIZE;
 use crate::sys::mem::MappedFile;
@@ -29,6 +31,9 @@ struct Level {
 /// The pages of an image and its parents.
 pub struct PageChain {
     levels: Vec<Level>,
+    /// The flag of a run that continues in the next level: `PE_IN_PARENT` (parent images) or
+    /// `PE_COW_PARENT` (ancestor processes of a tree).
+    follow: u32,
     verified: RefCell<HashSet<(usize, usize)>>,
 }
 
@@ -126,8 +131,55 @@ impl PageChain {
         }
         Ok(Self {
             levels,
+            follow: PE_IN_PARENT,
             verified: RefCell::new(HashSet::new()),
         })
+    }
+
+    /// Opens the pages of process `pid` of a tree (in `dir`), with those of its ancestors
+    /// (`(pid, pagemap)`, parent first) where its `PE_COW_PARENT` runs lead.
+    pub fn open_tree(
+        dir: &ImageDir,
+        pid: i32,
+        top: PagemapImage,
+        ancestors: Vec<(i32, PagemapImage)>,
+    ) -> Result<Self, ImageError> {
+        let mut levels = vec![open_level(dir, pid, top)?];
+        for (apid, pm) in ancestors {
+            levels.push(open_level(dir, apid, pm)?);
+        }
+        Ok(Self {
+            levels,
+            follow: PE_COW_PARENT,
+            verified: RefCell::new(HashSet::new()),
+        })
+    }
+
+    /// Checks that every page of the top image's `PE_COW_PARENT` runs is held by the parent
+    /// process's image (possibly through its own parent).
+    pub fn check_refs(&self) -> Result<(), String> {
+        for e in &self.levels[0].pagemap.entries {
+            if e.flags != PE_COW_PARENT {
+                continue;
+            }
+            if self.follow != PE_COW_PARENT || self.levels.len() < 2 {
+                return Err(format!(
+                    "page run {:#x} refers to the parent process's copy, but the process has no parent in the image",
+                    e.vaddr
+                ));
+            }
+            let end = e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE;
+            let mut addr = e.vaddr;
+            while addr < end {
+                let (_, _, _, valid_until) = self.locate(1, addr).map_err(|_| {
+                    format!(
+                        "page {addr:#x} refers to the parent process's copy, which its image does not hold"
+                    )
+                })?;
+                addr = end.min(valid_until);
+            }
+        }
+        Ok(())
     }
 
     /// The top image's index.
@@ -166,7 +218,7 @@ impl PageChain {
             if e.flags == PE_PRESENT {
                 return Ok((level, i, *e, valid_until));
             }
-            if e.flags != PE_IN_PARENT {
+            if e.flags != self.follow {
                 break;
             }
             level += 1;
@@ -183,6 +235,9 @@ impl PageChain {
         let e = self.levels[0].pagemap.entries[idx];
         if e.flags == PE_PRESENT {
             return f(e.vaddr, self.run_bytes(0, idx)?);
+        }
+        if e.flags != self.follow {
+            return Err(MmError::NotInParent { vaddr: e.vaddr });
         }
         let end = e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE;
         let mut addr = e.vaddr;

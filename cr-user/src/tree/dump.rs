@@ -83,6 +83,7 @@ fn save(
     layout: Option<&[proc::maps::MapEntry]>,
     mut buf: Vec<u8>,
     fin: &mut Final,
+    parent: Option<crate::mm::dump::CowParent<'_>>,
 ) -> Result<Saved, DumpError> {
     let pid = f.main().pid();
     let stat = proc::stat::stat(pid)?;
@@ -120,8 +121,9 @@ fn save(
             (pagemap, Pages::Buffer(buf))
         }
         None => {
-            let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
-            fin.residual_pages += d.pagemap.total_pages();
+            // Pages still shared copy-on-write with the parent are saved once, in its image.
+            let d = crate::mm::dump::dump_pages_sharing(pid, &mm.vmas, &mut buf, parent)?;
+            fin.residual_pages += d.pagemap.stored_pages();
             (d.pagemap, Pages::Buffer(buf))
         }
     };
@@ -247,7 +249,23 @@ pub(crate) fn dump(
             None => (None, None),
         };
         let buf = buffers.remove(&f.main().pid()).unwrap_or_default();
-        saved.push(save(f, opts, &pipes, pc, layout, buf, &mut fin)?);
+        // Parents are saved before their children (tree order). Not with --lazy-pages: a
+        // migration source serves each process's private anonymous pages itself.
+        let ppid = tree
+            .procs
+            .iter()
+            .find(|p| p.pid == f.main().pid())
+            .map(|p| p.ppid);
+        let parent = saved
+            .iter()
+            .find(|s: &&Saved| Some(s.pid) == ppid && !opts.lazy_pages)
+            .map(|s| crate::mm::dump::CowParent {
+                pid: s.pid,
+                vmas: &s.mm.vmas,
+                pagemap: &s.pagemap,
+            });
+        let s = save(f, opts, &pipes, pc, layout, buf, &mut fin, parent)?;
+        saved.push(s);
     }
     let refs: Vec<_> = saved
         .iter()
