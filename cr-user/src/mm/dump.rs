@@ -280,6 +280,10 @@ pub struct CowParent<'a> {
 /// Like [`dump_pages`], but the pages that are the very physical pages `parent` maps at the
 /// same address (copy-on-write shared since a fork) are not copied: their runs are flagged
 /// `PE_COW_PARENT` and refer to the parent's image. Only the `PE_PRESENT` runs are in `buf`.
+///
+/// In a tree, select every process's pages ([`select_pages`], [`share_with_parent`]) before
+/// copying any ([`copy_stored`]): `process_vm_readv` pins the pages it reads, and the kernel
+/// unshares a copy-on-write page before pinning it, which ends the very sharing looked for.
 pub fn dump_pages_sharing(
     pid: i32,
     vmas: &[Vma],
@@ -290,24 +294,32 @@ pub fn dump_pages_sharing(
     if let Some(parent) = parent {
         share_with_parent(pid, vmas, &mut out.pagemap, parent)?;
     }
-    let bytes = out.pagemap.stored_pages() as usize * PAGE_SIZE as usize;
+    copy_stored(pid, vmas, &out.pagemap, buf)?;
+    Ok(out)
+}
+
+/// Copies the `PE_PRESENT` runs of `pagemap` back to back into `buf` (resized to fit).
+pub fn copy_stored(
+    pid: i32,
+    vmas: &[Vma],
+    pagemap: &PagemapImage,
+    buf: &mut Vec<u8>,
+) -> Result<(), MmError> {
+    let bytes = pagemap.stored_pages() as usize * PAGE_SIZE as usize;
     if buf.len() < bytes {
         buf.resize(bytes, 0);
     }
     buf.truncate(bytes);
-    if out.pagemap.cow_pages() == 0 {
-        copy_entries(pid, vmas, &out.pagemap.entries, buf)?;
-    } else {
-        let stored: Vec<PagemapEntry> = out
-            .pagemap
-            .entries
-            .iter()
-            .filter(|e| e.flags == PE_PRESENT)
-            .copied()
-            .collect();
-        copy_entries(pid, vmas, &stored, buf)?;
+    if pagemap.entries.iter().all(|e| e.flags == PE_PRESENT) {
+        return copy_entries(pid, vmas, &pagemap.entries, buf);
     }
-    Ok(out)
+    let stored: Vec<PagemapEntry> = pagemap
+        .entries
+        .iter()
+        .filter(|e| e.flags == PE_PRESENT)
+        .copied()
+        .collect();
+    copy_entries(pid, vmas, &stored, buf)
 }
 
 /// Whether the pages of `vma` (a child's) may be shared with `parent`'s: private anonymous
@@ -424,6 +436,12 @@ pub fn share_with_parent(
         }
     }
     pagemap.entries = out;
+    tracing::debug!(
+        pid,
+        parent = parent.pid,
+        shared,
+        "pages shared copy-on-write with the parent"
+    );
     Ok(shared)
 }
 

@@ -31,6 +31,8 @@ struct Saved {
     mm: MmImage,
     pagemap: PagemapImage,
     pages: Pages,
+    /// The stored pages are still to be copied into the buffer (see [`copy_pages`]).
+    pending_copy: bool,
 }
 
 /// Freezes `root` and every live descendant; returns them in tree order with the tree.
@@ -79,8 +81,8 @@ fn save(
     f: &FrozenProcess,
     opts: &DumpOptions,
     pipes: &crate::files::TreePipes,
-    precopied: Option<&mut PreCopy>,
-    layout: Option<&[proc::maps::MapEntry]>,
+    // The process's pre-copy session and the layout its rounds read, if pre-copied.
+    (precopied, layout): (Option<&mut PreCopy>, Option<&[proc::maps::MapEntry]>),
     mut buf: Vec<u8>,
     fin: &mut Final,
     parent: Option<crate::mm::dump::CowParent<'_>>,
@@ -107,6 +109,7 @@ fn save(
     tracing::debug!(pid, "files saved");
     let (mm, core, threads, sigstate) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
     tracing::debug!(pid, "layout, files and registers saved");
+    let mut pending_copy = false;
     let (pagemap, pages) = match precopied {
         Some(pc) => {
             let (pagemap, _, pass) = precopy::finish(pc, &mm.vmas, layout_unchanged)?;
@@ -122,8 +125,13 @@ fn save(
         }
         None => {
             // Pages still shared copy-on-write with the parent are saved once, in its image.
-            let d = crate::mm::dump::dump_pages_sharing(pid, &mm.vmas, &mut buf, parent)?;
+            // Copied once every process is selected (see `copy_pages`).
+            let mut d = crate::mm::dump::select_pages(pid, &mm.vmas)?;
+            if let Some(parent) = parent {
+                crate::mm::dump::share_with_parent(pid, &mm.vmas, &mut d.pagemap, parent)?;
+            }
             fin.residual_pages += d.pagemap.stored_pages();
+            pending_copy = true;
             (d.pagemap, Pages::Buffer(buf))
         }
     };
@@ -136,7 +144,21 @@ fn save(
         mm,
         pagemap,
         pages,
+        pending_copy,
     })
+}
+
+/// Copies the pages of every process selected for a copy in the freeze. Only once all are
+/// selected: reading pages with `process_vm_readv` unshares copy-on-write pages (the kernel
+/// does so before it pins one), so a parent read first would share nothing with its child.
+fn copy_pages(saved: &mut [Saved]) -> Result<(), DumpError> {
+    for s in saved.iter_mut().filter(|s| s.pending_copy) {
+        if let Pages::Buffer(buf) = &mut s.pages {
+            crate::mm::dump::copy_stored(s.pid, &s.mm.vmas, &s.pagemap, buf)?;
+        }
+        s.pending_copy = false;
+    }
+    Ok(())
 }
 
 /// A touched buffer per live process of the tree whose pages will be copied in the freeze,
@@ -264,9 +286,10 @@ pub(crate) fn dump(
                 vmas: &s.mm.vmas,
                 pagemap: &s.pagemap,
             });
-        let s = save(f, opts, &pipes, pc, layout, buf, &mut fin, parent)?;
+        let s = save(f, opts, &pipes, (pc, layout), buf, &mut fin, parent)?;
         saved.push(s);
     }
+    copy_pages(&mut saved)?;
     let refs: Vec<_> = saved
         .iter()
         .map(|s| (s.pid, &s.mm.vmas[..], &s.files))
