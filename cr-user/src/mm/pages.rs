@@ -265,3 +265,81 @@ impl PageChain {
         Ok(Some(&bytes[from..from + (end - addr) as usize]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(vaddr: u64, nr_pages: u32, flags: u32) -> PagemapEntry {
+        PagemapEntry {
+            vaddr,
+            nr_pages,
+            flags,
+            crc32: 0,
+        }
+    }
+
+    /// A tree of three processes in a scratch image dir: 1 (the root) stores 4 pages at
+    /// 0x10000, 2 refers to 1 for 2 of them and stores one, 3 refers to 2.
+    #[test]
+    fn cow_references_resolve_up_the_tree_or_fail() {
+        let path = std::env::temp_dir().join(format!("fastcr-pages-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let dir = ImageDir::create(&path).expect("scratch dir");
+        let page = |b: u8| vec![b; PAGE_SIZE as usize];
+        let mut root_pages = Vec::new();
+        for b in 1..=4 {
+            root_pages.extend(page(b));
+        }
+        std::fs::write(dir.file(&pages_file_name(1)), &root_pages).expect("write");
+        std::fs::write(dir.file(&pages_file_name(2)), page(9)).expect("write");
+        std::fs::write(dir.file(&pages_file_name(3)), b"").expect("write");
+        let mut root = PagemapImage {
+            entries: vec![run(0x10000, 4, PE_PRESENT)],
+        };
+        root.entries[0].crc32 = crc32fast::hash(&root_pages);
+        let mut child = PagemapImage {
+            entries: vec![
+                run(0x10000, 2, PE_COW_PARENT),
+                run(0x12000, 1, PE_PRESENT),
+                run(0x13000, 1, PE_COW_PARENT),
+            ],
+        };
+        child.entries[1].crc32 = crc32fast::hash(&page(9));
+        let grand = PagemapImage {
+            entries: vec![run(0x11000, 3, PE_COW_PARENT)],
+        };
+        let ancestors = vec![(2, child.clone()), (1, root.clone())];
+        let chain = PageChain::open_tree(&dir, 3, grand, ancestors).expect("open");
+        chain.check_refs().expect("every reference resolves");
+        let mut seen = Vec::new();
+        chain
+            .for_each_piece(0, |addr, bytes| {
+                seen.push((addr, bytes.len(), bytes[0]));
+                Ok(())
+            })
+            .expect("pieces");
+        assert_eq!(
+            seen,
+            vec![(0x11000, 4096, 2), (0x12000, 4096, 9), (0x13000, 4096, 4)]
+        );
+        assert_eq!(
+            chain
+                .bytes_at(0x13000, 1 << 20)
+                .expect("bytes")
+                .map(|b| b[0]),
+            Some(4)
+        );
+        // A reference to a page the parent does not hold.
+        let beyond = PagemapImage {
+            entries: vec![run(0x14000, 1, PE_COW_PARENT)],
+        };
+        let chain = PageChain::open_tree(&dir, 3, beyond, vec![(2, child.clone())]).expect("open");
+        let err = chain.check_refs().expect_err("nothing at 0x14000");
+        assert!(err.contains("0x14000"), "{err}");
+        // The root refers to a parent it does not have.
+        let chain = PageChain::open_tree(&dir, 2, child, Vec::new()).expect("open");
+        assert!(chain.check_refs().is_err());
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
