@@ -294,16 +294,19 @@ pub fn dump_pages_sharing(
     if let Some(parent) = parent {
         share_with_parent(pid, vmas, &mut out.pagemap, parent)?;
     }
-    copy_stored(pid, vmas, &out.pagemap, buf)?;
+    copy_stored(pid, vmas, &out.pagemap, buf, false)?;
     Ok(out)
 }
 
-/// Copies the `PE_PRESENT` runs of `pagemap` back to back into `buf` (resized to fit).
+/// Copies the `PE_PRESENT` runs of `pagemap` back to back into `buf` (resized to fit). With
+/// `keep_shared` (a process whose children may share its pages) everything is read through
+/// `/proc/PID/mem`, which does not pin pages and so leaves copy-on-write sharing as it is.
 pub fn copy_stored(
     pid: i32,
     vmas: &[Vma],
     pagemap: &PagemapImage,
     buf: &mut Vec<u8>,
+    keep_shared: bool,
 ) -> Result<(), MmError> {
     let bytes = pagemap.stored_pages() as usize * PAGE_SIZE as usize;
     if buf.len() < bytes {
@@ -311,7 +314,7 @@ pub fn copy_stored(
     }
     buf.truncate(bytes);
     if pagemap.entries.iter().all(|e| e.flags == PE_PRESENT) {
-        return copy_entries(pid, vmas, &pagemap.entries, buf);
+        return copy_entries_with(pid, vmas, &pagemap.entries, buf, keep_shared);
     }
     let stored: Vec<PagemapEntry> = pagemap
         .entries
@@ -319,7 +322,7 @@ pub fn copy_stored(
         .filter(|e| e.flags == PE_PRESENT)
         .copied()
         .collect();
-    copy_entries(pid, vmas, &stored, buf)
+    copy_entries_with(pid, vmas, &stored, buf, keep_shared)
 }
 
 /// Whether the pages of `vma` (a child's) may be shared with `parent`'s: private anonymous
@@ -452,6 +455,17 @@ pub fn copy_entries(
     entries: &[PagemapEntry],
     dst: &mut [u8],
 ) -> Result<(), MmError> {
+    copy_entries_with(pid, vmas, entries, dst, false)
+}
+
+/// [`copy_entries`]; with `keep_shared` only through `/proc/PID/mem` (see [`copy_stored`]).
+fn copy_entries_with(
+    pid: i32,
+    vmas: &[Vma],
+    entries: &[PagemapEntry],
+    dst: &mut [u8],
+    keep_shared: bool,
+) -> Result<(), MmError> {
     let mut off = 0usize;
     let mut i = 0;
     while i < entries.len() {
@@ -472,7 +486,7 @@ pub fn copy_entries(
             .iter()
             .map(|e| e.nr_pages as usize * PAGE_SIZE as usize)
             .sum();
-        copy_runs(pid, vma, runs, &mut dst[off..off + bytes])?;
+        copy_runs(pid, vma, runs, &mut dst[off..off + bytes], keep_shared)?;
         off += bytes;
         i += n;
     }
@@ -483,9 +497,16 @@ fn push_page(entries: &mut Vec<PagemapEntry>, first_new: usize, addr: u64) {
     push_run(entries, first_new, addr, addr + PAGE_SIZE);
 }
 
-/// Copies `runs` of `vma` into `dst`: process_vm_readv where the VMA is readable, otherwise
-/// `/proc/PID/mem`, which may read any page the process could make readable.
-fn copy_runs(pid: i32, vma: &Vma, runs: &[PagemapEntry], dst: &mut [u8]) -> Result<(), MmError> {
+/// Copies `runs` of `vma` into `dst`: process_vm_readv where the VMA is readable (unless
+/// `keep_shared`: it unshares the copy-on-write pages it pins), otherwise `/proc/PID/mem`,
+/// which may read any page the process could make readable.
+fn copy_runs(
+    pid: i32,
+    vma: &Vma,
+    runs: &[PagemapEntry],
+    dst: &mut [u8],
+    keep_shared: bool,
+) -> Result<(), MmError> {
     if runs.is_empty() {
         return Ok(());
     }
@@ -499,7 +520,7 @@ fn copy_runs(pid: i32, vma: &Vma, runs: &[PagemapEntry], dst: &mut [u8]) -> Resu
         addr: vma.start,
         source,
     };
-    if vma.prot & libc::PROT_READ as u32 != 0 {
+    if vma.prot & libc::PROT_READ as u32 != 0 && !keep_shared {
         let got = mem::read_remote(pid, &ranges, dst).map_err(|e| fail(e.io_error))?;
         if got == dst.len() {
             return Ok(());

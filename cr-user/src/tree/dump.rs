@@ -151,10 +151,14 @@ fn save(
 /// Copies the pages of every process selected for a copy in the freeze. Only once all are
 /// selected: reading pages with `process_vm_readv` unshares copy-on-write pages (the kernel
 /// does so before it pins one), so a parent read first would share nothing with its child.
-fn copy_pages(saved: &mut [Saved]) -> Result<(), DumpError> {
+/// A process with live children is read through `/proc/PID/mem` instead, which pins nothing:
+/// the tree still shares its pages afterwards (`--leave-running`), and the freeze does not
+/// pay for copying them.
+fn copy_pages(saved: &mut [Saved], tree: &crate::image::tree::TreeImage) -> Result<(), DumpError> {
     for s in saved.iter_mut().filter(|s| s.pending_copy) {
+        let parent = tree.children(s.pid).any(|c| c.zombie.is_none());
         if let Pages::Buffer(buf) = &mut s.pages {
-            crate::mm::dump::copy_stored(s.pid, &s.mm.vmas, &s.pagemap, buf)?;
+            crate::mm::dump::copy_stored(s.pid, &s.mm.vmas, &s.pagemap, buf, parent)?;
         }
         s.pending_copy = false;
     }
@@ -289,7 +293,7 @@ pub(crate) fn dump(
         let s = save(f, opts, &pipes, (pc, layout), buf, &mut fin, parent)?;
         saved.push(s);
     }
-    copy_pages(&mut saved)?;
+    copy_pages(&mut saved, &tree)?;
     let refs: Vec<_> = saved
         .iter()
         .map(|s| (s.pid, &s.mm.vmas[..], &s.files))
