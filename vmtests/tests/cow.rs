@@ -10,7 +10,9 @@
 //!   again in the parent and the child, and in the child and the grandchild (same PFN in
 //!   `/proc/PID/pagemap` at the same address); a lazy restore fills private copies;
 //! - the workload's own verification: each process's memory, and that a write in one after the
-//!   restore is not seen by the others (parent → child → grandchild and back).
+//!   restore is not seen by the others (parent → child → grandchild and back);
+//! - after `dump --leave-running` the original still shares its pages (the dump reads a
+//!   process with children without unsharing them).
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -206,6 +208,12 @@ fn cow_tree(mode: Mode) {
     check_image(&images, &wl, &cow);
     if matches!(mode, Mode::LeaveRunning | Mode::PidnsNew) {
         wl.assert_running_untraced();
+        // The dump read the parent and the child without unsharing their pages.
+        let kept = same_pages(wl.pid(), cow.child, &cow);
+        assert!(
+            kept >= unmodified_by_child(cow.pages) * 9 / 10,
+            "after dump --leave-running the original shares only {kept} pages"
+        );
         // Killing the parent closes the child's pipe: the child then checks itself, wakes the
         // grandchild, reaps it and exits (reparented to this subreaper).
         wl.kill_and_reap();
