@@ -118,7 +118,8 @@ fn stored(show: &Value, pid: i32) -> (u64, u64) {
     (n("stored"), n("cow_parent"))
 }
 
-fn check_image(images: &Scratch, wl: &Workload, cow: &Cow) {
+/// Checks what the image stores; returns the pages its children leave to their parents.
+fn check_image(images: &Scratch, wl: &Workload, cow: &Cow) -> u64 {
     let out = fastcr(&["show", images.as_str(), "--json"]);
     assert_success(&out, "show --json");
     let show: Value = serde_json::from_slice(&out.stdout).expect("show --json output");
@@ -161,6 +162,7 @@ fn check_image(images: &Scratch, wl: &Workload, cow: &Cow) {
         files < (n * 4096) * 3 / 2,
         "the pages files hold {files} bytes for a {n}-page region shared three ways"
     );
+    child_cow + grand_cow
 }
 
 /// Checks the restored tree (pids here) shares the pages nobody rewrote.
@@ -200,12 +202,22 @@ fn cow_tree(mode: Mode) {
     );
     let images = Scratch::new("cow-img");
     let pid = wl.pid_arg();
-    let mut args = vec!["dump", "-t", &pid, "-D", images.as_str()];
+    let mut args = vec!["dump", "-t", &pid, "-D", images.as_str(), "--json"];
     if matches!(mode, Mode::LeaveRunning | Mode::PidnsNew) {
         args.push("--leave-running");
     }
-    assert_success(&fastcr(&args), &args.join(" "));
-    check_image(&images, &wl, &cow);
+    let out = fastcr(&args);
+    assert_success(&out, &args.join(" "));
+    let stats: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("the dump's JSON stats");
+    let shared = check_image(&images, &wl, &cow);
+    assert_eq!(
+        stats["pages_cow_shared"].as_u64(),
+        Some(shared),
+        "the dump's stats count the shared pages: {stats}"
+    );
     if matches!(mode, Mode::LeaveRunning | Mode::PidnsNew) {
         wl.assert_running_untraced();
         // The dump read the parent and the child without unsharing their pages.

@@ -314,6 +314,7 @@ pub(crate) fn dump(
     stats.pages_scanned = saved.iter().map(|s| s.pagemap.total_pages()).sum();
     stats.residual_pages = fin.residual_pages;
     stats.pages_written = saved.iter().map(|s| s.pagemap.stored_pages()).sum();
+    stats.pages_cow_shared = saved.iter().map(|s| s.pagemap.cow_pages()).sum();
     let frozen = FrozenTree::new(frozen);
     let still_frozen = if matches!(after, After::Thaw) {
         frozen.thaw()?;
