@@ -64,7 +64,8 @@ pub struct FrozenSteps {
 /// What a restore measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreStats {
-    /// Creating the tasks with their pids.
+    /// Creating the tasks with their pids (in a tree, with the memory of every process that
+    /// has children, rebuilt before it forks them).
     pub forking_time_us: u64,
     /// From reading the image until the tasks run.
     pub restore_time_us: u64,
