@@ -20,6 +20,7 @@ use crate::proc::{self, ProcError};
 use crate::stats::{RestoreStats, micros};
 use crate::sys::ptrace::{self, Stop};
 use crate::sys::{SyscallError, process};
+pub(crate) use build::{Memory, build_memory};
 pub use load::{LoadedImage, ProcImage, load};
 
 /// What to restore and how.
@@ -259,17 +260,40 @@ pub fn restore_loaded(
     // Blocked from here on (and inherited by every forked process) so that no signal, such as
     // a zombie's SIGCHLD, interrupts an injected syscall.
     ptrace::set_sigmask(child, !0).map_err(err("block signals"))?;
-    let here = crate::tree::restore::create(child, &img.tree, &mut guard)?;
+    // Not lazy: each parent's memory is rebuilt before it forks its children, which so
+    // share its pages again (a lazy restore fills each process's pages on its own).
+    let early = (!opts.lazy).then_some(crate::tree::restore::Early {
+        procs: &img.procs,
+        objects: &objects,
+    });
+    let mut created = crate::tree::restore::create(child, &img.tree, &mut guard, early)?;
+    let rebuilt_early: Vec<i32> = created.memory.keys().copied().collect();
     let forking_time_us = micros(t_fork.elapsed());
     let mut built = Vec::with_capacity(img.procs.len());
     for p in &img.procs {
-        let h = here.get(&p.pid).copied().ok_or(RestoreError::Child {
-            pid: p.pid,
-            step: "create the process",
-            source: SyscallError::from_errno("clone3", libc::ESRCH),
-        })?;
+        let h = created
+            .here
+            .get(&p.pid)
+            .copied()
+            .ok_or(RestoreError::Child {
+                pid: p.pid,
+                step: "create the process",
+                source: SyscallError::from_errno("clone3", libc::ESRCH),
+            })?;
         let lazy = opts.lazy.then_some(&plans[built.len()]);
-        built.push(build::build(p, h, &shared, &objects, &sockets, lazy)?);
+        // Its parent's layout, if the parent was rebuilt before forking it.
+        let parent = img
+            .tree
+            .procs
+            .iter()
+            .find(|t| t.pid == p.pid)
+            .filter(|t| rebuilt_early.contains(&t.ppid))
+            .and_then(|t| img.procs.iter().find(|q| q.pid == t.ppid))
+            .map(|q| &q.mm);
+        let memory = created.memory.remove(&p.pid);
+        built.push(build::build(
+            p, h, &shared, &objects, &sockets, lazy, memory, parent,
+        )?);
     }
     objects.seal().map_err(crate::files::FilesError::from)?;
     let restore_time_us = micros(t0.elapsed());

@@ -52,6 +52,11 @@ pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
                 "locks": p.locks,
                 "pagemap": p.pagemap,
                 "pages_file": p.pages_path,
+                "pages": {
+                    "total": p.pagemap.total_pages(),
+                    "stored": p.pagemap.stored_pages(),
+                    "cow_parent": p.pagemap.cow_pages(),
+                },
             })
         })
         .collect();
@@ -95,9 +100,20 @@ fn render(full: &LoadedImage) -> String {
     if full.tree.procs.len() > 1 {
         let _ = writeln!(s, "process tree:");
         for p in &full.tree.procs {
+            let pages = full
+                .procs
+                .iter()
+                .find(|i| i.pid == p.pid)
+                .map_or(String::new(), |i| {
+                    format!(
+                        ", {} pages stored, {} shared copy-on-write with its parent",
+                        i.pagemap.stored_pages(),
+                        i.pagemap.cow_pages()
+                    )
+                });
             let _ = writeln!(
                 s,
-                "  pid {} parent {} session {} group {}{}",
+                "  pid {} parent {} session {} group {}{}{pages}",
                 p.pid,
                 p.ppid,
                 p.sid,
@@ -187,9 +203,11 @@ fn render(full: &LoadedImage) -> String {
     }
     let _ = writeln!(
         s,
-        "{} pages in {} runs",
+        "{} pages in {} runs: {} stored, {} shared copy-on-write with the parent process",
         img.pagemap.total_pages(),
-        img.pagemap.entries.len()
+        img.pagemap.entries.len(),
+        img.pagemap.stored_pages(),
+        img.pagemap.cow_pages()
     );
     s
 }

@@ -23,6 +23,9 @@ pub struct DumpStats {
     pub pages_written: u64,
     /// Pages an incremental image leaves to its parent chain (unchanged since the parent).
     pub pages_in_parent: u64,
+    /// Pages of a tree's children left to their parent process's image: still shared
+    /// copy-on-write with it, so saved once (`PE_COW_PARENT`).
+    pub pages_cow_shared: u64,
     /// How the task set was known: "bpf" (confirmed against /proc) or "proc" (BPF unavailable).
     pub task_tracking: String,
     /// How memory was copied: "off" (stop-the-world, as asked), "uffd-wp-async" (pre-copy), or
@@ -61,7 +64,8 @@ pub struct FrozenSteps {
 /// What a restore measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreStats {
-    /// Creating the tasks with their pids.
+    /// Creating the tasks with their pids (in a tree, with the memory of every process that
+    /// has children, rebuilt before it forks them).
     pub forking_time_us: u64,
     /// From reading the image until the tasks run.
     pub restore_time_us: u64,
@@ -114,6 +118,7 @@ impl DumpStats {
             ("pages_scanned", self.pages_scanned.to_string()),
             ("pages_written", self.pages_written.to_string()),
             ("pages_in_parent", self.pages_in_parent.to_string()),
+            ("pages_cow_shared", self.pages_cow_shared.to_string()),
             ("task_tracking", self.task_tracking.clone()),
             ("precopy_mode", self.precopy_mode.clone()),
             ("residual_pages", self.residual_pages.to_string()),
@@ -223,6 +228,7 @@ mod tests {
             "memwrite_time_us",
             "pages_scanned",
             "pages_written",
+            "pages_cow_shared",
         ] {
             assert!(j.get(k).is_some(), "{k} missing");
         }

@@ -65,6 +65,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_locks",
     "wl_sockets",
     "wl_combo",
+    "wl_cow",
 ];
 
 /// The cargo workspace root.

@@ -268,3 +268,30 @@ fn wl_threads_pipe_passes_undisturbed() {
 fn wl_tree_passes_undisturbed() {
     selftest("wl_tree", &["32"]);
 }
+
+#[test]
+fn wl_cow_passes_undisturbed() {
+    selftest("wl_cow", &["16"]);
+}
+
+/// The oracle is not vacuous: one word of a page the grandchild shares with the others changed
+/// in the grandchild only (through /proc/PID/mem, which gives it its own copy) must make the
+/// tree fail; a word changed in the parent after the marks would not be seen by the children.
+#[test]
+fn wl_cow_detects_a_changed_word() {
+    require_root();
+    let wl = Workload::spawn("wl_cow", &["16"]);
+    let read = |name: &str| fs::read_to_string(wl.statedir().join(name)).expect(name);
+    let grandchild: i32 = read("grandchild").trim().parse().expect("pid");
+    let region = read("region");
+    let addr = u64::from_str_radix(region.split_whitespace().next().expect("addr"), 16)
+        .expect("hex address");
+    let mem = fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{grandchild}/mem"))
+        .expect("open /proc/PID/mem");
+    // Page 2: rewritten by nobody, shared by all three.
+    mem.write_all_at(&[0x5a; 8], addr + 2 * 4096 + 64)
+        .expect("write into the grandchild");
+    expect_fail(wl, "the child failed");
+}

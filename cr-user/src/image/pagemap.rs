@@ -13,6 +13,10 @@ pub const PE_IN_PARENT: u32 = 2;
 /// The pages are not in this image: a migration source holds them and sends them after the
 /// restored process resumes (lazy migration). Only `fastcr receive` restores such an image.
 pub const PE_LAZY: u32 = 4;
+/// The pages are the parent process's pages at the same address, shared copy-on-write when
+/// the tree was dumped: read them through the parent process's pagemap (which may refer to
+/// its own parent in turn). Nothing is stored for them here; `crc32` is 0. Format 1.1.
+pub const PE_COW_PARENT: u32 = 8;
 
 /// One run of consecutive dumped pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +86,15 @@ impl PagemapImage {
             .sum()
     }
 
+    /// Pages shared copy-on-write with the parent process (`PE_COW_PARENT`).
+    pub fn cow_pages(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.flags == PE_COW_PARENT)
+            .map(|e| u64::from(e.nr_pages))
+            .sum()
+    }
+
     /// The run holding `addr`, with its index.
     pub fn find(&self, addr: u64) -> Option<(usize, &PagemapEntry)> {
         let i = self
@@ -102,7 +115,7 @@ impl PagemapImage {
             if e.vaddr % 4096 != 0
                 || e.nr_pages == 0
                 || e.vaddr < last_end
-                || !matches!(e.flags, PE_PRESENT | PE_IN_PARENT | PE_LAZY)
+                || !matches!(e.flags, PE_PRESENT | PE_IN_PARENT | PE_LAZY | PE_COW_PARENT)
             {
                 return Err(format!("bad page run at {:#x}", e.vaddr));
             }
@@ -154,6 +167,9 @@ mod tests {
         assert_eq!(mixed.find(0x2fff).map(|f| f.0), Some(0));
         assert_eq!(mixed.find(0x4000).map(|f| f.0), Some(1));
         assert!(mixed.find(0x3000).is_none());
+        mixed.entries[1].flags = PE_COW_PARENT;
+        assert!(mixed.validate(&[(0x1000, 0x5000)]).is_ok());
+        assert_eq!((mixed.stored_pages(), mixed.cow_pages()), (2, 1));
         mixed.entries[1].flags = 7;
         assert!(mixed.validate(&[(0x1000, 0x5000)]).is_err());
     }

@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 
 use super::{MmError, classify};
 use crate::image::mm::{MmFields, MmImage, Vma, VmaKind};
-use crate::image::pagemap::{PE_PRESENT, PagemapEntry, PagemapImage};
+use crate::image::pagemap::{PE_COW_PARENT, PE_PRESENT, PagemapEntry, PagemapImage};
 use crate::proc::maps::MapEntry;
 use crate::proc::stat::Stat;
 use crate::sys::PAGE_SIZE;
@@ -15,6 +15,8 @@ use crate::sys::mem;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+/// The page is mapped by this process only (`PM_MMAP_EXCLUSIVE`): not shared with any other.
+const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
 static ZERO_PFN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
 /// Longest run one pagemap entry covers (2 MiB), so a damaged byte is located closely.
 const MAX_RUN_PAGES: u32 = 512;
@@ -261,14 +263,189 @@ pub fn vma_of(vmas: &[Vma], addr: u64) -> Option<&Vma> {
 
 /// Copies every page worth saving into `buf` (grown as needed), in pagemap order.
 pub fn dump_pages(pid: i32, vmas: &[Vma], buf: &mut Vec<u8>) -> Result<PageDump, MmError> {
-    let out = select_pages(pid, vmas)?;
-    let bytes = out.pagemap.total_pages() as usize * PAGE_SIZE as usize;
+    dump_pages_sharing(pid, vmas, buf, None)
+}
+
+/// The parent process of a tree, already saved, whose pages a child may share copy-on-write.
+#[derive(Debug, Clone, Copy)]
+pub struct CowParent<'a> {
+    /// Its pid.
+    pub pid: i32,
+    /// Its layout as saved.
+    pub vmas: &'a [Vma],
+    /// Its page index as saved (`PE_PRESENT` or `PE_COW_PARENT` runs hold its pages).
+    pub pagemap: &'a PagemapImage,
+}
+
+/// Like [`dump_pages`], but the pages that are the very physical pages `parent` maps at the
+/// same address (copy-on-write shared since a fork) are not copied: their runs are flagged
+/// `PE_COW_PARENT` and refer to the parent's image. Only the `PE_PRESENT` runs are in `buf`.
+///
+/// In a tree, select every process's pages ([`select_pages`], [`share_with_parent`]) before
+/// copying any ([`copy_stored`]): `process_vm_readv` pins the pages it reads, and the kernel
+/// unshares a copy-on-write page before pinning it, which ends the very sharing looked for.
+pub fn dump_pages_sharing(
+    pid: i32,
+    vmas: &[Vma],
+    buf: &mut Vec<u8>,
+    parent: Option<CowParent<'_>>,
+) -> Result<PageDump, MmError> {
+    let mut out = select_pages(pid, vmas)?;
+    if let Some(parent) = parent {
+        share_with_parent(pid, vmas, &mut out.pagemap, parent)?;
+    }
+    copy_stored(pid, vmas, &out.pagemap, buf, false)?;
+    Ok(out)
+}
+
+/// Copies the `PE_PRESENT` runs of `pagemap` back to back into `buf` (resized to fit). With
+/// `keep_shared` (a process whose children may share its pages) everything is read through
+/// `/proc/PID/mem`, which does not pin pages and so leaves copy-on-write sharing as it is.
+pub fn copy_stored(
+    pid: i32,
+    vmas: &[Vma],
+    pagemap: &PagemapImage,
+    buf: &mut Vec<u8>,
+    keep_shared: bool,
+) -> Result<(), MmError> {
+    let bytes = pagemap.stored_pages() as usize * PAGE_SIZE as usize;
     if buf.len() < bytes {
         buf.resize(bytes, 0);
     }
     buf.truncate(bytes);
-    copy_entries(pid, vmas, &out.pagemap.entries, buf)?;
-    Ok(out)
+    if pagemap.entries.iter().all(|e| e.flags == PE_PRESENT) {
+        return copy_entries_with(pid, vmas, &pagemap.entries, buf, keep_shared);
+    }
+    let stored: Vec<PagemapEntry> = pagemap
+        .entries
+        .iter()
+        .filter(|e| e.flags == PE_PRESENT)
+        .copied()
+        .collect();
+    copy_entries_with(pid, vmas, &stored, buf, keep_shared)
+}
+
+/// Whether the pages of `vma` (a child's) may be shared with `parent`'s: private anonymous
+/// memory in both at exactly the same range, which restore can then hand down by `fork`.
+/// Memory the parent keeps from its children (`MADV_DONTFORK`, `MADV_WIPEONFORK`) is not.
+fn shareable(vma: &Vma, parent: &[Vma]) -> bool {
+    let anon = |v: &Vma| v.kind == VmaKind::Anon && !v.shared;
+    anon(vma)
+        && vma_of(parent, vma.start).is_some_and(|p| {
+            anon(p)
+                && p.start == vma.start
+                && p.end == vma.end
+                && p.growsdown == vma.growsdown
+                && !p.madv.iter().any(|f| f == "dc" || f == "wf")
+        })
+}
+
+/// Reads the pagemap words of `n` pages from `addr`.
+fn pagemap_words(
+    file: &File,
+    pid: i32,
+    addr: u64,
+    n: usize,
+    out: &mut Vec<u64>,
+) -> Result<(), MmError> {
+    let mut bytes = vec![0u8; n * 8];
+    file.read_exact_at(&mut bytes, addr / PAGE_SIZE * 8)
+        .map_err(|source| MmError::Memory {
+            pid,
+            what: "read pagemap",
+            addr,
+            source,
+        })?;
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])),
+    );
+    Ok(())
+}
+
+/// Whether two pagemap words name the same physical page, mapped by more than one process
+/// (present in RAM in both, not exclusive to either, same non-zero PFN: PFNs read as 0
+/// without CAP_SYS_ADMIN).
+fn same_page(a: u64, b: u64) -> bool {
+    let shared = |w: u64| w & PM_PRESENT != 0 && w & (PM_SWAP | PM_MMAP_EXCLUSIVE) == 0;
+    shared(a) && shared(b) && a & PM_PFN_MASK != 0 && a & PM_PFN_MASK == b & PM_PFN_MASK
+}
+
+/// Flags `PE_COW_PARENT` the pages of `pagemap` (the selection of `pid`, all `PE_PRESENT`)
+/// that are the same physical page `parent` maps at the same address, in a VMA of the same
+/// range, and that the parent's image holds. Runs are split where the flag changes, so they
+/// still never cross a VMA. Both processes must be frozen. Returns the pages flagged.
+pub fn share_with_parent(
+    pid: i32,
+    vmas: &[Vma],
+    pagemap: &mut PagemapImage,
+    parent: CowParent<'_>,
+) -> Result<u64, MmError> {
+    let open = |p: i32| {
+        File::open(format!("/proc/{p}/pagemap")).map_err(|source| MmError::Memory {
+            pid: p,
+            what: "open pagemap",
+            addr: 0,
+            source,
+        })
+    };
+    let (mine, theirs) = (open(pid)?, open(parent.pid)?);
+    let holds = |addr: u64| {
+        parent
+            .pagemap
+            .find(addr)
+            .is_some_and(|(_, e)| matches!(e.flags, PE_PRESENT | PE_COW_PARENT))
+    };
+    let mut out = Vec::with_capacity(pagemap.entries.len());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut shared = 0u64;
+    for e in &pagemap.entries {
+        let eligible = e.flags == PE_PRESENT
+            && vma_of(vmas, e.vaddr).is_some_and(|v| shareable(v, parent.vmas));
+        if !eligible {
+            out.push(*e);
+            continue;
+        }
+        let n = e.nr_pages as usize;
+        pagemap_words(&mine, pid, e.vaddr, n, &mut a)?;
+        pagemap_words(&theirs, parent.pid, e.vaddr, n, &mut b)?;
+        let mut i = 0;
+        while i < n {
+            let flag = |k: usize| {
+                let addr = e.vaddr + k as u64 * PAGE_SIZE;
+                if same_page(a[k], b[k]) && holds(addr) {
+                    PE_COW_PARENT
+                } else {
+                    PE_PRESENT
+                }
+            };
+            let f = flag(i);
+            let mut j = i + 1;
+            while j < n && flag(j) == f {
+                j += 1;
+            }
+            if f == PE_COW_PARENT {
+                shared += (j - i) as u64;
+            }
+            out.push(PagemapEntry {
+                vaddr: e.vaddr + i as u64 * PAGE_SIZE,
+                nr_pages: (j - i) as u32,
+                flags: f,
+                crc32: 0,
+            });
+            i = j;
+        }
+    }
+    pagemap.entries = out;
+    tracing::debug!(
+        pid,
+        parent = parent.pid,
+        shared,
+        "pages shared copy-on-write with the parent"
+    );
+    Ok(shared)
 }
 
 /// Copies the pages of `entries` (inside `vmas`) back to back into `dst`.
@@ -277,6 +454,17 @@ pub fn copy_entries(
     vmas: &[Vma],
     entries: &[PagemapEntry],
     dst: &mut [u8],
+) -> Result<(), MmError> {
+    copy_entries_with(pid, vmas, entries, dst, false)
+}
+
+/// [`copy_entries`]; with `keep_shared` only through `/proc/PID/mem` (see [`copy_stored`]).
+fn copy_entries_with(
+    pid: i32,
+    vmas: &[Vma],
+    entries: &[PagemapEntry],
+    dst: &mut [u8],
+    keep_shared: bool,
 ) -> Result<(), MmError> {
     let mut off = 0usize;
     let mut i = 0;
@@ -298,7 +486,7 @@ pub fn copy_entries(
             .iter()
             .map(|e| e.nr_pages as usize * PAGE_SIZE as usize)
             .sum();
-        copy_runs(pid, vma, runs, &mut dst[off..off + bytes])?;
+        copy_runs(pid, vma, runs, &mut dst[off..off + bytes], keep_shared)?;
         off += bytes;
         i += n;
     }
@@ -309,9 +497,16 @@ fn push_page(entries: &mut Vec<PagemapEntry>, first_new: usize, addr: u64) {
     push_run(entries, first_new, addr, addr + PAGE_SIZE);
 }
 
-/// Copies `runs` of `vma` into `dst`: process_vm_readv where the VMA is readable, otherwise
-/// `/proc/PID/mem`, which may read any page the process could make readable.
-fn copy_runs(pid: i32, vma: &Vma, runs: &[PagemapEntry], dst: &mut [u8]) -> Result<(), MmError> {
+/// Copies `runs` of `vma` into `dst`: process_vm_readv where the VMA is readable (unless
+/// `keep_shared`: it unshares the copy-on-write pages it pins), otherwise `/proc/PID/mem`,
+/// which may read any page the process could make readable.
+fn copy_runs(
+    pid: i32,
+    vma: &Vma,
+    runs: &[PagemapEntry],
+    dst: &mut [u8],
+    keep_shared: bool,
+) -> Result<(), MmError> {
     if runs.is_empty() {
         return Ok(());
     }
@@ -325,7 +520,7 @@ fn copy_runs(pid: i32, vma: &Vma, runs: &[PagemapEntry], dst: &mut [u8]) -> Resu
         addr: vma.start,
         source,
     };
-    if vma.prot & libc::PROT_READ as u32 != 0 {
+    if vma.prot & libc::PROT_READ as u32 != 0 && !keep_shared {
         let got = mem::read_remote(pid, &ranges, dst).map_err(|e| fail(e.io_error))?;
         if got == dst.len() {
             return Ok(());
@@ -382,6 +577,28 @@ mod tests {
         let runs: Vec<(u64, u32)> = pm.entries.iter().map(|e| (e.vaddr, e.nr_pages)).collect();
         assert_eq!(runs, vec![(0x2000, 3), (0x5000, 2), (0x8000, 1)]);
         assert_eq!(scanned, 8);
+    }
+
+    #[test]
+    fn same_physical_page() {
+        let w = |pfn: u64| PM_PRESENT | pfn;
+        assert!(same_page(w(42), w(42)));
+        assert!(!same_page(w(42), w(43)));
+        assert!(!same_page(w(0), w(0)));
+        assert!(!same_page(w(42) | PM_MMAP_EXCLUSIVE, w(42)));
+        assert!(!same_page(PM_SWAP | 42, PM_SWAP | 42));
+        let anon = |start, end| Vma {
+            start,
+            end,
+            ..vma(VmaKind::Anon, false)
+        };
+        let parent = [anon(0x1000, 0x9000)];
+        assert!(shareable(&anon(0x1000, 0x9000), &parent));
+        assert!(!shareable(&anon(0x1000, 0x5000), &parent));
+        let mut dontfork = parent.clone();
+        dontfork[0].madv = vec!["dc".into()];
+        assert!(!shareable(&anon(0x1000, 0x9000), &dontfork));
+        assert!(!shareable(&vma(VmaKind::Anon, true), &parent));
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub enum MmError {
     },
     /// An in-parent page is in no parent image.
     #[error(
-        "page {vaddr:#x} is marked as unchanged since the parent image, but no parent holds it"
+        "page {vaddr:#x} is marked as held by a parent image or by the parent process, but it does not hold it"
     )]
     NotInParent {
         /// The page.

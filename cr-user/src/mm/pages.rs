@@ -1,8 +1,10 @@
 //! Dumped pages, read through an image and its chain of parents (incremental images).
 //!
 //! Level 0 is the image being restored; level i+1 is the parent of level i. A run flagged
-//! `PE_IN_PARENT` is looked up in the next level, recursively. Every run's CRC is checked once,
-//! the first time any of its pages is used.
+//! `PE_IN_PARENT` is looked up in the next level, recursively. In a process tree the levels
+//! above a child are instead its parent process's pages, its grandparent's, and so on: a run
+//! flagged `PE_COW_PARENT` (shared copy-on-write when dumped) is looked up there. Every run's
+//! CRC is checked once, the first time any of its pages is used.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::MmError;
 use crate::image::inventory::Inventory;
-use crate::image::pagemap::{PE_IN_PARENT, PE_PRESENT, PagemapEntry, PagemapImage};
+use crate::image::pagemap::{PE_COW_PARENT, PE_IN_PARENT, PE_PRESENT, PagemapEntry, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
 use crate::sys::PAGE_SIZE;
 use crate::sys::mem::MappedFile;
@@ -29,6 +31,9 @@ struct Level {
 /// The pages of an image and its parents.
 pub struct PageChain {
     levels: Vec<Level>,
+    /// The flag of a run that continues in the next level: `PE_IN_PARENT` (parent images) or
+    /// `PE_COW_PARENT` (ancestor processes of a tree).
+    follow: u32,
     verified: RefCell<HashSet<(usize, usize)>>,
 }
 
@@ -126,8 +131,55 @@ impl PageChain {
         }
         Ok(Self {
             levels,
+            follow: PE_IN_PARENT,
             verified: RefCell::new(HashSet::new()),
         })
+    }
+
+    /// Opens the pages of process `pid` of a tree (in `dir`), with those of its ancestors
+    /// (`(pid, pagemap)`, parent first) where its `PE_COW_PARENT` runs lead.
+    pub fn open_tree(
+        dir: &ImageDir,
+        pid: i32,
+        top: PagemapImage,
+        ancestors: Vec<(i32, PagemapImage)>,
+    ) -> Result<Self, ImageError> {
+        let mut levels = vec![open_level(dir, pid, top)?];
+        for (apid, pm) in ancestors {
+            levels.push(open_level(dir, apid, pm)?);
+        }
+        Ok(Self {
+            levels,
+            follow: PE_COW_PARENT,
+            verified: RefCell::new(HashSet::new()),
+        })
+    }
+
+    /// Checks that every page of the top image's `PE_COW_PARENT` runs is held by the parent
+    /// process's image (possibly through its own parent).
+    pub fn check_refs(&self) -> Result<(), String> {
+        for e in &self.levels[0].pagemap.entries {
+            if e.flags != PE_COW_PARENT {
+                continue;
+            }
+            if self.follow != PE_COW_PARENT || self.levels.len() < 2 {
+                return Err(format!(
+                    "page run {:#x} refers to the parent process's copy, but the process has no parent in the image",
+                    e.vaddr
+                ));
+            }
+            let end = e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE;
+            let mut addr = e.vaddr;
+            while addr < end {
+                let (_, _, _, valid_until) = self.locate(1, addr).map_err(|_| {
+                    format!(
+                        "page {addr:#x} refers to the parent process's copy, which its image does not hold"
+                    )
+                })?;
+                addr = end.min(valid_until);
+            }
+        }
+        Ok(())
     }
 
     /// The top image's index.
@@ -166,7 +218,7 @@ impl PageChain {
             if e.flags == PE_PRESENT {
                 return Ok((level, i, *e, valid_until));
             }
-            if e.flags != PE_IN_PARENT {
+            if e.flags != self.follow {
                 break;
             }
             level += 1;
@@ -183,6 +235,9 @@ impl PageChain {
         let e = self.levels[0].pagemap.entries[idx];
         if e.flags == PE_PRESENT {
             return f(e.vaddr, self.run_bytes(0, idx)?);
+        }
+        if e.flags != self.follow {
+            return Err(MmError::NotInParent { vaddr: e.vaddr });
         }
         let end = e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE;
         let mut addr = e.vaddr;
@@ -208,5 +263,83 @@ impl PageChain {
         let from = (addr - run.vaddr) as usize;
         let end = valid_until.min(addr.saturating_add(max_len));
         Ok(Some(&bytes[from..from + (end - addr) as usize]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(vaddr: u64, nr_pages: u32, flags: u32) -> PagemapEntry {
+        PagemapEntry {
+            vaddr,
+            nr_pages,
+            flags,
+            crc32: 0,
+        }
+    }
+
+    /// A tree of three processes in a scratch image dir: 1 (the root) stores 4 pages at
+    /// 0x10000, 2 refers to 1 for 2 of them and stores one, 3 refers to 2.
+    #[test]
+    fn cow_references_resolve_up_the_tree_or_fail() {
+        let path = std::env::temp_dir().join(format!("fastcr-pages-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let dir = ImageDir::create(&path).expect("scratch dir");
+        let page = |b: u8| vec![b; PAGE_SIZE as usize];
+        let mut root_pages = Vec::new();
+        for b in 1..=4 {
+            root_pages.extend(page(b));
+        }
+        std::fs::write(dir.file(&pages_file_name(1)), &root_pages).expect("write");
+        std::fs::write(dir.file(&pages_file_name(2)), page(9)).expect("write");
+        std::fs::write(dir.file(&pages_file_name(3)), b"").expect("write");
+        let mut root = PagemapImage {
+            entries: vec![run(0x10000, 4, PE_PRESENT)],
+        };
+        root.entries[0].crc32 = crc32fast::hash(&root_pages);
+        let mut child = PagemapImage {
+            entries: vec![
+                run(0x10000, 2, PE_COW_PARENT),
+                run(0x12000, 1, PE_PRESENT),
+                run(0x13000, 1, PE_COW_PARENT),
+            ],
+        };
+        child.entries[1].crc32 = crc32fast::hash(&page(9));
+        let grand = PagemapImage {
+            entries: vec![run(0x11000, 3, PE_COW_PARENT)],
+        };
+        let ancestors = vec![(2, child.clone()), (1, root.clone())];
+        let chain = PageChain::open_tree(&dir, 3, grand, ancestors).expect("open");
+        chain.check_refs().expect("every reference resolves");
+        let mut seen = Vec::new();
+        chain
+            .for_each_piece(0, |addr, bytes| {
+                seen.push((addr, bytes.len(), bytes[0]));
+                Ok(())
+            })
+            .expect("pieces");
+        assert_eq!(
+            seen,
+            vec![(0x11000, 4096, 2), (0x12000, 4096, 9), (0x13000, 4096, 4)]
+        );
+        assert_eq!(
+            chain
+                .bytes_at(0x13000, 1 << 20)
+                .expect("bytes")
+                .map(|b| b[0]),
+            Some(4)
+        );
+        // A reference to a page the parent does not hold.
+        let beyond = PagemapImage {
+            entries: vec![run(0x14000, 1, PE_COW_PARENT)],
+        };
+        let chain = PageChain::open_tree(&dir, 3, beyond, vec![(2, child.clone())]).expect("open");
+        let err = chain.check_refs().expect_err("nothing at 0x14000");
+        assert!(err.contains("0x14000"), "{err}");
+        // The root refers to a parent it does not have.
+        let chain = PageChain::open_tree(&dir, 2, child, Vec::new()).expect("open");
+        assert!(chain.check_refs().is_err());
+        let _ = std::fs::remove_dir_all(&path);
     }
 }

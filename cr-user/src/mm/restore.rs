@@ -2,13 +2,18 @@
 //! trampoline and the special mappings, the special mappings are moved to their dumped
 //! addresses, every VMA is mapped at its exact address, pages are written in, protections and
 //! mm fields are set.
+//!
+//! In a tree, a child forked by a parent whose memory was already rebuilt keeps the private
+//! anonymous VMAs it shares copy-on-write with it ([`inherited_vmas`]): those are neither
+//! unmapped nor refilled; only the pages it had of its own are written, and the pages the
+//! parent has there but it had not are dropped ([`drop_unshared`]).
 
 use std::collections::BTreeMap;
 
 use super::pages::PageChain;
 use super::{MmError, find_gap};
 use crate::image::mm::{MmImage, Vma, VmaKind};
-use crate::image::pagemap::PagemapImage;
+use crate::image::pagemap::{PE_COW_PARENT, PagemapEntry, PagemapImage};
 use crate::inject::{Injector, to_bytes};
 use crate::proc::maps::MapEntry;
 use crate::sys::PAGE_SIZE;
@@ -61,25 +66,112 @@ pub fn install_trampoline(
     Ok(base)
 }
 
-/// Unmaps everything the child inherited from fastcr except the trampoline and the special
-/// mappings.
+/// Unmaps everything the child inherited (from fastcr, or from its rebuilt parent) except the
+/// trampoline, the special mappings and the ranges `keep` (sorted, disjoint).
 pub fn clear_address_space(
     inj: &Injector,
     child: &[MapEntry],
     trampoline: u64,
+    keep: &[(u64, u64)],
 ) -> Result<(), MmError> {
     for e in child {
         if is_special(&e.path) || (e.start == trampoline && e.end == trampoline + TRAMPOLINE_LEN) {
             continue;
         }
-        inj.call(
-            || format!("munmap {:#x}-{:#x} ({})", e.start, e.end, e.path),
-            "munmap",
-            libc::SYS_munmap,
-            [e.start, e.end - e.start, 0, 0, 0, 0],
-        )?;
+        for (start, end) in subtract((e.start, e.end), keep) {
+            inj.call(
+                || format!("munmap {start:#x}-{end:#x} ({})", e.path),
+                "munmap",
+                libc::SYS_munmap,
+                [start, end - start, 0, 0, 0, 0],
+            )?;
+        }
     }
     Ok(())
+}
+
+/// The parts of `range` outside every range of `holes` (sorted, disjoint).
+fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = range.0;
+    for &(s, e) in holes {
+        if e <= at || s >= range.1 {
+            continue;
+        }
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < range.1 {
+        out.push((at, range.1));
+    }
+    out
+}
+
+/// For each VMA of `image`, whether the child keeps it as inherited from its parent, whose
+/// memory (`parent`, as dumped) was rebuilt before it forked the child: a private anonymous
+/// VMA of the same range in both, for which the child's image refers to the parent's pages
+/// (`PE_COW_PARENT`).
+pub fn inherited_vmas(image: &MmImage, pagemap: &PagemapImage, parent: &MmImage) -> Vec<bool> {
+    let anon = |v: &Vma| v.kind == VmaKind::Anon && !v.shared;
+    image
+        .vmas
+        .iter()
+        .map(|v| {
+            let i = pagemap.entries.partition_point(|e| e.vaddr < v.start);
+            let refers = pagemap.entries[i..]
+                .iter()
+                .take_while(|e| e.vaddr < v.end)
+                .any(|e| e.flags == PE_COW_PARENT);
+            let j = parent.vmas.partition_point(|w| w.end <= v.start);
+            refers
+                && anon(v)
+                && parent.vmas.get(j).is_some_and(|w| {
+                    anon(w) && w.start == v.start && w.end == v.end && w.growsdown == v.growsdown
+                })
+        })
+        .collect()
+}
+
+/// In the inherited VMAs, drops the pages the image holds nothing for (the parent had them,
+/// this process had not: they read as zeros again, as before). Pages the image stores are
+/// written over afterwards, which gives the process its own copies.
+pub fn drop_unshared(
+    inj: &Injector,
+    image: &MmImage,
+    pagemap: &PagemapImage,
+    inherited: &[bool],
+) -> Result<(), MmError> {
+    for (v, _) in image.vmas.iter().zip(inherited).filter(|(_, k)| **k) {
+        let i = pagemap.entries.partition_point(|e| e.vaddr < v.start);
+        let held: Vec<(u64, u64)> = pagemap.entries[i..]
+            .iter()
+            .take_while(|e| e.vaddr < v.end)
+            .map(|e| (e.vaddr, e.vaddr + u64::from(e.nr_pages) * PAGE_SIZE))
+            .collect();
+        for (start, end) in subtract((v.start, v.end), &merge(&held)) {
+            inj.call(
+                || format!("madvise(MADV_DONTNEED) {start:#x}-{end:#x}"),
+                "madvise",
+                libc::SYS_madvise,
+                [start, end - start, libc::MADV_DONTNEED as u64, 0, 0, 0],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `ranges` (sorted) with touching ones joined.
+fn merge(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(s, e) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 >= s => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 /// Moves `[vdso]`, `[vvar]`, `[vvar_vclock]` to their dumped addresses: first all to free
@@ -166,13 +258,32 @@ fn initial_prot(v: &Vma, has_pages: bool) -> u32 {
 }
 
 /// Maps every non-special VMA at its address; writable first where pages will be written.
+/// An inherited VMA (`inherited`, empty for none) is already there: only its protection is
+/// set.
 pub fn map_vmas(
     inj: &Injector,
     image: &MmImage,
     has_pages: &[bool],
+    inherited: &[bool],
     objects: &crate::files::objects::Objects,
 ) -> Result<(), MmError> {
-    for (v, &has) in image.vmas.iter().zip(has_pages) {
+    for (i, (v, &has)) in image.vmas.iter().zip(has_pages).enumerate() {
+        if inherited.get(i).copied().unwrap_or(false) {
+            inj.call(
+                || format!("mprotect of inherited {:#x}-{:#x}", v.start, v.end),
+                "mprotect",
+                libc::SYS_mprotect,
+                [
+                    v.start,
+                    v.end - v.start,
+                    u64::from(initial_prot(v, has)),
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+            continue;
+        }
         let mut flags = libc::MAP_FIXED as u64;
         flags |= if v.shared {
             libc::MAP_SHARED
@@ -252,13 +363,17 @@ fn map_file(
 }
 
 /// Writes the dumped pages into the child, through the parent chain where needed, except the
-/// runs `skip` names by address (left for lazy restore); every run's checksum is checked before
-/// its pages are used. Returns the number of pages written.
-pub fn fill_pages(pid: i32, chain: &PageChain, skip: impl Fn(u64) -> bool) -> Result<u64, MmError> {
+/// runs `skip` names (left for lazy restore, or inherited from the parent process); every
+/// run's checksum is checked before its pages are used. Returns the number of pages written.
+pub fn fill_pages(
+    pid: i32,
+    chain: &PageChain,
+    skip: impl Fn(&PagemapEntry) -> bool,
+) -> Result<u64, MmError> {
     let mut written = 0;
     for idx in 0..chain.top().entries.len() {
         let e = chain.top().entries[idx];
-        if skip(e.vaddr) {
+        if skip(&e) {
             continue;
         }
         written += u64::from(e.nr_pages);
@@ -283,21 +398,32 @@ pub fn fill_pages(pid: i32, chain: &PageChain, skip: impl Fn(u64) -> bool) -> Re
     Ok(written)
 }
 
-/// Sets final protections where they differ from the initial ones, and madvise flags.
-pub fn finish_vmas(inj: &Injector, image: &MmImage, has_pages: &[bool]) -> Result<(), MmError> {
+/// Sets final protections where they differ from the initial ones.
+pub fn finish_prot(inj: &Injector, image: &MmImage, has_pages: &[bool]) -> Result<(), MmError> {
     for (v, &has) in image.vmas.iter().zip(has_pages) {
         if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar { .. }) {
             continue;
         }
-        let len = v.end - v.start;
         if initial_prot(v, has) != v.prot {
             inj.call(
                 || format!("mprotect {:#x}-{:#x}", v.start, v.end),
                 "mprotect",
                 libc::SYS_mprotect,
-                [v.start, len, u64::from(v.prot), 0, 0, 0],
+                [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Sets the madvise flags. After the process forked its children: `MADV_DONTFORK` and
+/// `MADV_WIPEONFORK` would keep them from inheriting memory they share.
+pub fn advise(inj: &Injector, image: &MmImage) -> Result<(), MmError> {
+    for v in &image.vmas {
+        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar { .. }) {
+            continue;
+        }
+        let len = v.end - v.start;
         for f in &v.madv {
             let advice = match f.as_str() {
                 "dd" => libc::MADV_DONTDUMP,
@@ -389,4 +515,20 @@ pub fn remove_trampoline(inj: &Injector, trampoline: u64) -> Result<(), MmError>
         [trampoline, TRAMPOLINE_LEN, 0, 0, 0, 0],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_subtract_and_merge() {
+        assert_eq!(
+            subtract((0x1000, 0x9000), &[(0x2000, 0x3000), (0x5000, 0xa000)]),
+            vec![(0x1000, 0x2000), (0x3000, 0x5000)]
+        );
+        assert_eq!(subtract((0x1000, 0x2000), &[]), vec![(0x1000, 0x2000)]);
+        assert!(subtract((0x1000, 0x2000), &[(0, 0x3000)]).is_empty());
+        assert_eq!(merge(&[(1, 3), (3, 5), (7, 8)]), vec![(1, 5), (7, 8)]);
+    }
 }

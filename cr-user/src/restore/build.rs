@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use super::{ProcImage, RestoreError};
 use crate::core::threads::Created;
 use crate::files::SharedPipes;
+use crate::image::pagemap::PE_COW_PARENT;
 use crate::inject::Injector;
 use crate::lazy::register::LazyPlan;
 use crate::mm::restore as mmr;
@@ -26,15 +27,38 @@ pub(super) struct Built<'a> {
     pub pages: u64,
 }
 
-/// Rebuilds `p` into the stopped task `here`; `lazy` leaves its plan's pages missing.
-pub(super) fn build<'a>(
-    p: &'a ProcImage,
+/// A process whose memory is rebuilt (mappings, contents, protections), injected through its
+/// trampoline; the rest of it is not yet.
+pub(crate) struct Memory {
+    inj: Injector,
+    trampoline: u64,
+    /// Pages written.
+    pages: u64,
+}
+
+impl Memory {
+    /// The injector, running syscalls through the trampoline.
+    pub(crate) fn injector(&mut self) -> &mut Injector {
+        &mut self.inj
+    }
+
+    /// The trampoline's base address (page 0: `syscall; int3`; then scratch).
+    pub(crate) fn trampoline(&self) -> u64 {
+        self.trampoline
+    }
+}
+
+/// Rebuilds the memory of `p` in the stopped task `here`; `lazy` leaves its plan's pages
+/// missing. `parent` is the dumped layout of the parent process when `here` was forked by it
+/// after its memory was rebuilt: the VMAs they share copy-on-write are then kept as
+/// inherited, not unmapped and refilled.
+pub(crate) fn build_memory(
+    p: &ProcImage,
     here: i32,
-    shared: &SharedPipes,
     objects: &crate::files::objects::Objects,
-    sockets: &crate::files::TreeSockets,
     lazy: Option<&LazyPlan>,
-) -> Result<Built<'a>, RestoreError> {
+    parent: Option<&crate::image::mm::MmImage>,
+) -> Result<Memory, RestoreError> {
     let pid = p.pid;
     let err = |step| move |source| RestoreError::Child { pid, step, source };
     ptrace::set_sigmask(here, !0).map_err(err("block signals"))?;
@@ -45,17 +69,70 @@ pub(super) fn build<'a>(
 
     crate::core::unregister_inherited_rseq(&inj)?;
     let trampoline = mmr::install_trampoline(&mut inj, &child_maps, &p.mm)?;
+    let inherited = match (parent, lazy) {
+        (Some(parent), None) => mmr::inherited_vmas(&p.mm, &p.pagemap, parent),
+        _ => Vec::new(),
+    };
+    let keep: Vec<(u64, u64)> =
+        p.mm.vmas
+            .iter()
+            .zip(&inherited)
+            .filter(|(_, k)| **k)
+            .map(|(v, _)| (v.start, v.end))
+            .collect();
+    mmr::clear_address_space(&inj, &child_maps, trampoline, &keep)?;
+    mmr::move_specials(&inj, &child_maps, &p.mm, trampoline)?;
+    let has_pages = mmr::vmas_with_pages(&p.mm, &p.pagemap);
+    mmr::map_vmas(&inj, &p.mm, &has_pages, &inherited, objects)?;
+    mmr::drop_unshared(&inj, &p.mm, &p.pagemap, &inherited)?;
+    let shared_here = |vaddr: u64| {
+        !keep.is_empty()
+            && p.mm
+                .vmas
+                .iter()
+                .zip(&inherited)
+                .any(|(v, k)| *k && v.start <= vaddr && vaddr < v.end)
+    };
+    let pages = mmr::fill_pages(here, &p.chain, |e| {
+        lazy.is_some_and(|l| l.is_lazy(e.vaddr))
+            || (e.flags == PE_COW_PARENT && shared_here(e.vaddr))
+    })?;
+    mmr::finish_prot(&inj, &p.mm, &has_pages)?;
+    Ok(Memory {
+        inj,
+        trampoline,
+        pages,
+    })
+}
+
+/// Rebuilds `p` into the stopped task `here`; `lazy` leaves its plan's pages missing. `memory`
+/// is its memory if already rebuilt (before it forked its children), `parent` as for
+/// [`build_memory`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build<'a>(
+    p: &'a ProcImage,
+    here: i32,
+    shared: &SharedPipes,
+    objects: &crate::files::objects::Objects,
+    sockets: &crate::files::TreeSockets,
+    lazy: Option<&LazyPlan>,
+    memory: Option<Memory>,
+    parent: Option<&crate::image::mm::MmImage>,
+) -> Result<Built<'a>, RestoreError> {
+    let pid = p.pid;
+    let err = |step| move |source| RestoreError::Child { pid, step, source };
+    let Memory {
+        inj,
+        trampoline,
+        pages,
+    } = match memory {
+        Some(m) => m,
+        None => build_memory(p, here, objects, lazy, parent)?,
+    };
     let above = shared.raw_fds().into_iter().max().unwrap_or(0);
     let (parked, keep) = crate::files::park(&inj, &p.files, sockets, above)?;
     crate::files::close_inherited(&inj, &p.files, shared, keep)?;
-    mmr::clear_address_space(&inj, &child_maps, trampoline)?;
-    mmr::move_specials(&inj, &child_maps, &p.mm, trampoline)?;
-    let has_pages = mmr::vmas_with_pages(&p.mm, &p.pagemap);
-    mmr::map_vmas(&inj, &p.mm, &has_pages, objects)?;
-    let pages = mmr::fill_pages(here, &p.chain, |vaddr| {
-        lazy.is_some_and(|l| l.is_lazy(vaddr))
-    })?;
-    mmr::finish_vmas(&inj, &p.mm, &has_pages)?;
+    mmr::advise(&inj, &p.mm)?;
     mmr::set_mm_fields(&inj, &p.mm)?;
     let uffd = match lazy {
         Some(_) => {

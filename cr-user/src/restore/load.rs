@@ -115,15 +115,16 @@ pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
         )
         .into());
     }
-    let mut procs = Vec::with_capacity(live.len());
+    let mut procs: Vec<ProcImage> = Vec::with_capacity(live.len());
     for &pid in &live {
-        // Only a root can have parent images (trees are not dumped incrementally).
-        let parents = if pid == root {
-            load_parents(&dir, &inventory)?
+        // Only a root can have parent images (trees are not dumped incrementally); a child's
+        // pages shared copy-on-write with its parent are in the parent's (or further up).
+        let pages = if pid == root {
+            Parents::Images(load_parents(&dir, &inventory)?)
         } else {
-            Vec::new()
+            Parents::Processes(ancestors(&tree, &procs, pid))
         };
-        procs.push(load_proc(&dir, pid, parents)?);
+        procs.push(load_proc(&dir, pid, pages)?);
     }
     if single {
         // An image of one process records its session and group only as "led them or not".
@@ -145,11 +146,34 @@ pub fn load(path: &Path) -> Result<LoadedImage, RestoreError> {
     })
 }
 
-fn load_proc(
-    dir: &ImageDir,
-    pid: i32,
-    parents: Vec<(ImageDir, PagemapImage)>,
-) -> Result<ProcImage, RestoreError> {
+/// Where the pages a process's image does not store are.
+enum Parents {
+    /// The parent images of an incremental dump (the root only).
+    Images(Vec<(ImageDir, PagemapImage)>),
+    /// The page indexes of its ancestor processes, parent first (a tree's child).
+    Processes(Vec<(i32, PagemapImage)>),
+}
+
+/// The ancestors of `pid` (already in `procs`, which holds parents before children) whose
+/// pages its `PE_COW_PARENT` runs may lead to: the parent, and further up only while the
+/// nearer one shares pages with its own parent.
+fn ancestors(tree: &TreeImage, procs: &[ProcImage], pid: i32) -> Vec<(i32, PagemapImage)> {
+    let mut out = Vec::new();
+    let mut at = pid;
+    while let Some(ppid) = tree.procs.iter().find(|p| p.pid == at).map(|p| p.ppid) {
+        let Some(parent) = procs.iter().find(|p| p.pid == ppid) else {
+            break;
+        };
+        out.push((ppid, parent.pagemap.clone()));
+        if parent.pagemap.cow_pages() == 0 || out.len() >= crate::mm::pages::MAX_CHAIN {
+            break;
+        }
+        at = ppid;
+    }
+    out
+}
+
+fn load_proc(dir: &ImageDir, pid: i32, parents: Parents) -> Result<ProcImage, RestoreError> {
     let core: CoreImage = dir.read(Kind::Core, pid)?;
     let threads: ThreadsImage = if dir.file(&Kind::Threads.file_name(pid)).exists() {
         dir.read(Kind::Threads, pid)?
@@ -225,7 +249,13 @@ fn load_proc(
         .validate(&ranges)
         .map_err(|d| inconsistent(dir, &Kind::Pagemap.file_name(pid), d))?;
     let pages_path = dir.file(&pages_file_name(pid));
-    let chain = PageChain::open(dir, pid, pagemap.clone(), parents)?;
+    let chain = match parents {
+        Parents::Images(images) => PageChain::open(dir, pid, pagemap.clone(), images)?,
+        Parents::Processes(procs) => PageChain::open_tree(dir, pid, pagemap.clone(), procs)?,
+    };
+    chain
+        .check_refs()
+        .map_err(|d| inconsistent(dir, &Kind::Pagemap.file_name(pid), d))?;
     Ok(ProcImage {
         pid,
         core,

@@ -31,6 +31,8 @@ struct Saved {
     mm: MmImage,
     pagemap: PagemapImage,
     pages: Pages,
+    /// The stored pages are still to be copied into the buffer (see [`copy_pages`]).
+    pending_copy: bool,
 }
 
 /// Freezes `root` and every live descendant; returns them in tree order with the tree.
@@ -79,10 +81,11 @@ fn save(
     f: &FrozenProcess,
     opts: &DumpOptions,
     pipes: &crate::files::TreePipes,
-    precopied: Option<&mut PreCopy>,
-    layout: Option<&[proc::maps::MapEntry]>,
+    // The process's pre-copy session and the layout its rounds read, if pre-copied.
+    (precopied, layout): (Option<&mut PreCopy>, Option<&[proc::maps::MapEntry]>),
     mut buf: Vec<u8>,
     fin: &mut Final,
+    parent: Option<crate::mm::dump::CowParent<'_>>,
 ) -> Result<Saved, DumpError> {
     let pid = f.main().pid();
     let stat = proc::stat::stat(pid)?;
@@ -106,6 +109,7 @@ fn save(
     tracing::debug!(pid, "files saved");
     let (mm, core, threads, sigstate) = dump_cpu(f, &smaps, vmas, &stat, &status, comm, None)?;
     tracing::debug!(pid, "layout, files and registers saved");
+    let mut pending_copy = false;
     let (pagemap, pages) = match precopied {
         Some(pc) => {
             let (pagemap, _, pass) = precopy::finish(pc, &mm.vmas, layout_unchanged, None)?;
@@ -120,8 +124,14 @@ fn save(
             (pagemap, Pages::Buffer(buf))
         }
         None => {
-            let d = crate::mm::dump::dump_pages(pid, &mm.vmas, &mut buf)?;
-            fin.residual_pages += d.pagemap.total_pages();
+            // Pages still shared copy-on-write with the parent are saved once, in its image.
+            // Copied once every process is selected (see `copy_pages`).
+            let mut d = crate::mm::dump::select_pages(pid, &mm.vmas)?;
+            if let Some(parent) = parent {
+                crate::mm::dump::share_with_parent(pid, &mm.vmas, &mut d.pagemap, parent)?;
+            }
+            fin.residual_pages += d.pagemap.stored_pages();
+            pending_copy = true;
             (d.pagemap, Pages::Buffer(buf))
         }
     };
@@ -134,7 +144,25 @@ fn save(
         mm,
         pagemap,
         pages,
+        pending_copy,
     })
+}
+
+/// Copies the pages of every process selected for a copy in the freeze. Only once all are
+/// selected: reading pages with `process_vm_readv` unshares copy-on-write pages (the kernel
+/// does so before it pins one), so a parent read first would share nothing with its child.
+/// A process with live children is read through `/proc/PID/mem` instead, which pins nothing:
+/// the tree still shares its pages afterwards (`--leave-running`), and the freeze does not
+/// pay for copying them.
+fn copy_pages(saved: &mut [Saved], tree: &crate::image::tree::TreeImage) -> Result<(), DumpError> {
+    for s in saved.iter_mut().filter(|s| s.pending_copy) {
+        let parent = tree.children(s.pid).any(|c| c.zombie.is_none());
+        if let Pages::Buffer(buf) = &mut s.pages {
+            crate::mm::dump::copy_stored(s.pid, &s.mm.vmas, &s.pagemap, buf, parent)?;
+        }
+        s.pending_copy = false;
+    }
+    Ok(())
 }
 
 /// A touched buffer per live process of the tree whose pages will be copied in the freeze,
@@ -247,8 +275,25 @@ pub(crate) fn dump(
             None => (None, None),
         };
         let buf = buffers.remove(&f.main().pid()).unwrap_or_default();
-        saved.push(save(f, opts, &pipes, pc, layout, buf, &mut fin)?);
+        // Parents are saved before their children (tree order). Not with --lazy-pages: a
+        // migration source serves each process's private anonymous pages itself.
+        let ppid = tree
+            .procs
+            .iter()
+            .find(|p| p.pid == f.main().pid())
+            .map(|p| p.ppid);
+        let parent = saved
+            .iter()
+            .find(|s: &&Saved| Some(s.pid) == ppid && !opts.lazy_pages)
+            .map(|s| crate::mm::dump::CowParent {
+                pid: s.pid,
+                vmas: &s.mm.vmas,
+                pagemap: &s.pagemap,
+            });
+        let s = save(f, opts, &pipes, (pc, layout), buf, &mut fin, parent)?;
+        saved.push(s);
     }
+    copy_pages(&mut saved, &tree)?;
     let refs: Vec<_> = saved
         .iter()
         .map(|s| (s.pid, &s.mm.vmas[..], &s.files))
@@ -269,6 +314,7 @@ pub(crate) fn dump(
     stats.pages_scanned = saved.iter().map(|s| s.pagemap.total_pages()).sum();
     stats.residual_pages = fin.residual_pages;
     stats.pages_written = saved.iter().map(|s| s.pagemap.stored_pages()).sum();
+    stats.pages_cow_shared = saved.iter().map(|s| s.pagemap.cow_pages()).sum();
     let frozen = FrozenTree::new(frozen);
     let still_frozen = if matches!(after, After::Thaw) {
         frozen.thaw()?;

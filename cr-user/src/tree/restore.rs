@@ -3,13 +3,18 @@
 //! children with their pids (`clone3` with `set_tid`, injected), which so inherit the right
 //! parent, session and group. Zombies are forked the same way and exit at once with their
 //! recorded status, so their parent finds them unreaped as it left them.
+//!
+//! Unless the restore is lazy, a process that has children gets its memory rebuilt before it
+//! forks them (`Early`): they inherit its pages, so the pages they shared copy-on-write when
+//! dumped are shared again (see `mm::restore`). Everything else of every process is rebuilt
+//! after the whole tree exists.
 
 use std::collections::BTreeMap;
 
 use crate::image::tree::{TreeImage, TreeProc};
 use crate::inject::{Injector, to_bytes};
 use crate::proc;
-use crate::restore::{Building, RestoreError};
+use crate::restore::{Building, Memory, ProcImage, RestoreError};
 use crate::sys::ptrace::{self, Stop};
 use crate::sys::remote::Remote;
 use crate::sys::{PAGE_SIZE, SyscallError};
@@ -22,35 +27,68 @@ const SCRATCH_DEFAULT_ACTION: u64 = 256;
 const SCRATCH_SIGSET: u64 = 320;
 const SCRATCH_TIMESPEC: u64 = 336;
 
+/// What is needed to rebuild a parent's memory before it forks its children.
+#[derive(Clone, Copy)]
+pub(crate) struct Early<'a> {
+    /// The live processes' images.
+    pub procs: &'a [ProcImage],
+    /// The objects their mappings may use.
+    pub objects: &'a crate::files::objects::Objects,
+}
+
+/// The processes created, with what was already rebuilt of them.
+#[derive(Default)]
+pub(crate) struct Created {
+    /// pid → pid here, for the live processes (root included).
+    pub here: BTreeMap<i32, i32>,
+    /// The processes whose memory was rebuilt before they forked their children, by pid.
+    pub memory: BTreeMap<i32, Memory>,
+}
+
 /// Creates every process of `tree` below the root, which runs as `root_here` (stopped, traced
-/// with fork and clone events). Returns pid → pid here for the live processes (root included).
+/// with fork and clone events). With `early`, each process with children has its memory
+/// rebuilt before it forks them.
 pub(crate) fn create(
     root_here: i32,
     tree: &TreeImage,
     guard: &mut Building,
-) -> Result<BTreeMap<i32, i32>, RestoreError> {
-    let mut here = BTreeMap::new();
+    early: Option<Early<'_>>,
+) -> Result<Created, RestoreError> {
+    let mut out = Created::default();
     let Some(root) = tree.procs.first() else {
-        return Ok(here);
+        return Ok(out);
     };
-    here.insert(root.pid, root_here);
-    setup(root, None, root_here, tree, &mut here, guard)?;
-    Ok(here)
+    out.here.insert(root.pid, root_here);
+    let mut ctx = Ctx {
+        tree,
+        early,
+        out: &mut out,
+        guard,
+    };
+    setup(&mut ctx, root, None, root_here)?;
+    Ok(out)
+}
+
+/// What the recursion of [`setup`] carries.
+struct Ctx<'a, 'b> {
+    tree: &'a TreeImage,
+    early: Option<Early<'a>>,
+    out: &'b mut Created,
+    guard: &'b mut Building,
 }
 
 fn child_err(pid: i32, step: &'static str) -> impl FnOnce(SyscallError) -> RestoreError {
     move |source| RestoreError::Child { pid, step, source }
 }
 
-/// Session and group for `p`, then its children, recursively.
+/// Session and group for `p`, then (its memory first, with `early`) its children, recursively.
 fn setup(
+    ctx: &mut Ctx<'_, '_>,
     p: &TreeProc,
     parent: Option<&TreeProc>,
     at: i32,
-    tree: &TreeImage,
-    here: &mut BTreeMap<i32, i32>,
-    guard: &mut Building,
 ) -> Result<(), RestoreError> {
+    let tree = ctx.tree;
     let regs = ptrace::get_regs(at).map_err(child_err(p.pid, "read registers"))?;
     let maps = proc::maps::maps(at)?;
     let ip = crate::inject::vdso_syscall_ip(at, &maps)?;
@@ -75,22 +113,49 @@ fn setup(
     if children.is_empty() {
         return Ok(());
     }
-    // Arguments of clone3 live in a scratch page; the transplant unmaps it later.
-    let scratch = inj.call(
-        || "mmap of a scratch page".into(),
-        "mmap",
-        libc::SYS_mmap,
-        [
-            0,
-            PAGE_SIZE,
-            (libc::PROT_READ | libc::PROT_WRITE) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-            u64::MAX,
-            0,
-        ],
-    )?;
-    inj.set_scratch(scratch, PAGE_SIZE);
+    let early = ctx.early;
+    let image = |pid: i32| early.and_then(|e| e.procs.iter().find(|i| i.pid == pid));
+    let mut memory = match (early, image(p.pid)) {
+        (Some(early), Some(img)) => {
+            // Forked by a parent rebuilt before: it holds the VMAs they share.
+            let from = parent.and_then(|pp| image(pp.pid)).map(|i| &i.mm);
+            Some(crate::restore::build_memory(
+                img,
+                at,
+                early.objects,
+                None,
+                from,
+            )?)
+        }
+        _ => None,
+    };
+    // clone3's arguments: in the trampoline's scratch once the memory is rebuilt, else in a
+    // scratch page of their own (the transplant unmaps it later).
+    let (ip, scratch) = match memory.as_mut() {
+        Some(m) => (m.trampoline(), m.trampoline() + PAGE_SIZE),
+        None => {
+            let scratch = inj.call(
+                || "mmap of a scratch page".into(),
+                "mmap",
+                libc::SYS_mmap,
+                [
+                    0,
+                    PAGE_SIZE,
+                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )?;
+            inj.set_scratch(scratch, PAGE_SIZE);
+            (ip, scratch)
+        }
+    };
     for c in children {
+        let inj: &mut Injector = match memory.as_mut() {
+            Some(m) => m.injector(),
+            None => &mut inj,
+        };
         let tid = inj.put(SCRATCH_TID, &c.pid.to_le_bytes())?;
         // struct clone_args: a fork (no flags), SIGCHLD to the parent, with the child's pid.
         let args = [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0, tid, 1, 0];
@@ -99,7 +164,7 @@ fn setup(
             || format!("fork of process {}", c.pid),
             [args, 88, 0, 0, 0, 0],
         )?;
-        guard.pids.push(c_here);
+        ctx.guard.pids.push(c_here);
         match ptrace::wait_stop(c_here).map_err(child_err(c.pid, "wait for the new process"))? {
             Stop::Signal(libc::SIGSTOP) | Stop::Event { .. } => {}
             stop => return Err(RestoreError::ChildLost { pid: c.pid, stop }),
@@ -107,7 +172,7 @@ fn setup(
         match c.zombie {
             Some(status) => {
                 make_zombie(c, c_here, ip, scratch, status)?;
-                guard.pids.retain(|&x| x != c_here);
+                ctx.guard.pids.retain(|&x| x != c_here);
                 // Its SIGCHLD waits, blocked, in the parent: the parent had it long ago.
                 let set = inj.put(SCRATCH_SIGSET, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
                 let zero = inj.put(SCRATCH_TIMESPEC, &[0u8; 16])?;
@@ -118,10 +183,13 @@ fn setup(
                 )?;
             }
             None => {
-                here.insert(c.pid, c_here);
-                setup(c, Some(p), c_here, tree, here, guard)?;
+                ctx.out.here.insert(c.pid, c_here);
+                setup(ctx, c, Some(p), c_here)?;
             }
         }
+    }
+    if let Some(m) = memory {
+        ctx.out.memory.insert(p.pid, m);
     }
     Ok(())
 }
