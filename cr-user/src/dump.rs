@@ -448,6 +448,7 @@ fn dump_with(
     let t_freeze = Instant::now();
     let frozen = FrozenProcess::freeze(pid)?;
     let t_frozen = Instant::now();
+    let stopped = frozen.main().group_stop();
     stats.freezing_time_us = micros(t_frozen - t_freeze);
     stats.frozen_steps.stop_us = stats.freezing_time_us;
     if let Some(t) = tracker.as_mut() {
@@ -588,6 +589,13 @@ fn dump_with(
         dir.write(Kind::Threads, pid, &threads)?;
     }
     dir.write(Kind::SigState, pid, &sigstate)?;
+    if let Some(signal) = stopped {
+        dir.write(
+            Kind::Stopped,
+            pid,
+            &crate::image::core::StoppedImage { signal },
+        )?;
+    }
     dir.write(Kind::Files, pid, &files)?;
     objects.write(&dir)?;
     if !locks.locks.is_empty() {

@@ -2,7 +2,9 @@
 //!
 //! [`Frozen`] seizes the task with ptrace and interrupts it. Dropping it without calling
 //! [`Frozen::kill`] puts back the registers and signal mask and detaches, so every error path of
-//! a dump leaves the workload running as before.
+//! a dump leaves the workload running as before. A task stopped by job control (`SIGSTOP`,
+//! `SIGTSTP`, ...) is frozen too and stays stopped when released: the seize makes it report its
+//! group-stop, and the kernel puts it back into that stop at the detach.
 
 use crate::sys::SyscallError;
 use crate::sys::process;
@@ -29,14 +31,6 @@ pub enum FreezeError {
     /// Someone else traces it already.
     #[error("process {pid} is busy: it is already traced")]
     Busy {
-        /// The pid.
-        pid: i32,
-    },
-    /// It is job-control stopped; stopped tasks are not supported yet.
-    #[error(
-        "process {pid} is stopped by job control (SIGSTOP); stopped tasks are not supported yet"
-    )]
-    Stopped {
         /// The pid.
         pid: i32,
     },
@@ -85,6 +79,8 @@ pub struct Frozen {
     pid: i32,
     regs: UserRegs,
     sigmask: u64,
+    /// The signal that had stopped it by job control (`SIGSTOP`, `SIGTSTP`, ...), if it was.
+    group_stop: Option<i32>,
     armed: bool,
 }
 
@@ -109,6 +105,7 @@ impl Frozen {
             pid,
             regs: zero_regs(),
             sigmask: 0,
+            group_stop: None,
             armed: false,
         };
         let ptrace_err = |step| move |source| FreezeError::Ptrace { pid, step, source };
@@ -118,10 +115,12 @@ impl Frozen {
         loop {
             match ptrace::wait_stop(pid).map_err(ptrace_err("wait for stop"))? {
                 Stop::Event { event, sig } if event == ptrace::EVENT_STOP => {
+                    // SIGTRAP: our interrupt. Another signal: the task is stopped by job control
+                    // (the seize makes it report its group-stop). It is frozen either way; the
+                    // detach leaves a job-control stopped task stopped, as the kernel keeps the
+                    // group's stop in effect, and a restore stops it again with that signal.
                     if sig != libc::SIGTRAP {
-                        // A group-stop: leave it stopped as it was.
-                        let _ = ptrace::detach(pid, 0);
-                        return Err(FreezeError::Stopped { pid });
+                        frozen.group_stop = Some(sig);
                     }
                     break;
                 }
@@ -156,6 +155,11 @@ impl Frozen {
     /// The task's own blocked-signal mask.
     pub fn sigmask(&self) -> u64 {
         self.sigmask
+    }
+
+    /// The signal that stopped the task by job control before it was frozen, if any.
+    pub fn group_stop(&self) -> Option<i32> {
+        self.group_stop
     }
 
     /// Lets syscalls injected into the task bypass its seccomp filters while it is traced

@@ -298,6 +298,20 @@ pub fn restore_loaded(
     objects.seal().map_err(crate::files::FilesError::from)?;
     let restore_time_us = micros(t0.elapsed());
     gate().map_err(|why| RestoreError::Aborted { pid, why })?;
+    // A process that was stopped by job control gets a SIGSTOP queued while it is still held:
+    // it takes it on its way out of the detach, before any of its own instructions, and stops
+    // as it was (its parent is told, as for any stop). SIGSTOP whatever the original stop
+    // signal: the kernel discards SIGTSTP, SIGTTIN and SIGTTOU in an orphaned process group,
+    // which a restored group can be, and SIGSTOP cannot be caught or blocked.
+    for (b, p) in built.iter().zip(&img.procs) {
+        if p.stopped.is_some() {
+            process::kill(b.here, libc::SIGSTOP).map_err(|source| RestoreError::Child {
+                pid: p.pid,
+                step: "queue its stop signal",
+                source,
+            })?;
+        }
+    }
     for b in &built {
         for t in &b.threads {
             ptrace::detach(t.tid_here, 0).map_err(err("detach of a thread"))?;

@@ -47,6 +47,7 @@ pub fn to_json(path: &Path) -> Result<serde_json::Value, RestoreError> {
                 "core": core,
                 "threads": threads,
                 "sigstate": p.sigstate,
+                "stopped_by": p.stopped,
                 "mm": p.mm,
                 "files": p.files,
                 "locks": p.locks,
@@ -120,6 +121,12 @@ fn render(full: &LoadedImage) -> String {
                 p.pgid,
                 p.zombie
                     .map_or(String::new(), |st| format!(" zombie (status {st:#x})"))
+                    + &full
+                        .procs
+                        .iter()
+                        .find(|i| i.pid == p.pid)
+                        .and_then(|i| i.stopped)
+                        .map_or(String::new(), |sig| format!(" stopped (signal {sig})"))
             );
         }
     }
@@ -132,6 +139,9 @@ fn render(full: &LoadedImage) -> String {
         img.core.comm,
         if inv.shell_job { ", shell job" } else { "" }
     );
+    if let Some(sig) = img.stopped {
+        let _ = writeln!(s, "stopped by job control (signal {sig}); restored stopped");
+    }
     let _ = writeln!(
         s,
         "exe {}  cwd {}  umask {:03o}",

@@ -66,6 +66,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_sockets",
     "wl_combo",
     "wl_cow",
+    "wl_unsupported",
 ];
 
 /// The cargo workspace root.
@@ -698,6 +699,11 @@ impl Workload {
             self.pid
         );
         self.alive = true;
+    }
+
+    /// Sends `sig` to the workload (after checking it is still our unreaped child).
+    pub fn send(&self, sig: i32) {
+        self.signal(sig);
     }
 
     fn signal(&self, sig: i32) {

@@ -337,3 +337,63 @@ fn restore_empty_dir() {
     assert_one_line_error(&out, "restore from an empty directory");
     assert_no_stray_children("restore from an empty directory");
 }
+
+/// A process holding what fastcr cannot save (`wl_unsupported KIND`): the dump fails with one
+/// line naming the process, the fd or task, and the kind, and the workload runs on as before and
+/// verifies that its object still works (an io_uring NOP completes, the pty master keeps its
+/// number, the child is still traced by it).
+fn dump_refuses(kind: &str, names: &dyn Fn(&Workload) -> Vec<String>) {
+    require_root();
+    let wl = Workload::spawn("wl_unsupported", &[kind]);
+    wl.wait_counter_advances();
+    let images = Scratch::new("unsupported-img");
+    let context = format!("dump of a process holding {kind}");
+    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
+    assert_one_line_error(&out, &context);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in names(&wl) {
+        assert!(
+            stderr.contains(&name),
+            "{context}: the error does not name {name:?}: {stderr}"
+        );
+    }
+    assert!(
+        !images.join("inventory.img").exists(),
+        "{context}: a refused dump left a complete image"
+    );
+    wl.wait_counter_advances();
+    assert_dump_harmless(wl, &context);
+}
+
+#[test]
+fn dump_refuses_io_uring() {
+    dump_refuses("io_uring", &|wl| {
+        vec![
+            format!("process {}", wl.pid()),
+            "fd 10".into(),
+            "io_uring".into(),
+        ]
+    });
+}
+
+#[test]
+fn dump_refuses_device() {
+    dump_refuses("ptmx", &|wl| {
+        vec![
+            format!("process {}", wl.pid()),
+            "fd 10".into(),
+            "/dev/ptmx".into(),
+            "device".into(),
+        ]
+    });
+}
+
+#[test]
+fn dump_refuses_ptraced_child() {
+    dump_refuses("ptraced", &|wl| {
+        let path = wl.statedir().join("child");
+        let child =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        vec![format!("process {}", child.trim()), "traced".into()]
+    });
+}

@@ -5,10 +5,11 @@
 //!
 //! Checked for every process of the tree, from /proc (as seen from the test):
 //! - before the dump: the shape the workload built (parent, process group and session of each
-//!   process; Z a zombie), and each live process's [`VisibleState`];
+//!   process; Z a zombie; C2 stopped by job control), and each live process's [`VisibleState`];
 //! - after the restore: the same pids (or, in a new pid namespace, processes whose NSpid is
 //!   `[outer, original pid]`), with the same parents, groups and sessions (mapped to the outer
-//!   pids in a new namespace), Z a zombie again, each live process running untraced with the same
+//!   pids in a new namespace), Z a zombie again, C2 stopped again (its parent checks at the end
+//!   that SIGCONT continues it), each live process running untraced with the same
 //!   visible state (in a new namespace `Pid` and `Tgid` read from here are the outer pids);
 //! - the root's counter advances, and on SIGTERM the tree verifies itself (sequence through the
 //!   pipe, memory, ids, Z's exit status 42) and the root reports PASS.
@@ -166,6 +167,17 @@ fn assert_shape(pids: &TreePids, here: &dyn Fn(i32) -> i32, root_ppid: i32, cont
         );
         if name == "z" {
             assert_eq!(got.state, 'Z', "{context}: z (pid {at}) is not a zombie");
+        } else if name == "c2" {
+            // Stopped by job control (SIGSTOP from the root), and so it must stay.
+            assert_eq!(
+                got.state, 'T',
+                "{context}: c2 (pid {at}) is not stopped by job control"
+            );
+            assert_eq!(
+                status_field(at, "TracerPid").as_deref(),
+                Some("0"),
+                "{context}: c2 (pid {at}) is traced"
+            );
         } else {
             assert!(
                 !matches!(got.state, 'Z' | 'X' | 't' | 'T'),

@@ -5,7 +5,7 @@
  *   root (session leader, wl_init's setsid; ticks the counter)
  *   ├── C1  process-group leader (setpgid(0, 0)); reads P1, writes P2
  *   │   └── G   in C1's group; holds SIZE_MIB/4 MiB
- *   ├── C2  in the root's group; holds SIZE_MIB/4 MiB
+ *   ├── C2  in the root's group; holds SIZE_MIB/4 MiB; stopped by job control (SIGSTOP)
  *   └── Z   exited at once with status 42, left unreaped until the end
  *
  * STATEDIR/pids holds "root c1 c2 z g\n", written before "ready", once every
@@ -28,6 +28,13 @@
  * slices it or an ancestor rewrote before its fork hold the new pages, all
  * else the root's pattern (so the root's copy is untouched by the children).
  * G and C2 also hold SIZE_MIB/4 MiB of their own with a pattern.
+ *
+ * C2 is stopped by the root with SIGSTOP once set up (the root sees the stop
+ * with waitpid WUNTRACED), so a checkpoint finds it in state T. At the end
+ * the root continues it with SIGCONT and must then see it continued
+ * (waitid WCONTINUED: the kernel reports that only for a child that was
+ * stopped; a stop report a restore made is consumed on the way), then
+ * SIGTERMs it as the others.
  *
  * On SIGTERM to the root: it closes P1's write end and SIGTERMs C1, which
  * drains P1 to EOF (checking every number), sends its last number over P2,
@@ -495,6 +502,64 @@ static void __attribute__((noreturn)) run_c1(int sync_r, int sync_w)
 	child_finish();
 }
 
+/* Stops C2 by job control and waits until the kernel reports it stopped. */
+static void stop_c2(void)
+{
+	int status = 0;
+	pid_t r;
+
+	if (kill(pid_c2, SIGSTOP)) {
+		fprintf(stderr, "kill(c2, SIGSTOP): %s\n", strerror(errno));
+		exit(2);
+	}
+	while ((r = waitpid(pid_c2, &status, WUNTRACED)) < 0 && errno == EINTR)
+		;
+	if (r != pid_c2 || !WIFSTOPPED(status) || WSTOPSIG(status) != SIGSTOP) {
+		fprintf(stderr, "c2 did not stop: waitpid returned %d, status %#x\n", (int)r,
+			status);
+		exit(2);
+	}
+}
+
+/*
+ * Continues C2, which must have been stopped all along: the kernel reports
+ * CLD_CONTINUED only for a child that SIGCONT woke from a stop. A CLD_STOPPED
+ * report still queued (a restore stops the process again, and its parent is
+ * told) is consumed first.
+ */
+static void continue_c2(void)
+{
+	long deadline = now_ms() + CHILD_TIMEOUT_MS;
+	siginfo_t si;
+
+	if (kill(pid_c2, SIGCONT)) {
+		wl_fail("root: kill(c2, SIGCONT): %s", strerror(errno));
+		return;
+	}
+	for (;;) {
+		memset(&si, 0, sizeof(si));
+		if (waitid(P_PID, (id_t)pid_c2, &si, WSTOPPED | WCONTINUED | WNOHANG)) {
+			if (errno == EINTR)
+				continue;
+			wl_fail("root: waitid(c2, WCONTINUED): %s", strerror(errno));
+			return;
+		}
+		if (si.si_pid == pid_c2 && si.si_code == CLD_CONTINUED)
+			return;
+		if (si.si_pid == pid_c2 && si.si_code != CLD_STOPPED) {
+			wl_fail("root: c2 reported si_code %d instead of being continued",
+				si.si_code);
+			return;
+		}
+		if (si.si_pid == 0 && now_ms() > deadline) {
+			wl_fail("root: c2 was not stopped: SIGCONT did not continue it");
+			return;
+		}
+		if (si.si_pid == 0)
+			wl_sleep_ms(10);
+	}
+}
+
 static void write_pids(void)
 {
 	char buf[128];
@@ -576,6 +641,7 @@ int main(int argc, char **argv)
 	close(sync[1]);
 	wait_eof(sync[0], "c2");
 	close(sync[0]);
+	stop_c2();
 
 	pid_z = fork();
 	if (pid_z < 0) {
@@ -616,6 +682,7 @@ int main(int argc, char **argv)
 		wl_fail("root: C1 read up to %llu, the root wrote up to %llu",
 			(unsigned long long)c1_last, (unsigned long long)seq);
 	wait_child("c1", pid_c1, C1_TIMEOUT_MS);
+	continue_c2();
 	kill(pid_c2, SIGTERM);
 	wait_child("c2", pid_c2, CHILD_TIMEOUT_MS);
 

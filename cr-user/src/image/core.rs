@@ -165,3 +165,26 @@ impl CoreImage {
         }
     }
 }
+
+/// `stopped-<pid>.img`, present only for a process that was stopped by job control at the dump
+/// (`T` in `/proc/PID/stat`): restore stops it again with the same signal. A file of its own so
+/// that images of running processes are unchanged (payloads are bincode, not self-describing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppedImage {
+    /// The stop signal it had taken: `SIGSTOP`, `SIGTSTP`, `SIGTTIN` or `SIGTTOU`.
+    pub signal: i32,
+}
+
+/// The signals that stop a process by job control.
+pub const STOP_SIGNALS: [i32; 4] = [19, 20, 21, 22];
+
+impl StoppedImage {
+    /// Checks the signal is a stop signal.
+    pub fn validate(&self) -> Result<(), String> {
+        if STOP_SIGNALS.contains(&self.signal) {
+            Ok(())
+        } else {
+            Err(format!("{} is not a stop signal", self.signal))
+        }
+    }
+}

@@ -14,7 +14,7 @@
 /// Format major version written by this build.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version written by this build.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 16;
 /// Largest payload a reader accepts (64 MiB).

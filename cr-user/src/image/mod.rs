@@ -9,6 +9,7 @@
 //!   pagemap-<pid>.img    PagemapImage         magic "FCPM"
 //!   pages-<pid>.img      raw pages, page-aligned, indexed by pagemap-<pid>.img
 //!   sigstate-<pid>.img   SigStateImage        magic "FCSG"  (absent in older images)
+//!   stopped-<pid>.img    StoppedImage         magic "FCST"  (only for a job-control stopped process)
 //! ```
 //! Metadata files use the envelope in [`header`]; payloads are bincode with a size limit, so a
 //! corrupt length can never make a reader allocate more than the file holds. This module never
@@ -63,6 +64,8 @@ pub enum Kind {
     Objects,
     /// `locks-<pid>.img`: file locks held (absent: none).
     Locks,
+    /// `stopped-<pid>.img`: the process was stopped by job control (absent: it was not).
+    Stopped,
 }
 
 impl Kind {
@@ -79,6 +82,7 @@ impl Kind {
             Kind::SigState => b"FCSG",
             Kind::Objects => b"FCOB",
             Kind::Locks => b"FCLK",
+            Kind::Stopped => b"FCST",
         };
         u32::from_le_bytes(*tag)
     }
@@ -96,6 +100,7 @@ impl Kind {
             Kind::SigState => format!("sigstate-{pid}.img"),
             Kind::Objects => "objects.img".to_string(),
             Kind::Locks => format!("locks-{pid}.img"),
+            Kind::Stopped => format!("stopped-{pid}.img"),
         }
     }
 }

@@ -715,9 +715,15 @@ fn serve_requests(
     }
 }
 
-/// Thaws an original that also has a SIGSTOP queued: detach, then continue it.
+/// Thaws an original that also has a SIGSTOP queued: detach, then continue it. A process that
+/// was already stopped by job control before the migration is left stopped, as it was.
 fn thaw_stopped(frozen: crate::freeze::FrozenTree, _pid: i32) -> Result<(), MigrateError> {
-    let pids = frozen.pids();
+    let pids: Vec<i32> = frozen
+        .procs()
+        .iter()
+        .filter(|p| p.main().group_stop().is_none())
+        .map(|p| p.main().pid())
+        .collect();
     frozen.thaw()?;
     for pid in pids {
         crate::sys::process::kill(pid, libc::SIGCONT)

@@ -30,6 +30,8 @@ pub struct ProcImage {
     pub mm: MmImage,
     /// Files.
     pub files: FilesImage,
+    /// The job-control stop signal it had taken (`stopped-<pid>.img`; `None` if absent).
+    pub stopped: Option<i32>,
     /// File locks to take back (`locks-<pid>.img`; empty if absent).
     pub locks: crate::image::locks::LocksImage,
     /// Page index.
@@ -200,6 +202,14 @@ fn load_proc(dir: &ImageDir, pid: i32, parents: Parents) -> Result<ProcImage, Re
         s.validate(&tids)
             .map_err(|d| inconsistent(dir, &Kind::SigState.file_name(pid), d))?;
     }
+    let stopped = if dir.file(&Kind::Stopped.file_name(pid)).exists() {
+        let s: crate::image::core::StoppedImage = dir.read(Kind::Stopped, pid)?;
+        s.validate()
+            .map_err(|d| inconsistent(dir, &Kind::Stopped.file_name(pid), d))?;
+        Some(s.signal)
+    } else {
+        None
+    };
     let mm: MmImage = dir.read(Kind::Mm, pid)?;
     let files: FilesImage = dir.read(Kind::Files, pid)?;
     let pagemap: PagemapImage = dir.read(Kind::Pagemap, pid)?;
@@ -261,6 +271,7 @@ fn load_proc(dir: &ImageDir, pid: i32, parents: Parents) -> Result<ProcImage, Re
         core,
         threads,
         sigstate,
+        stopped,
         mm,
         files,
         locks,

@@ -94,6 +94,9 @@ impl Remote {
             ptrace::resume_to_syscall(self.pid, 0).map_err(map)?;
             match ptrace::wait_stop(self.pid).map_err(map)? {
                 Stop::Syscall => syscall_stops += 1,
+                // A task stopped by job control traps once more when first resumed (the
+                // `PTRACE_INTERRUPT` that froze it is still pending); nothing ran: resume again.
+                Stop::Event { event, .. } if event == ptrace::EVENT_STOP => {}
                 Stop::Event { event, .. }
                     if clone && (event == ptrace::EVENT_CLONE || event == ptrace::EVENT_FORK) =>
                 {
@@ -121,15 +124,21 @@ impl Remote {
         regs.r12 = arg;
         let map = |source| InjectError::Ptrace { nr: -1, source };
         ptrace::set_regs(self.pid, &regs).map_err(map)?;
-        ptrace::cont(self.pid, 0).map_err(map)?;
-        match ptrace::wait_stop(self.pid).map_err(map)? {
-            // The SIGTRAP of `int3` is suppressed by the next resume (signal 0).
-            Stop::Signal(libc::SIGTRAP) => Ok(()),
-            stop => Err(InjectError::UnexpectedStop {
-                pid: self.pid,
-                nr: -1,
-                stop,
-            }),
+        loop {
+            ptrace::cont(self.pid, 0).map_err(map)?;
+            match ptrace::wait_stop(self.pid).map_err(map)? {
+                // The SIGTRAP of `int3` is suppressed by the next resume (signal 0).
+                Stop::Signal(libc::SIGTRAP) => return Ok(()),
+                // The pending trap of a job-control stopped task (see `run`): nothing ran.
+                Stop::Event { event, .. } if event == ptrace::EVENT_STOP => {}
+                stop => {
+                    return Err(InjectError::UnexpectedStop {
+                        pid: self.pid,
+                        nr: -1,
+                        stop,
+                    });
+                }
+            }
         }
     }
 

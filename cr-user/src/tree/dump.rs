@@ -10,7 +10,7 @@ use crate::dump::{
     prepare_dir, record_precopy, record_precopy_failure, start_tracking,
 };
 use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
-use crate::image::core::{CoreImage, ThreadsImage};
+use crate::image::core::{CoreImage, StoppedImage, ThreadsImage};
 use crate::image::files::FilesImage;
 use crate::image::inventory::Inventory;
 use crate::image::mm::MmImage;
@@ -27,6 +27,8 @@ struct Saved {
     core: CoreImage,
     threads: ThreadsImage,
     sigstate: SigStateImage,
+    /// The job-control stop signal it had taken, if it was stopped.
+    stopped: Option<i32>,
     files: FilesImage,
     mm: MmImage,
     pagemap: PagemapImage,
@@ -140,6 +142,7 @@ fn save(
         core,
         threads,
         sigstate,
+        stopped: f.main().group_stop(),
         files,
         mm,
         pagemap,
@@ -364,6 +367,9 @@ fn write(
             dir.write(Kind::Threads, s.pid, &s.threads)?;
         }
         dir.write(Kind::SigState, s.pid, &s.sigstate)?;
+        if let Some(signal) = s.stopped {
+            dir.write(Kind::Stopped, s.pid, &StoppedImage { signal })?;
+        }
         dir.write(Kind::Files, s.pid, &s.files)?;
     }
     dir.write(Kind::Tree, 0, tree)?;
