@@ -136,6 +136,11 @@ pub fn classify(
         "/dev/zero (deleted)" if e.shared && e.inode != 0 => object(pid, e)?,
         p if p.starts_with("[anon:") => VmaKind::Anon,
         p if p.starts_with('[') => return Err(unsupported("special kernel mapping")),
+        p if p.starts_with("anon_inode:") => {
+            return Err(unsupported(
+                "a mapping of a kernel object (io_uring rings, perf buffers, ...) is not supported",
+            ));
+        }
         p if p.starts_with("/SYSV") => {
             return Err(unsupported("SysV shared memory is not supported yet"));
         }
