@@ -128,6 +128,25 @@ impl Injector {
             })
     }
 
+    /// Starts the code at `entry` (already in the task, executable) with `r12` = `arg` and lets
+    /// the task run it; the code ends the task. [`Injector::wait_exit`] waits for that.
+    pub fn launch(&self, entry: u64, arg: u64) -> Result<(), InjectError> {
+        self.remote.launch(entry, arg).map_err(|e| InjectError {
+            pid: self.pid(),
+            step: "start injected code".to_string(),
+            source: RemoteCallError::Inject(e),
+        })
+    }
+
+    /// Waits until a task started with [`Injector::launch`] exits; returns its exit code.
+    pub fn wait_exit(&self) -> Result<i32, InjectError> {
+        self.remote.wait_exit().map_err(|e| InjectError {
+            pid: self.pid(),
+            step: "wait for injected code to end".to_string(),
+            source: RemoteCallError::Inject(e),
+        })
+    }
+
     /// Writes `bytes` at `offset` in the scratch area and returns their address in the task.
     pub fn put(&self, offset: u64, bytes: &[u8]) -> Result<u64, InjectError> {
         assert!(

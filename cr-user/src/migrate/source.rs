@@ -623,30 +623,37 @@ fn stream(
                     });
                 }
             }
+            let mut launched = Vec::new();
             for (pid, plan) in &plans {
                 let helper = helpers.iter().find(|h| h.pid() == *pid);
+                let mut pieces = Vec::new();
                 for &(start, end) in &plan.present {
                     let mut a = start;
                     while a < end {
                         let len = (end - a).min(MAX_DATA_LEN as u64);
-                        let (pid, addr) = (*pid, a);
-                        match helper {
-                            Some(h) => {
-                                if tx.send(Cmd::Spliced { pid, addr, len }).is_err() {
-                                    return Ok(());
-                                }
-                                h.push(a, len)?;
-                            }
-                            None => {
-                                if tx.send(Cmd::Copied { pid, addr, len }).is_err() {
-                                    return Ok(());
-                                }
-                            }
-                        }
+                        pieces.push((a, len));
                         a += len;
                     }
                 }
+                // A helper feeds its pipe by itself, in this order; the splicer frames it.
+                if let Some(h) = helper {
+                    h.launch(&pieces)?;
+                    launched.push(h);
+                }
+                for (addr, len) in pieces {
+                    let pid = *pid;
+                    let cmd = match helper {
+                        Some(_) => Cmd::Spliced { pid, addr, len },
+                        None => Cmd::Copied { pid, addr, len },
+                    };
+                    if tx.send(cmd).is_err() {
+                        break;
+                    }
+                }
             }
+            // The splicer drains each pipe in turn; a helper ends when its ranges are in (or
+            // its pipe was closed by a failing splicer).
+            launched.into_iter().try_for_each(Helper::wait)?;
             Ok::<(), MigrateError>(())
         })();
         if pushed.is_err() {

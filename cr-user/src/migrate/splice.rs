@@ -30,12 +30,61 @@ use crate::sys::{fs, process};
 const STUB: [u8; 13] = [
     0x0f, 0x05, 0xb8, 0x3c, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05, 0xeb, 0xfe,
 ];
+/// The helper's stream loop, placed after [`STUB`] in its code page and started once with
+/// `r12` = a list area `{ fd, count, area_len, 0, then count × (base, len) }`: it `vmsplice`s
+/// every range into the pipe `fd` in order (blocking while the pipe is full, so it follows the
+/// splicer without any ptrace round trip), then closes `fd`, unmaps the list area and exits the
+/// thread. A failing `vmsplice` (`EPIPE` once the splicer closed the read end, also when
+/// fastcr died) ends the loop the same way: the splicer sees the pipe end early.
+///
+/// ```text
+///     lea  r13, [r12+32]          ; the first (base, len)
+/// 1:  cmp  qword [r12+8], 0       ; ranges left?
+///     je   3f
+/// 2:  mov  rdi, [r12]             ; vmsplice(fd, r13, 1, 0)
+///     mov  rsi, r13
+///     mov  edx, 1
+///     xor  r10d, r10d
+///     mov  eax, 278
+///     syscall
+///     test rax, rax
+///     jle  3f                     ; error or nothing: end
+///     add  [r13], rax             ; base += n
+///     sub  [r13+8], rax           ; len -= n
+///     jnz  2b                     ; more of this range
+///     add  r13, 16
+///     dec  qword [r12+8]
+///     jmp  1b
+/// 3:  mov  rdi, [r12]             ; close(fd)
+///     mov  eax, 3
+///     syscall
+///     mov  rdi, r12               ; munmap(list area)
+///     mov  rsi, [r12+16]
+///     mov  eax, 11
+///     syscall
+///     mov  eax, 60                ; exit(0)
+///     xor  edi, edi
+///     syscall
+///     jmp  .
+/// ```
+const LOOP: [u8; 98] = [
+    0x4d, 0x8d, 0x6c, 0x24, 0x20, 0x49, 0x83, 0x7c, 0x24, 0x08, 0x00, 0x74, 0x30, 0x49, 0x8b, 0x3c,
+    0x24, 0x4c, 0x89, 0xee, 0xba, 0x01, 0x00, 0x00, 0x00, 0x45, 0x31, 0xd2, 0xb8, 0x16, 0x01, 0x00,
+    0x00, 0x0f, 0x05, 0x48, 0x85, 0xc0, 0x7e, 0x15, 0x49, 0x01, 0x45, 0x00, 0x49, 0x29, 0x45, 0x08,
+    0x75, 0xdb, 0x49, 0x83, 0xc5, 0x10, 0x49, 0xff, 0x4c, 0x24, 0x08, 0xeb, 0xc8, 0x49, 0x8b, 0x3c,
+    0x24, 0xb8, 0x03, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x4c, 0x89, 0xe7, 0x49, 0x8b, 0x74, 0x24, 0x10,
+    0xb8, 0x0b, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0x3c, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05,
+    0xeb, 0xfe,
+];
+/// Where [`LOOP`] sits in the code page.
+const LOOP_AT: u64 = 16;
+/// The list area's header: fd, count, area length, padding.
+const LIST_HEAD: u64 = 32;
 /// The helper's two pages: its code (read and execute only once written), then its data.
 const SCRATCH_LEN: u64 = 8192;
 const DATA: u64 = 4096;
 const OFF_ARGS: u64 = DATA + 64;
 const OFF_FDS: u64 = DATA + 192;
-const OFF_IOV: u64 = DATA + 256;
 /// Pipe capacity asked for: `/proc/sys/fs/pipe-max-size` by default, the most one can set
 /// without `CAP_SYS_RESOURCE`.
 const PIPE_BYTES: u64 = 1 << 20;
@@ -56,6 +105,8 @@ pub(super) struct Helper {
     inj: Injector,
     scratch: u64,
     write_end: i32,
+    /// Started on its stream loop ([`Helper::launch`]): it cleans up and exits by itself.
+    launched: std::cell::Cell<bool>,
 }
 
 fn helper_err(pid: i32, what: &str) -> impl FnOnce(String) -> MigrateError + '_ {
@@ -117,6 +168,7 @@ impl Helper {
             inj: hinj,
             scratch,
             write_end: -1,
+            launched: std::cell::Cell::new(false),
         };
         match helper.open_pipe() {
             Ok(read_end) => Ok((helper, read_end)),
@@ -132,6 +184,7 @@ impl Helper {
     fn clone_helper(main: &Frozen, inj: &mut Injector, scratch: u64) -> Result<i32, String> {
         let pid = main.pid();
         inj.put(0, &STUB).map_err(|e| e.to_string())?;
+        inj.put(LOOP_AT, &LOOP).map_err(|e| e.to_string())?;
         inj.call(
             || "mprotect of the helper's code".into(),
             "mprotect",
@@ -221,31 +274,57 @@ impl Helper {
         self.pid
     }
 
-    /// Puts the pages `[addr, addr + len)` into the pipe; blocks while the pipe is full.
-    pub(super) fn push(&self, addr: u64, len: u64) -> Result<(), MigrateError> {
-        let mut done = 0;
-        while done < len {
-            let iov = self
-                .inj
-                .put(OFF_IOV, &to_bytes(&[addr + done, len - done]))
-                .map_err(|e| helper_err(self.pid, "iovec")(e.to_string()))?;
-            let n = self
-                .inj
-                .raw(
-                    "vmsplice",
-                    libc::SYS_vmsplice,
-                    [self.write_end as u64, iov, 1, 0, 0, 0],
-                )
-                .map_err(|e| helper_err(self.pid, "vmsplice")(e.to_string()))?;
-            if n <= 0 {
-                return Err(helper_err(self.pid, "vmsplice")(format!(
-                    "returned {n} at {:#x}",
-                    addr + done
-                )));
-            }
-            done += n as u64;
+    /// Starts the helper on its stream loop ([`LOOP`]) over `ranges` (address, length), in
+    /// order: it then feeds the pipe by itself, and the splicer must read exactly these ranges
+    /// from it. The helper's data page is unmapped first; the loop closes the pipe, unmaps its
+    /// list and exits the thread when done ([`Helper::wait`]).
+    pub(super) fn launch(&self, ranges: &[(u64, u64)]) -> Result<(), MigrateError> {
+        let err = |what| helper_err(self.pid, what);
+        let count = ranges.len() as u64;
+        let len = (LIST_HEAD + 16 * count).next_multiple_of(4096);
+        let area = self
+            .inj
+            .raw(
+                "mmap of the stream list",
+                libc::SYS_mmap,
+                [
+                    0,
+                    len,
+                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )
+            .map_err(|e| err("mmap")(e.to_string()))?;
+        if (-4095..0).contains(&area) {
+            return Err(err("mmap")(format!("failed with {area}")));
         }
-        Ok(())
+        let area = area as u64;
+        let mut list = vec![self.write_end as u64, count, len, 0];
+        for &(base, n) in ranges {
+            list.extend([base, n]);
+        }
+        self.inj
+            .write_at(area, &to_bytes(&list))
+            .map_err(|e| err("stream list")(e.to_string()))?;
+        let _ = self.inj.raw(
+            "munmap",
+            libc::SYS_munmap,
+            [self.scratch + DATA, SCRATCH_LEN - DATA, 0, 0, 0, 0],
+        );
+        self.launched.set(true);
+        self.inj
+            .launch(self.scratch + LOOP_AT, area)
+            .map_err(|e| err("start")(e.to_string()))
+    }
+
+    /// Waits until a launched helper has fed its ranges and exited.
+    pub(super) fn wait(&self) -> Result<(), MigrateError> {
+        self.inj
+            .wait_exit()
+            .map(|_| ())
+            .map_err(|e| helper_err(self.pid, "stream loop")(e.to_string()))
     }
 
     /// Closes the pipe in the original, unmaps the helper's data page and ends the helper. Its
@@ -254,6 +333,10 @@ impl Helper {
     /// goes with the original, which is killed once the destination has every page (it is
     /// left only in an original thawed after a lost link, or after fastcr died).
     pub(super) fn end(self) {
+        if self.launched.get() {
+            // Its loop closed the pipe, unmapped its list and ended the thread.
+            return;
+        }
         if self.write_end >= 0 {
             let _ = self.inj.raw(
                 "close",

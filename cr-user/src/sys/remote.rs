@@ -116,6 +116,38 @@ impl Remote {
         Ok((out.rax as i64, new_tid))
     }
 
+    /// Starts code already placed in the task at `entry`, with `r12` set to `arg`, and lets it
+    /// run: the code must end the task itself (`exit`). See [`Remote::wait_exit`].
+    pub fn launch(&self, entry: u64, arg: u64) -> Result<(), InjectError> {
+        let mut regs = self.base;
+        regs.rip = entry;
+        regs.r12 = arg;
+        let map = |source| InjectError::Ptrace { nr: -1, source };
+        ptrace::set_regs(self.pid, &regs).map_err(map)?;
+        ptrace::cont(self.pid, 0).map_err(map)
+    }
+
+    /// Waits until a task started by [`Remote::launch`] exits; returns its exit code. Stops on
+    /// the way (a group-stop, a signal it has blocked anyway) are continued past.
+    pub fn wait_exit(&self) -> Result<i32, InjectError> {
+        let map = |source| InjectError::Ptrace { nr: -1, source };
+        loop {
+            match ptrace::wait_stop(self.pid).map_err(map)? {
+                Stop::Exited(code) => return Ok(code),
+                Stop::Killed(sig) => {
+                    return Err(InjectError::UnexpectedStop {
+                        pid: self.pid,
+                        nr: -1,
+                        stop: Stop::Killed(sig),
+                    });
+                }
+                Stop::Signal(_) | Stop::Event { .. } | Stop::Syscall => {
+                    ptrace::cont(self.pid, 0).map_err(map)?;
+                }
+            }
+        }
+    }
+
     /// Runs code already placed in the task at `entry` until it executes `int3`, with `r12`
     /// set to `arg`. Used for loops of syscalls that would otherwise cost one injection each.
     pub fn run_code(&self, entry: u64, arg: u64) -> Result<(), InjectError> {

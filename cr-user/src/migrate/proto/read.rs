@@ -56,6 +56,9 @@ pub fn read_frame<'b, R: Read>(r: &mut R, buf: &'b mut Vec<u8>) -> Result<Frame<
         });
     }
     buf.clear();
+    // One allocation of the whole frame (a recycled buffer already has it), not a series of
+    // doublings that copy what was read so far.
+    buf.reserve(len as usize);
     // `take` + `read_to_end` fills the spare capacity without zeroing it first.
     let got = (&mut *r)
         .take(u64::from(len))
