@@ -6,8 +6,8 @@
 //!   `downtime_us`, from the freeze to the copy's first instruction on the destination (the
 //!   arrival of `Resumed` minus half the measured round trip).
 //! - `migrate_time_to_all_pages/lazy/<size>`: `time_to_all_pages_us`, from the copy's resume
-//!   until the destination has every page in place; `.../lazy_copy/<size>` the same with
-//!   `--no-splice` (background pages copied out of the original, not spliced).
+//!   until the destination has every page in place; `.../lazy_splice/<size>` the same with
+//!   `--splice` (background pages spliced out of the original, not copied).
 //! - `migrate_fault_p50/lazy/<size>`: `dest.fault_p50_us`, the median latency of the demand
 //!   faults of one migration (fault to page placed). A migration has only a handful of them
 //!   (the copy touches its stack, libc and counter pages right after the resume; the pattern
@@ -196,21 +196,21 @@ fn lazy(c: &mut Criterion, link: &Link, size: u64) {
     }
 }
 
-/// Time to all pages of lazy migrations whose background pages are copied out of the
-/// original instead of spliced (`--no-splice`): the baseline of the splice, same run.
-fn lazy_copy(c: &mut Criterion, link: &Link, size: u64) {
+/// Time to all pages of lazy migrations whose background pages are spliced out of the
+/// original instead of copied (`--splice`), against the default copy in the same run.
+fn lazy_splice(c: &mut Criterion, link: &Link, size: u64) {
     let i = Cell::new(0);
     bench(
         c,
         "migrate_time_to_all_pages",
-        Mode::LazyCopy,
+        Mode::LazySplice,
         size,
-        &format!("lazy_copy time to all pages {size} MiB"),
+        &format!("lazy_splice time to all pages {size} MiB"),
         || {
             let n = i.get();
             i.set(n + 1);
-            let m = link.migrate_once(size, Mode::LazyCopy)?;
-            println!("lazy_copy {size} MiB #{n}: {}", m.summary());
+            let m = link.migrate_once(size, Mode::LazySplice)?;
+            println!("lazy_splice {size} MiB #{n}: {}", m.summary());
             m.time_to_all_pages()
         },
     );
@@ -263,7 +263,7 @@ fn migrate(c: &mut Criterion) {
     let link = Link::new(Path::new(&bin)).unwrap_or_else(|e| panic!("migration link: {e:#}"));
     for &size in MIGRATE_SIZES_MIB {
         lazy(c, &link, size);
-        lazy_copy(c, &link, size);
+        lazy_splice(c, &link, size);
         stop_and_copy(c, &link, size, Mode::StopAndCopy);
         stop_and_copy(c, &link, size, Mode::PreCopy);
     }

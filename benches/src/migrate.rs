@@ -45,11 +45,11 @@ const POLL: Duration = Duration::from_millis(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// `migrate --lazy`: resume on the destination at once, pages afterwards (post-copy),
-    /// spliced out of the original.
+    /// copied out of the original (`process_vm_readv`, then a socket write).
     Lazy,
-    /// `migrate --lazy --no-splice`: the same with the background pages copied out of the
-    /// original (`process_vm_readv`, then a socket write), for comparison in the same run.
-    LazyCopy,
+    /// `migrate --lazy --splice`: the same with the background pages spliced out of the
+    /// original through a helper thread, for comparison in the same run.
+    LazySplice,
     /// `migrate` without `--lazy`: the whole image (memory included) before the resume.
     StopAndCopy,
     /// `migrate --pre-copy auto`: the rounds' pages stream while the process runs, only the
@@ -62,7 +62,7 @@ impl Mode {
     pub fn label(self) -> &'static str {
         match self {
             Mode::Lazy => "lazy",
-            Mode::LazyCopy => "lazy_copy",
+            Mode::LazySplice => "lazy_splice",
             Mode::StopAndCopy => "stop_and_copy",
             Mode::PreCopy => "precopy",
         }
@@ -334,8 +334,8 @@ impl Link {
             Mode::Lazy => {
                 cmd.arg("--lazy");
             }
-            Mode::LazyCopy => {
-                cmd.args(["--lazy", "--no-splice"]);
+            Mode::LazySplice => {
+                cmd.args(["--lazy", "--splice"]);
             }
             Mode::PreCopy => {
                 cmd.args(["--pre-copy", "auto"]);

@@ -144,10 +144,11 @@ enum Command {
         /// Do not use BPF.
         #[arg(long)]
         no_bpf: bool,
-        /// With --lazy: copy the background pages out of the original instead of splicing
-        /// them from it (zero-copy, through a helper thread made in the frozen original).
-        #[arg(long)]
-        no_splice: bool,
+        /// With --lazy: splice the background pages out of the original (no copy on the
+        /// source, through a helper thread made in the frozen original) instead of copying
+        /// them. Slower on the project's machines (see docs/benchmarks.md).
+        #[arg(long, requires = "lazy")]
+        splice: bool,
         /// Print a stats table.
         #[arg(long)]
         stats: bool,
@@ -338,7 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pre_copy,
             token_file,
             no_bpf,
-            no_splice,
+            splice,
             stats,
             json,
         } => {
@@ -349,7 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pre_copy,
                 token_file,
                 no_bpf,
-                no_splice,
+                splice,
             };
             let s = migrate(&opts)
                 .with_context(|| format!("migration of process {pid} to {to} failed"))?;

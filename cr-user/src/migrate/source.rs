@@ -42,9 +42,9 @@ pub struct MigrateOptions {
     pub token_file: PathBuf,
     /// Do not use BPF.
     pub no_bpf: bool,
-    /// Copy the lazy background stream (`process_vm_readv`, then a socket write) instead of
-    /// splicing it from the original through a helper thread.
-    pub no_splice: bool,
+    /// Splice the lazy background stream out of the original through a helper thread instead
+    /// of copying it (`process_vm_readv`, then a socket write).
+    pub splice: bool,
 }
 
 /// What the migration measured.
@@ -418,7 +418,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         stats.bytes_sent = streamed * proto::PAGE_SIZE as u64;
         stats.bytes_sent += send_images(&mut ctl, images.path(), opts.lazy)?;
         // While the destination restores: the helpers that stream the pages without copies.
-        if opts.lazy && !opts.no_splice {
+        if opts.lazy && opts.splice {
             for p in frozen.procs() {
                 match Helper::start(p.main()) {
                     Ok((h, pipe)) => {
