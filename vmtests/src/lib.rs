@@ -66,6 +66,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_sockets",
     "wl_combo",
     "wl_cow",
+    "wl_fifo",
 ];
 
 /// The cargo workspace root.

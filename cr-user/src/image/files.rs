@@ -67,6 +67,45 @@ pub enum FdKind {
     },
     /// A socket (unix, or an inet listener / UDP socket), see [`Socket`].
     Socket(Box<Socket>),
+    /// A named pipe (FIFO made with `mkfifo`) reopened by path.
+    Fifo {
+        /// Path at dump time.
+        path: String,
+        /// `st_dev` at dump time (with `ino`, identifies the FIFO in the whole dump).
+        dev: u64,
+        /// `st_ino` at dump time.
+        ino: u64,
+        /// Its capacity and the data in flight (`inode` is `ino`): on one fd of the whole dump,
+        /// the first (in tree order) that refers to this FIFO; `None` on the others.
+        contents: Option<Pipe>,
+    },
+    /// An fd that shares its open file description (offset, status flags) with the lower fd
+    /// `of` of the same process (`dup`, or inherited twice); only its close-on-exec flag is its
+    /// own. `of` is a [`FdKind::Path`], [`FdKind::Object`], [`FdKind::Fifo`] or
+    /// [`FdKind::SharedFile`].
+    Dup {
+        /// The fd it duplicates.
+        of: i32,
+    },
+    /// A file ([`FdKind::Path`], [`FdKind::Object`] or [`FdKind::Fifo`]) whose open file
+    /// description is shared by several processes of the tree (opened before a fork): each
+    /// holder's first fd on it carries this record with the same `id`.
+    SharedFile {
+        /// Identifies the description in the dump.
+        id: u64,
+        /// What it is.
+        file: Box<FdKind>,
+    },
+}
+
+impl FdKind {
+    /// What the fd refers to: the file of a [`FdKind::SharedFile`], else the kind itself.
+    pub fn base(&self) -> &FdKind {
+        match self {
+            FdKind::SharedFile { file, .. } => file,
+            k => k,
+        }
+    }
 }
 
 /// The state of a socket that restore rebuilds.
