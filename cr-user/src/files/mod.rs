@@ -324,13 +324,28 @@ pub fn tree_pipes(pids: &[i32]) -> Result<TreePipes, FilesError> {
     Ok(out)
 }
 
-/// Whether the fds `a` and `b`, each (pid, fd), are one open file description.
+/// Whether the fds `a` and `b`, each (pid, fd), are one open file description. On a kernel
+/// without `kcmp` (`CONFIG_KCMP` off) every fd is taken as a description of its own, as before
+/// fastcr knew about sharing, with one warning.
 fn same_description(a: (i32, i32), b: (i32, i32)) -> Result<bool, FilesError> {
-    crate::sys::fs::same_file_description(a, b).map_err(|source| FilesError::Kcmp {
-        pid: b.0,
-        fd: b.1,
-        source,
-    })
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match crate::sys::fs::same_file_description(a, b) {
+        Ok(same) => Ok(same),
+        Err(e) if e.errno() == Some(libc::ENOSYS) => {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "kcmp is not available: fds sharing an open file description are restored \
+                     as separate descriptions"
+                );
+            }
+            Ok(false)
+        }
+        Err(source) => Err(FilesError::Kcmp {
+            pid: b.0,
+            fd: b.1,
+            source,
+        }),
+    }
 }
 
 /// Saves cwd, umask and the fd table of `pid`. Must run while the process is frozen: the data in
@@ -854,29 +869,33 @@ impl SharedPipes {
                 path: path.clone(),
                 source,
             };
-            if !self.fifos.contains_key(&(*dev, *ino)) {
-                let holder = crate::sys::fs::open_with_flags(
-                    std::path::Path::new(path),
-                    libc::O_RDWR | libc::O_NONBLOCK,
-                )
-                .map_err(|e| err(e.io_error))?;
-                let is_fifo = std::fs::File::from(holder.try_clone().map_err(err)?)
-                    .metadata()
-                    .is_ok_and(|m| m.file_type().is_fifo());
-                if !is_fifo {
-                    return Err(FilesError::FileChanged {
-                        fd: f.fd,
-                        path: path.clone(),
-                    });
+            let holder = match self.fifos.entry((*dev, *ino)) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let holder = crate::sys::fs::open_with_flags(
+                        std::path::Path::new(path),
+                        libc::O_RDWR | libc::O_NONBLOCK,
+                    )
+                    .map_err(|e| err(e.io_error))?;
+                    // validate() checked the path, but it may have changed since.
+                    let is_fifo = std::fs::File::from(holder.try_clone().map_err(err)?)
+                        .metadata()
+                        .is_ok_and(|m| m.file_type().is_fifo());
+                    if !is_fifo {
+                        return Err(FilesError::FileChanged {
+                            fd: f.fd,
+                            path: path.clone(),
+                        });
+                    }
+                    e.insert(holder)
                 }
-                self.fifos.insert((*dev, *ino), holder);
-            }
-            let (Some(pipe), Some(holder)) = (contents, self.fifos.get(&(*dev, *ino))) else {
+            };
+            let Some(pipe) = contents else {
                 continue;
             };
-            let current = crate::sys::fs::pipe_size(holder).map_err(|e| err(e.io_error))?;
+            let current = crate::sys::fs::pipe_size(&*holder).map_err(|e| err(e.io_error))?;
             if pipe.size != current {
-                crate::sys::fs::set_pipe_size(holder, pipe.size).map_err(|e| err(e.io_error))?;
+                crate::sys::fs::set_pipe_size(&*holder, pipe.size).map_err(|e| err(e.io_error))?;
             }
             let mut writer = std::fs::File::from(holder.try_clone().map_err(err)?);
             writer.write_all(&pipe.data).map_err(err)?;
