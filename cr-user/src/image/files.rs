@@ -267,6 +267,73 @@ mod tests {
     }
 
     #[test]
+    fn fifo_dup_shared_round_trip_and_old_variants_keep_their_tags() {
+        let fifo = FdKind::Fifo {
+            path: "/tmp/f".into(),
+            dev: 65024,
+            ino: 77,
+            contents: Some(Pipe {
+                inode: 77,
+                size: 131_072,
+                data: b"in flight".to_vec(),
+            }),
+        };
+        let img = FilesImage {
+            cwd: "/".into(),
+            umask: 0o22,
+            fds: vec![
+                Fd {
+                    fd: 3,
+                    flags: 0o4000,
+                    pos: 0,
+                    kind: fifo.clone(),
+                },
+                Fd {
+                    fd: 4,
+                    flags: 0o2004000,
+                    pos: 0,
+                    kind: FdKind::Dup { of: 3 },
+                },
+                Fd {
+                    fd: 5,
+                    flags: 2,
+                    pos: 10,
+                    kind: FdKind::SharedFile {
+                        id: 1,
+                        file: Box::new(FdKind::Path {
+                            path: "/tmp/s".into(),
+                            size: Some(100),
+                        }),
+                    },
+                },
+            ],
+            pipes: Vec::new(),
+        };
+        let kind = crate::image::Kind::Files;
+        let bytes = crate::image::encode(kind, &img).unwrap();
+        let back: FilesImage =
+            crate::image::decode(kind, &bytes, std::path::Path::new("x")).unwrap();
+        assert_eq!(back, img);
+        assert_eq!(
+            back.fds[2].kind.base(),
+            &FdKind::Path {
+                path: "/tmp/s".into(),
+                size: Some(100)
+            }
+        );
+        assert_eq!(fifo.base(), &fifo);
+        // bincode numbers variants in order: the new ones come after every older one, so an
+        // older image (which never uses them) decodes as before.
+        use bincode::Options;
+        let tag = |k: &FdKind| bincode::DefaultOptions::new().serialize(k).unwrap()[0];
+        assert_eq!(tag(&FdKind::Pipe { inode: 1 }), 1);
+        assert_eq!(tag(&FdKind::Object { dev: 1, ino: 2 }), 8);
+        assert_eq!(tag(&fifo), 10);
+        assert_eq!(tag(&FdKind::Dup { of: 3 }), 11);
+        assert_eq!(tag(&img.fds[2].kind), 12);
+    }
+
+    #[test]
     fn sockets_round_trip_and_truncation_is_an_error() {
         let img = FilesImage {
             cwd: "/".into(),
