@@ -217,7 +217,7 @@ pub fn restore_loaded(
     // shared pipes and the sockets, and every process of the tree from it (see files::park).
     // A taken address fails here, before any process exists.
     let files: Vec<&crate::image::files::FilesImage> = img.procs.iter().map(|p| &p.files).collect();
-    let shared = crate::files::SharedPipes::create(&files)?;
+    let shared = crate::files::SharedPipes::create(&files, &objects)?;
     let sockets = crate::files::TreeSockets::create(&files)?;
     let t_fork = Instant::now();
     let spawned = match &pidns {

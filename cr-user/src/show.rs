@@ -207,7 +207,7 @@ fn render(full: &LoadedImage) -> String {
     for f in &img.files.fds {
         let kind = match &f.kind {
             crate::image::files::FdKind::Socket(so) => socket_summary(so),
-            k => format!("{k:?}"),
+            k => fd_summary(k),
         };
         let _ = writeln!(s, "  {:>3} flags {:#o} pos {} {kind}", f.fd, f.flags, f.pos);
     }
@@ -220,6 +220,29 @@ fn render(full: &LoadedImage) -> String {
         img.pagemap.cow_pages()
     );
     s
+}
+
+/// One line for an fd that is not a socket; a FIFO's data in flight as its length only.
+fn fd_summary(k: &crate::image::files::FdKind) -> String {
+    use crate::image::files::FdKind;
+    match k {
+        FdKind::Fifo {
+            path,
+            dev,
+            ino,
+            contents,
+        } => {
+            let data = contents.as_ref().map_or_else(
+                || "data saved on another fd".to_string(),
+                |p| format!("size {}, {} bytes in flight", p.size, p.data.len()),
+            );
+            format!("Fifo {{ path: {path:?}, dev: {dev}, ino: {ino}, {data} }}")
+        }
+        FdKind::SharedFile { id, file } => {
+            format!("SharedFile {{ id: {id}, file: {} }}", fd_summary(file))
+        }
+        k => format!("{k:?}"),
+    }
 }
 
 /// One line for a socket: family, type, name, state, shutdown bits, queue size (not its bytes).

@@ -67,6 +67,7 @@ pub const WORKLOADS: &[&str] = &[
     "wl_combo",
     "wl_cow",
     "wl_unsupported",
+    "wl_fifo",
 ];
 
 /// The cargo workspace root.

@@ -260,6 +260,7 @@ fn kerndat_probe_finds_everything_dump_and_restore_need() {
         "uffd-events",
         "pagemap-scan",
         "timer-restore-ids",
+        "kcmp",
     ] {
         let f = kerndat.feature(name).expect(name);
         assert!(f.is_ok(), "{name}: {f:?}");

@@ -295,3 +295,32 @@ fn wl_cow_detects_a_changed_word() {
         .expect("write into the grandchild");
     expect_fail(wl, "the child failed");
 }
+
+#[test]
+fn wl_fifo_passes_undisturbed() {
+    selftest("wl_fifo", &[]);
+}
+
+#[test]
+fn wl_fifo_tree_passes_undisturbed() {
+    selftest("wl_fifo", &["tree"]);
+}
+
+/// The oracle is not vacuous: one byte of the FIFO's data in flight read behind the workload's
+/// back (the test opens the FIFO by path) must make it fail.
+#[test]
+fn wl_fifo_detects_lost_fifo_data() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    require_root();
+    let wl = Workload::spawn("wl_fifo", &[]);
+    let mut fifo = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(wl.statedir().join("fifo1"))
+        .expect("open fifo1");
+    let mut byte = [0u8; 1];
+    fifo.read_exact(&mut byte).expect("read one byte of fifo1");
+    drop(fifo);
+    expect_fail(wl, "fifo1");
+}

@@ -111,7 +111,10 @@ pub struct SeenLocks(Seen);
 pub fn dump(pid: i32, files: &FilesImage, seen: &mut SeenLocks) -> Result<LocksImage, LockError> {
     let mut out = LocksImage::default();
     for f in &files.fds {
-        if !matches!(f.kind, FdKind::Path { .. } | FdKind::Object { .. }) {
+        if !matches!(
+            f.kind.base(),
+            FdKind::Path { .. } | FdKind::Object { .. } | FdKind::Dup { .. }
+        ) {
             continue;
         }
         let text = proc::read(std::path::PathBuf::from(format!(
@@ -197,7 +200,7 @@ pub fn restore(
                     .fds
                     .iter()
                     .find(|f| f.fd == l.fd)
-                    .map_or_else(String::new, |f| match &f.kind {
+                    .map_or_else(String::new, |f| match f.kind.base() {
                         FdKind::Path { path, .. } => path.clone(),
                         _ => "a deleted file or memfd".into(),
                     });

@@ -2,9 +2,11 @@
 //!
 //! Supported now: regular files and directories (reopened by path at the same offset and flags),
 //! harmless character devices (`/dev/null`, `/dev/zero`, `/dev/full`, `/dev/random`,
-//! `/dev/urandom`), and with `--shell-job` standard streams that are terminals or pipes, which
-//! are handed the restorer's own; pipes, anonymous-inode objects (`anon`) and sockets
-//! (`socket`). Anything else is refused at dump time, naming the fd.
+//! `/dev/urandom`), named pipes (FIFOs, reopened by path, with their data in flight), and with
+//! `--shell-job` standard streams that are terminals or pipes, which are handed the restorer's
+//! own; pipes, anonymous-inode objects (`anon`) and sockets (`socket`). Fds that share one open
+//! file description (`dup`, or a file opened before a fork) share one again after a restore.
+//! Anything else is refused at dump time, naming the fd.
 
 mod anon;
 pub mod locks;
@@ -122,6 +124,56 @@ pub enum FilesError {
         /// Its inode at dump time.
         inode: u64,
     },
+    /// Comparing two fds' open file descriptions (`kcmp`) failed.
+    #[error("cannot compare fd {fd} of process {pid} with the fds open on the same file")]
+    Kcmp {
+        /// Process.
+        pid: i32,
+        /// The fd.
+        fd: i32,
+        /// The failed call.
+        #[source]
+        source: crate::sys::SyscallError,
+    },
+    /// Reading a FIFO's data in flight (or putting it back) failed.
+    #[error("cannot save the data in flight in the fifo {path} at fd {fd} of process {pid}")]
+    FifoIo {
+        /// Process.
+        pid: i32,
+        /// The fd.
+        fd: i32,
+        /// The FIFO's path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening a file or FIFO in fastcr (a shared description, a FIFO's holder) or refilling a
+    /// FIFO failed.
+    #[error("cannot reopen {path} (fd {fd}) for the restore")]
+    Reopen {
+        /// The fd of the image.
+        fd: i32,
+        /// The path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An fd of the image duplicates an fd the image does not reopen.
+    #[error("fd {fd} duplicates fd {of}, which the image does not reopen before it")]
+    BadDup {
+        /// The fd.
+        fd: i32,
+        /// The fd it duplicates.
+        of: i32,
+    },
+    /// A shared description in the image that is not a file reopened by path.
+    #[error("fd {fd} is a shared file description of a kind that is not reopened by path")]
+    BadShared {
+        /// The fd.
+        fd: i32,
+    },
     /// Reading `/proc` failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
@@ -158,9 +210,27 @@ fn is_reader(flags: u32) -> bool {
     flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32
 }
 
-/// Where the ends of the pipes of a dumped tree are: inode → (a reader, a writer, the first
-/// process holding either end), each end as (pid, fd).
-pub type TreePipes = BTreeMap<u64, TreePipe>;
+/// What the processes of a dumped tree share: where the ends of its pipes are, the open file
+/// descriptions held by several of its processes, and which process saves each FIFO's data.
+/// Empty for one process.
+#[derive(Debug, Default)]
+pub struct TreePipes {
+    /// Pipe inode → (a reader, a writer, the first process holding either end), each end as
+    /// (pid, fd).
+    pipes: BTreeMap<u64, TreePipe>,
+    /// (pid, fd) → id of the open file description, for the fds (of files reopened by path)
+    /// whose description is held by more than one process.
+    shared: BTreeMap<(i32, i32), u64>,
+    /// FIFO (dev, ino) → the first process (in tree order) holding it: it saves the data.
+    fifo_owner: BTreeMap<(u64, u64), i32>,
+}
+
+impl TreePipes {
+    /// Nothing shared (a dump of one process).
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 /// The ends of one pipe across a tree.
 #[derive(Debug, Clone, Copy, Default)]
@@ -175,15 +245,28 @@ pub struct TreePipe {
     pub socket: bool,
 }
 
-/// Finds the pipe ends of every process in `pids` (tree order).
+/// Finds the pipe ends, the shared open file descriptions and the FIFOs of every process in
+/// `pids` (tree order).
 pub fn tree_pipes(pids: &[i32]) -> Result<TreePipes, FilesError> {
     let mut out = TreePipes::new();
+    // Fds on files reopened by path, by (dev, ino), in tree order.
+    let mut by_file: BTreeMap<(u64, u64), Vec<(i32, i32)>> = BTreeMap::new();
     for &pid in pids {
         for fd in proc::fds(pid)? {
             let target = proc::read_link(pid, &format!("fd/{fd}"))?
                 .to_string_lossy()
                 .into_owned();
             let is_socket = target.starts_with("socket:");
+            if target.starts_with('/') {
+                if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) {
+                    let key = (meta.dev(), meta.ino());
+                    by_file.entry(key).or_default().push((pid, fd));
+                    if meta.file_type().is_fifo() {
+                        out.fifo_owner.entry(key).or_insert(pid);
+                    }
+                }
+                continue;
+            }
             if !target.starts_with("pipe:") && !is_socket {
                 continue;
             }
@@ -191,7 +274,7 @@ pub fn tree_pipes(pids: &[i32]) -> Result<TreePipes, FilesError> {
                 continue;
             };
             if is_socket {
-                out.entry(meta.ino()).or_insert(TreePipe {
+                out.pipes.entry(meta.ino()).or_insert(TreePipe {
                     owner: pid,
                     socket: true,
                     ..TreePipe::default()
@@ -199,7 +282,7 @@ pub fn tree_pipes(pids: &[i32]) -> Result<TreePipes, FilesError> {
                 continue;
             }
             let (_, flags) = proc::fdinfo(pid, fd)?;
-            let e = out.entry(meta.ino()).or_insert(TreePipe {
+            let e = out.pipes.entry(meta.ino()).or_insert(TreePipe {
                 owner: pid,
                 ..TreePipe::default()
             });
@@ -210,7 +293,59 @@ pub fn tree_pipes(pids: &[i32]) -> Result<TreePipes, FilesError> {
             }
         }
     }
+    // Which of the fds on one file share a description: each is compared with the first fd of
+    // every description found so far (kcmp), so a file opened once and inherited costs one
+    // call per holder.
+    let mut next_id = 1u64;
+    for holders in by_file.into_values().filter(|h| h.len() > 1) {
+        let mut descs: Vec<Vec<(i32, i32)>> = Vec::new();
+        for h in holders {
+            let mut found = None;
+            for (i, d) in descs.iter().enumerate() {
+                if same_description(d[0], h)? {
+                    found = Some(i);
+                    break;
+                }
+            }
+            match found {
+                Some(i) => descs[i].push(h),
+                None => descs.push(vec![h]),
+            }
+        }
+        for d in descs {
+            if d.iter().any(|&(p, _)| p != d[0].0) {
+                for &h in &d {
+                    out.shared.insert(h, next_id);
+                }
+                next_id += 1;
+            }
+        }
+    }
     Ok(out)
+}
+
+/// Whether the fds `a` and `b`, each (pid, fd), are one open file description. On a kernel
+/// without `kcmp` (`CONFIG_KCMP` off) every fd is taken as a description of its own, as before
+/// fastcr knew about sharing, with one warning.
+fn same_description(a: (i32, i32), b: (i32, i32)) -> Result<bool, FilesError> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match crate::sys::fs::same_file_description(a, b) {
+        Ok(same) => Ok(same),
+        Err(e) if e.errno() == Some(libc::ENOSYS) => {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "kcmp is not available: fds sharing an open file description are restored \
+                     as separate descriptions"
+                );
+            }
+            Ok(false)
+        }
+        Err(source) => Err(FilesError::Kcmp {
+            pid: b.0,
+            fd: b.1,
+            source,
+        }),
+    }
 }
 
 /// Saves cwd, umask and the fd table of `pid`. Must run while the process is frozen: the data in
@@ -261,7 +396,7 @@ pub fn dump(
         .iter()
         .filter(|r| r.target.starts_with("socket:"))
         .filter_map(|r| r.meta.as_ref().map(MetadataExt::ino))
-        .chain(tree.iter().filter(|(_, t)| t.socket).map(|(i, _)| *i))
+        .chain(tree.pipes.iter().filter(|(_, t)| t.socket).map(|(i, _)| *i))
         .collect();
     let mut ctx = socket::DumpCtx {
         pid,
@@ -286,7 +421,7 @@ pub fn dump(
                 writer: Some(wr),
                 owner,
                 ..
-            }) = tree.get(&inode).copied()
+            }) = tree.pipes.get(&inode).copied()
             && owner == pid
         {
             pipes.push(save_pipe(inode, rd, wr)?);
@@ -298,6 +433,7 @@ pub fn dump(
             kind,
         });
     }
+    share_descriptions(pid, &raw, &mut fds, tree)?;
     anon::check_watches(pid, &fds)?;
     Ok(FilesImage {
         cwd,
@@ -357,6 +493,22 @@ fn classify(
             size: None,
         });
     }
+    if ft.is_fifo() && target.starts_with('/') {
+        if target.ends_with(" (deleted)") {
+            return Err(unsupported("a FIFO whose path was removed"));
+        }
+        let same =
+            std::fs::metadata(target).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+        if !same {
+            return Err(unsupported("the path no longer names the open FIFO"));
+        }
+        return Ok(FdKind::Fifo {
+            path: target.to_string(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            contents: None,
+        });
+    }
     if ft.is_fifo()
         && target.starts_with("pipe:")
         && matches!(ends.get(&meta.ino()), Some((Some(_), Some(_))))
@@ -366,6 +518,7 @@ fn classify(
     if ft.is_fifo()
         && target.starts_with("pipe:")
         && tree
+            .pipes
             .get(&meta.ino())
             .is_some_and(|t| t.reader.is_some() && t.writer.is_some())
     {
@@ -412,17 +565,7 @@ fn save_pipe(
         .open(format!("/proc/{pid}/fd/{rd}"))
         .map_err(io(rd))?;
     let size = crate::sys::fs::pipe_size(&reader).map_err(|e| io(rd)(e.io_error))?;
-    let mut data = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        match (&reader).read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => data.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(rd)(e)),
-        }
-    }
+    let data = drain(&reader).map_err(io(rd))?;
     if !data.is_empty() {
         let mut writer = OpenOptions::new()
             .write(true)
@@ -434,10 +577,123 @@ fn save_pipe(
     Ok(Pipe { inode, size, data })
 }
 
+/// Reads a non-blocking pipe or FIFO until it is empty.
+fn drain(reader: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match (&*reader).read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(data)
+}
+
+/// Reads the unread bytes out of the FIFO at `fd` of `pid` and writes them straight back, as
+/// [`save_pipe`] does: through one `O_RDWR | O_NONBLOCK` open of `/proc/PID/fd/N`, which on a
+/// FIFO never blocks (it is both a reader and a writer).
+fn save_fifo(pid: i32, fd: i32, ino: u64, path: &str) -> Result<Pipe, FilesError> {
+    let io = |source| FilesError::FifoIo {
+        pid,
+        fd,
+        path: path.to_string(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{pid}/fd/{fd}"))
+        .map_err(io)?;
+    let size = crate::sys::fs::pipe_size(&f).map_err(|e| io(e.io_error))?;
+    let data = drain(&f).map_err(io)?;
+    f.write_all(&data).map_err(io)?;
+    Ok(Pipe {
+        inode: ino,
+        size,
+        data,
+    })
+}
+
+/// Whether an fd is the first of its process on a description shared across the tree.
+fn is_shared_file(kind: &FdKind) -> bool {
+    matches!(kind, FdKind::SharedFile { file, .. } if reopened(file))
+}
+
+/// Whether an fd of this kind is reopened by path (so it may share its description).
+fn reopened(kind: &FdKind) -> bool {
+    matches!(
+        kind,
+        FdKind::Path { .. } | FdKind::Object { .. } | FdKind::Fifo { .. }
+    )
+}
+
+/// Saves each FIFO's data once (on the first fd of its owner), and records which fds share an
+/// open file description: an fd sharing it with a lower fd of the process becomes
+/// [`FdKind::Dup`] of it (kcmp, only between fds on the same file); the first fd of a
+/// description held by several processes of the tree becomes [`FdKind::SharedFile`].
+fn share_descriptions(
+    pid: i32,
+    raw: &[RawFd],
+    fds: &mut [Fd],
+    tree: &TreePipes,
+) -> Result<(), FilesError> {
+    let mut firsts: Vec<((u64, u64), i32)> = Vec::new();
+    let mut fifos_seen: Vec<(u64, u64)> = Vec::new();
+    for (r, f) in raw.iter().zip(fds.iter_mut()) {
+        if !reopened(&f.kind) {
+            continue;
+        }
+        let Some(meta) = r.meta.as_ref() else {
+            continue;
+        };
+        let key = (meta.dev(), meta.ino());
+        if let FdKind::Fifo {
+            path,
+            dev,
+            ino,
+            contents,
+        } = &mut f.kind
+            && !fifos_seen.contains(&(*dev, *ino))
+        {
+            fifos_seen.push((*dev, *ino));
+            if tree
+                .fifo_owner
+                .get(&(*dev, *ino))
+                .is_none_or(|&owner| owner == pid)
+            {
+                *contents = Some(save_fifo(pid, f.fd, *ino, path)?);
+            }
+        }
+        let mut of = None;
+        for &(k, first) in &firsts {
+            if k == key && same_description((pid, first), (pid, f.fd))? {
+                of = Some(first);
+                break;
+            }
+        }
+        match of {
+            Some(of) => f.kind = FdKind::Dup { of },
+            None => {
+                firsts.push((key, f.fd));
+                if let Some(&id) = tree.shared.get(&(pid, f.fd)) {
+                    let file = Box::new(std::mem::replace(&mut f.kind, FdKind::Dup { of: -1 }));
+                    f.kind = FdKind::SharedFile { id, file };
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks before forking that every file the image reopens is still there and the same size.
 pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
     for f in &files.fds {
-        match &f.kind {
+        match f.kind.base() {
             FdKind::Path { path, size } => {
                 let ok = std::fs::metadata(path).is_ok_and(|m| size.is_none_or(|s| m.len() == s));
                 if !ok {
@@ -460,6 +716,27 @@ pub fn validate(files: &FilesImage, shell_job: bool) -> Result<(), FilesError> {
                         inode: *inode,
                     });
                 }
+            }
+            FdKind::Fifo { path, .. } => {
+                if !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+                    return Err(FilesError::FileChanged {
+                        fd: f.fd,
+                        path: path.clone(),
+                    });
+                }
+            }
+            FdKind::Dup { of } => {
+                let ok = *of < f.fd
+                    && files
+                        .fds
+                        .iter()
+                        .any(|o| o.fd == *of && (reopened(&o.kind) || is_shared_file(&o.kind)));
+                if !ok {
+                    return Err(FilesError::BadDup { fd: f.fd, of: *of });
+                }
+            }
+            FdKind::SharedFile { .. } => {
+                return Err(FilesError::BadShared { fd: f.fd });
             }
             FdKind::Inherited { .. }
             | FdKind::SharedPipe { .. }
@@ -514,19 +791,36 @@ pub fn close_inherited(
     Ok(())
 }
 
-/// Pipes whose ends are held by several processes of a restored tree: fastcr makes each one
-/// (size, data in flight) before it forks the tree's root, so every process inherits both ends
-/// (the same open file descriptions, as after the forks that shared them originally) and keeps
-/// those it had at their numbers.
+/// Pipes whose ends are held by several processes of a restored tree, and open file
+/// descriptions of files held by several: fastcr makes each one (a pipe with its size and data
+/// in flight, a file opened with its flags at its offset) before it forks the tree's root, so
+/// every process inherits them (the same open file descriptions, as after the forks that shared
+/// them originally) and keeps those it had at their numbers.
+///
+/// Also a holder for every FIFO of the images: opened `O_RDWR | O_NONBLOCK` (which on a FIFO
+/// never blocks), sized and refilled with the FIFO's data in flight, and kept until the tree
+/// runs, so the processes reopen their FIFO ends with their own flags without ever blocking
+/// (a reader and a writer always exist) and the data stays in the pipe buffer meanwhile.
+/// The processes close their inherited copies of the holders.
 #[derive(Default)]
 pub struct SharedPipes {
     ends: BTreeMap<u64, (std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+    files: BTreeMap<u64, std::os::fd::OwnedFd>,
+    fifos: BTreeMap<(u64, u64), std::os::fd::OwnedFd>,
+}
+
+/// The `open(2)` flags that reopen an fd with `flags` (its fdinfo flags): creation flags off.
+fn reopen_flags(flags: u32) -> u32 {
+    flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32)
 }
 
 impl SharedPipes {
-    /// Makes every pipe the images refer to as shared.
-    pub fn create(images: &[&FilesImage]) -> Result<Self, FilesError> {
+    /// Makes every pipe and file description the images refer to as shared, and a holder
+    /// for every FIFO (see above). `objects` are the recreated memfds and deleted files.
+    pub fn create(images: &[&FilesImage], objects: &objects::Objects) -> Result<Self, FilesError> {
         let mut out = Self::default();
+        out.hold_fifos(images)?;
+        out.open_shared_files(images, objects)?;
         let refill = |fd: i32| {
             move |source: std::io::Error| FilesError::PipeRefill {
                 pid: std::process::id() as i32,
@@ -558,6 +852,112 @@ impl SharedPipes {
         Ok(out)
     }
 
+    /// Opens a holder for each FIFO and refills it (see [`SharedPipes`]).
+    fn hold_fifos(&mut self, images: &[&FilesImage]) -> Result<(), FilesError> {
+        for f in images.iter().flat_map(|i| i.fds.iter()) {
+            let FdKind::Fifo {
+                path,
+                dev,
+                ino,
+                contents,
+            } = f.kind.base()
+            else {
+                continue;
+            };
+            let err = |source| FilesError::Reopen {
+                fd: f.fd,
+                path: path.clone(),
+                source,
+            };
+            let holder = match self.fifos.entry((*dev, *ino)) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let holder = crate::sys::fs::open_with_flags(
+                        std::path::Path::new(path),
+                        libc::O_RDWR | libc::O_NONBLOCK,
+                    )
+                    .map_err(|e| err(e.io_error))?;
+                    // validate() checked the path, but it may have changed since.
+                    let is_fifo = std::fs::File::from(holder.try_clone().map_err(err)?)
+                        .metadata()
+                        .is_ok_and(|m| m.file_type().is_fifo());
+                    if !is_fifo {
+                        return Err(FilesError::FileChanged {
+                            fd: f.fd,
+                            path: path.clone(),
+                        });
+                    }
+                    e.insert(holder)
+                }
+            };
+            let Some(pipe) = contents else {
+                continue;
+            };
+            let current = crate::sys::fs::pipe_size(&*holder).map_err(|e| err(e.io_error))?;
+            if pipe.size != current {
+                crate::sys::fs::set_pipe_size(&*holder, pipe.size).map_err(|e| err(e.io_error))?;
+            }
+            let mut writer = std::fs::File::from(holder.try_clone().map_err(err)?);
+            writer.write_all(&pipe.data).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Opens each description shared across the tree, with its flags, at its offset.
+    fn open_shared_files(
+        &mut self,
+        images: &[&FilesImage],
+        objects: &objects::Objects,
+    ) -> Result<(), FilesError> {
+        use std::io::{Seek, SeekFrom};
+        for f in images.iter().flat_map(|i| i.fds.iter()) {
+            let FdKind::SharedFile { id, file } = &f.kind else {
+                continue;
+            };
+            if self.files.contains_key(id) {
+                continue;
+            }
+            let path = match file.as_ref() {
+                FdKind::Path { path, .. } | FdKind::Fifo { path, .. } => path.clone(),
+                FdKind::Object { dev, ino } => {
+                    objects
+                        .path(*dev, *ino)
+                        .ok_or_else(|| objects::ObjectError::Missing {
+                            what: format!("fd {}", f.fd),
+                            dev: *dev,
+                            ino: *ino,
+                        })?
+                }
+                _ => return Err(FilesError::BadShared { fd: f.fd }),
+            };
+            let err = |source| FilesError::Reopen {
+                fd: f.fd,
+                path: path.clone(),
+                source,
+            };
+            let fd = crate::sys::fs::open_with_flags(
+                std::path::Path::new(&path),
+                reopen_flags(f.flags) as i32,
+            )
+            .map_err(|e| err(e.io_error))?;
+            if f.pos != 0 && !matches!(file.as_ref(), FdKind::Fifo { .. }) {
+                let mut file = std::fs::File::from(fd);
+                file.seek(SeekFrom::Start(f.pos)).map_err(err)?;
+                self.files.insert(*id, file.into());
+            } else {
+                self.files.insert(*id, fd);
+            }
+        }
+        Ok(())
+    }
+
+    /// The fd number (in fastcr, and so in every restored process until it is rebuilt) of the
+    /// description `id` shared across the tree.
+    fn raw_file(&self, id: u64) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        self.files.get(&id).map(|f| f.as_raw_fd() as u64)
+    }
+
     /// The fd number (in fastcr, and so in every restored process until it is rebuilt) of the
     /// `reader` or writer end of pipe `inode`.
     fn raw(&self, inode: u64, reader: bool) -> Option<u64> {
@@ -567,13 +967,15 @@ impl SharedPipes {
         Some(fd as u64)
     }
 
-    /// Every end's fd number, ascending.
+    /// Every end's and shared description's fd number, ascending (not the FIFO holders: the
+    /// processes close theirs).
     pub fn raw_fds(&self) -> Vec<u64> {
         let mut out: Vec<u64> = self
             .ends
             .keys()
             .flat_map(|&i| [self.raw(i, true), self.raw(i, false)])
             .flatten()
+            .chain(self.files.keys().filter_map(|&id| self.raw_file(id)))
             .collect();
         out.sort_unstable();
         out
@@ -624,8 +1026,31 @@ pub fn restore(
             parked.insert(key, hi);
         }
     }
+    // The same for the descriptions of files shared across the tree.
+    let mut parked_files: BTreeMap<u64, u64> = BTreeMap::new();
+    for f in &files.fds {
+        if let FdKind::SharedFile { id, .. } = f.kind {
+            if parked_files.contains_key(&id) {
+                continue;
+            }
+            let src = shared
+                .raw_file(id)
+                .ok_or(FilesError::BadShared { fd: f.fd })?;
+            let hi = inj.call(
+                || "fcntl(F_DUPFD) of an inherited file description".into(),
+                "fcntl",
+                libc::SYS_fcntl,
+                [src, libc::F_DUPFD as u64, (top + 1) as u64, 0, 0, 0],
+            )?;
+            parked_files.insert(id, hi);
+        }
+    }
     for fd in shared.raw_fds() {
-        if !parked.values().any(|&p| p == fd) {
+        if !parked
+            .values()
+            .chain(parked_files.values())
+            .any(|&p| p == fd)
+        {
             // EBADF is fine: a number the image's own fds took since.
             inj.raw("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
@@ -657,8 +1082,16 @@ pub fn restore(
             }
             continue;
         }
+        if let FdKind::SharedFile { id, .. } = f.kind {
+            let src = parked_files
+                .get(&id)
+                .copied()
+                .ok_or(FilesError::BadShared { fd: f.fd })?;
+            place_fd(inj, src, f)?;
+            continue;
+        }
         let path = match &f.kind {
-            FdKind::Path { path, .. } => path.clone(),
+            FdKind::Path { path, .. } | FdKind::Fifo { path, .. } => path.clone(),
             FdKind::Object { dev, ino } => {
                 objects
                     .path(*dev, *ino)
@@ -671,8 +1104,9 @@ pub fn restore(
             _ => continue,
         };
         let path = &path;
-        let oflags =
-            f.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+        // A FIFO never blocks here: fastcr holds it open for reading and writing meanwhile
+        // (see SharedPipes).
+        let oflags = reopen_flags(f.flags);
         let addr = inj.put_cstr(SCRATCH_PATH, path)?;
         let got = inj.call(
             || format!("open of {path} for fd {}", f.fd),
@@ -685,7 +1119,7 @@ pub fn restore(
             place_fd(inj, got, f)?;
             close(inj, got)?;
         }
-        if f.pos != 0 {
+        if f.pos != 0 && !matches!(f.kind, FdKind::Fifo { .. }) {
             inj.call(
                 || format!("lseek of fd {fd} to {}", f.pos),
                 "lseek",
@@ -694,10 +1128,16 @@ pub fn restore(
             )?;
         }
     }
-    for fd in parked.into_values() {
+    for fd in parked.into_values().chain(parked_files.into_values()) {
         close(inj, fd)?;
     }
     socket::place(inj, files, sockets)?;
+    // Duplicates of the fds just reopened (before epoll, which may watch them).
+    for f in &files.fds {
+        if let FdKind::Dup { of } = f.kind {
+            place_fd(inj, of as u64, f)?;
+        }
+    }
     // Kernel objects last, epoll after every fd it may watch.
     for f in files.fds.iter().filter(|f| {
         matches!(

@@ -154,7 +154,7 @@ pub struct SavedObjects {
 pub fn dump(procs: &[(i32, &[Vma], &FilesImage)]) -> Result<SavedObjects, ObjectError> {
     let mut out = SavedObjects::default();
     for &(pid, vmas, files) in procs {
-        let fds = files.fds.iter().filter_map(|f| match f.kind {
+        let fds = files.fds.iter().filter_map(|f| match *f.kind.base() {
             FdKind::Object { dev, ino } => Some((
                 dev,
                 ino,
@@ -279,7 +279,7 @@ pub fn check_refs(
     vmas: &[Vma],
 ) -> Result<(), ObjectError> {
     for f in &files.fds {
-        if let FdKind::Object { dev, ino } = f.kind
+        if let FdKind::Object { dev, ino } = *f.kind.base()
             && objects.find(dev, ino).is_none()
         {
             return Err(ObjectError::Missing {

@@ -67,6 +67,45 @@ pub enum FdKind {
     },
     /// A socket (unix, or an inet listener / UDP socket), see [`Socket`].
     Socket(Box<Socket>),
+    /// A named pipe (FIFO made with `mkfifo`) reopened by path.
+    Fifo {
+        /// Path at dump time.
+        path: String,
+        /// `st_dev` at dump time (with `ino`, identifies the FIFO in the whole dump).
+        dev: u64,
+        /// `st_ino` at dump time.
+        ino: u64,
+        /// Its capacity and the data in flight (`inode` is `ino`): on one fd of the whole dump,
+        /// the first (in tree order) that refers to this FIFO; `None` on the others.
+        contents: Option<Pipe>,
+    },
+    /// An fd that shares its open file description (offset, status flags) with the lower fd
+    /// `of` of the same process (`dup`, or inherited twice); only its close-on-exec flag is its
+    /// own. `of` is a [`FdKind::Path`], [`FdKind::Object`], [`FdKind::Fifo`] or
+    /// [`FdKind::SharedFile`].
+    Dup {
+        /// The fd it duplicates.
+        of: i32,
+    },
+    /// A file ([`FdKind::Path`], [`FdKind::Object`] or [`FdKind::Fifo`]) whose open file
+    /// description is shared by several processes of the tree (opened before a fork): each
+    /// holder's first fd on it carries this record with the same `id`.
+    SharedFile {
+        /// Identifies the description in the dump.
+        id: u64,
+        /// What it is.
+        file: Box<FdKind>,
+    },
+}
+
+impl FdKind {
+    /// What the fd refers to: the file of a [`FdKind::SharedFile`], else the kind itself.
+    pub fn base(&self) -> &FdKind {
+        match self {
+            FdKind::SharedFile { file, .. } => file,
+            k => k,
+        }
+    }
 }
 
 /// The state of a socket that restore rebuilds.
@@ -225,6 +264,73 @@ mod tests {
                 v6only: false,
             })),
         }
+    }
+
+    #[test]
+    fn fifo_dup_shared_round_trip_and_old_variants_keep_their_tags() {
+        let fifo = FdKind::Fifo {
+            path: "/tmp/f".into(),
+            dev: 65024,
+            ino: 77,
+            contents: Some(Pipe {
+                inode: 77,
+                size: 131_072,
+                data: b"in flight".to_vec(),
+            }),
+        };
+        let img = FilesImage {
+            cwd: "/".into(),
+            umask: 0o22,
+            fds: vec![
+                Fd {
+                    fd: 3,
+                    flags: 0o4000,
+                    pos: 0,
+                    kind: fifo.clone(),
+                },
+                Fd {
+                    fd: 4,
+                    flags: 0o2004000,
+                    pos: 0,
+                    kind: FdKind::Dup { of: 3 },
+                },
+                Fd {
+                    fd: 5,
+                    flags: 2,
+                    pos: 10,
+                    kind: FdKind::SharedFile {
+                        id: 1,
+                        file: Box::new(FdKind::Path {
+                            path: "/tmp/s".into(),
+                            size: Some(100),
+                        }),
+                    },
+                },
+            ],
+            pipes: Vec::new(),
+        };
+        let kind = crate::image::Kind::Files;
+        let bytes = crate::image::encode(kind, &img).unwrap();
+        let back: FilesImage =
+            crate::image::decode(kind, &bytes, std::path::Path::new("x")).unwrap();
+        assert_eq!(back, img);
+        assert_eq!(
+            back.fds[2].kind.base(),
+            &FdKind::Path {
+                path: "/tmp/s".into(),
+                size: Some(100)
+            }
+        );
+        assert_eq!(fifo.base(), &fifo);
+        // bincode numbers variants in order: the new ones come after every older one, so an
+        // older image (which never uses them) decodes as before.
+        use bincode::Options;
+        let tag = |k: &FdKind| bincode::DefaultOptions::new().serialize(k).unwrap()[0];
+        assert_eq!(tag(&FdKind::Pipe { inode: 1 }), 1);
+        assert_eq!(tag(&FdKind::Object { dev: 1, ino: 2 }), 8);
+        assert_eq!(tag(&fifo), 10);
+        assert_eq!(tag(&FdKind::Dup { of: 3 }), 11);
+        assert_eq!(tag(&img.fds[2].kind), 12);
     }
 
     #[test]

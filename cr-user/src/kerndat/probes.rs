@@ -49,6 +49,7 @@ pub fn probe() -> Kerndat {
     features.push(probe_mm_map());
     features.push(probe_timer_restore_ids());
     features.push(probe_soft_dirty());
+    features.push(probe_kcmp());
     Kerndat { kernel, features }
 }
 
@@ -545,5 +546,41 @@ fn probe_soft_dirty() -> Feature {
             Status::Error(format!("clear_refs/pagemap: {e}")),
             None,
         ),
+    }
+}
+
+/// `kcmp(KCMP_FILE)`, with which a dump finds fds sharing an open file description: a dup of a
+/// descriptor must compare equal, another open of the same file not. Optional: without it a
+/// dump saves every fd as a description of its own.
+fn probe_kcmp() -> Feature {
+    const NAME: &str = "kcmp";
+    let me = std::process::id() as i32;
+    let result = (|| -> Result<(bool, bool), String> {
+        let open = || fs::File::open("/dev/null").map_err(|e| format!("open(/dev/null): {e}"));
+        let (a, other) = (open()?, open()?);
+        let dup = a.try_clone().map_err(|e| format!("dup: {e}"))?;
+        let fd = |f: &fs::File| std::os::fd::AsRawFd::as_raw_fd(f);
+        let cmp = |x: &fs::File, y: &fs::File| {
+            crate::sys::fs::same_file_description((me, fd(x)), (me, fd(y)))
+                .map_err(|e| format!("{}: {}", e.call, e.io_error))
+        };
+        Ok((cmp(&a, &dup)?, cmp(&a, &other)?))
+    })();
+    match result {
+        Ok((true, false)) => Feature::new(
+            NAME,
+            &[],
+            Status::Ok,
+            Some("KCMP_FILE: shared open file descriptions are kept".to_owned()),
+        ),
+        Ok(got) => Feature::new(
+            NAME,
+            &[],
+            Status::Error(format!(
+                "KCMP_FILE gave (dup same, other open same) = {got:?}, want (true, false)"
+            )),
+            None,
+        ),
+        Err(e) => Feature::new(NAME, &[], Status::Missing(e), None),
     }
 }

@@ -48,3 +48,48 @@ pub fn splice_from_pipe(
     };
     check(ret as libc::c_long, "splice").map(|n| n as usize)
 }
+
+/// Whether fd `fd1` of process `pid1` and fd `fd2` of `pid2` are one open file description
+/// (`kcmp(KCMP_FILE)`: the kernel compares the `struct file` pointers). Needs ptrace access to
+/// both processes.
+pub fn same_file_description(
+    (pid1, fd1): (i32, i32),
+    (pid2, fd2): (i32, i32),
+) -> Result<bool, SyscallError> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers (pids, a type, fd numbers) and touches no memory of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::c_long::from(pid1),
+            libc::c_long::from(pid2),
+            KCMP_FILE,
+            libc::c_long::from(fd1),
+            libc::c_long::from(fd2),
+        )
+    };
+    check(ret, "kcmp(KCMP_FILE)").map(|r| r == 0)
+}
+
+/// Opens `path` with exactly the `open(2)` flags `flags` (access mode and status flags as a
+/// process had them; `O_CLOEXEC` is added: the descriptor is fastcr's own).
+pub fn open_with_flags(
+    path: &std::path::Path,
+    flags: i32,
+) -> Result<std::os::fd::OwnedFd, SyscallError> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| SyscallError::from_errno("open", libc::EINVAL))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; no mode is read since
+    // the caller's flags never include O_CREAT or O_TMPFILE (masked below).
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            (flags | libc::O_CLOEXEC) & !(libc::O_CREAT | (libc::O_TMPFILE & !libc::O_DIRECTORY)),
+        )
+    };
+    check(fd.into(), "open")?;
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
