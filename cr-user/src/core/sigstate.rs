@@ -232,14 +232,7 @@ pub fn restore_seccomp(
             || "mmap for a seccomp filter".into(),
             "mmap",
             libc::SYS_mmap,
-            [
-                0,
-                size,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX,
-                0,
-            ],
+            crate::inject::anon_mmap_args(size),
         )?;
         // struct sock_fprog { unsigned short len; struct sock_filter *filter; }, then the
         // instructions.

@@ -131,14 +131,7 @@ impl Helper {
                 || "mmap of the helper's page".into(),
                 "mmap",
                 libc::SYS_mmap,
-                [
-                    0,
-                    SCRATCH_LEN,
-                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                    u64::MAX,
-                    0,
-                ],
+                crate::inject::anon_mmap_args(SCRATCH_LEN),
             )
             .map_err(|e| err("mmap")(e.to_string()))?;
         inj.set_scratch(scratch, SCRATCH_LEN);
@@ -284,23 +277,13 @@ impl Helper {
         let len = (LIST_HEAD + 16 * count).next_multiple_of(4096);
         let area = self
             .inj
-            .raw(
-                "mmap of the stream list",
+            .call(
+                || "mmap of the stream list".into(),
+                "mmap",
                 libc::SYS_mmap,
-                [
-                    0,
-                    len,
-                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                    u64::MAX,
-                    0,
-                ],
+                crate::inject::anon_mmap_args(len),
             )
             .map_err(|e| err("mmap")(e.to_string()))?;
-        if (-4095..0).contains(&area) {
-            return Err(err("mmap")(format!("failed with {area}")));
-        }
-        let area = area as u64;
         let mut list = vec![self.write_end as u64, count, len, 0];
         for &(base, n) in ranges {
             list.extend([base, n]);

@@ -138,14 +138,7 @@ fn setup(
                 || "mmap of a scratch page".into(),
                 "mmap",
                 libc::SYS_mmap,
-                [
-                    0,
-                    PAGE_SIZE,
-                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                    u64::MAX,
-                    0,
-                ],
+                crate::inject::anon_mmap_args(PAGE_SIZE),
             )?;
             inj.set_scratch(scratch, PAGE_SIZE);
             (ip, scratch)
