@@ -1,7 +1,7 @@
 //! Named pipes (FIFOs) and open file descriptions shared by several fds: `wl_fifo` (see
 //! `workloads/wl_fifo.c`), alone or with a child that inherited its fds (`tree`), dumped and
-//! brought back by `restore -d` (after a dump or a `dump --leave-running` and a kill) or
-//! `restore --pidns new -d`.
+//! brought back by `restore -d` (after a dump or a `dump --leave-running` and a kill),
+//! `restore --lazy -d` or `restore --pidns new -d`.
 //!
 //! Checked after the restore: the same visible state (fd targets, offsets, flags) of every
 //! process, the counter advances, and on SIGTERM the workload verifies the FIFOs' data in flight
@@ -32,6 +32,9 @@ enum Mode {
     Dump,
     LeaveRunning,
     PidnsNew,
+    /// `dump`, then `restore --lazy -d`: the files are rebuilt before the process resumes,
+    /// its memory after.
+    Lazy,
 }
 
 fn me() -> i32 {
@@ -58,7 +61,7 @@ fn run(mode: Mode, tree: bool) {
     let before_child = child.map(VisibleState::capture);
     let images = Scratch::new("fifo-img");
     let pid = wl.pid_arg();
-    if mode == Mode::Dump {
+    if matches!(mode, Mode::Dump | Mode::Lazy) {
         assert_success(
             &fastcr(&["dump", "-t", &pid, "-D", images.as_str()]),
             "dump",
@@ -135,8 +138,12 @@ fn run(mode: Mode, tree: bool) {
         assert_no_stray_children("fifo restore --pidns new");
         return;
     }
-    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_success(&out, "restore -d");
+    let mut restore = vec!["restore", "-D", images.as_str(), "-d"];
+    if mode == Mode::Lazy {
+        restore.push("--lazy");
+    }
+    let out = fastcr(&restore);
+    assert_success(&out, &restore.join(" "));
     wl.adopt_restored();
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
     if let (Some(c), Some(b)) = (child, before_child.as_ref()) {
@@ -180,6 +187,16 @@ fn fifo_tree_pidns_new() {
 /// fifo1 removed between the dump and the restore: the restore fails with one line naming the
 /// path and an fd on it, and leaves no process behind; with the FIFO made again (empty), the
 /// same image restores and the workload finds its data back (fastcr refills it).
+#[test]
+fn fifo_lazy_restore() {
+    run(Mode::Lazy, false);
+}
+
+#[test]
+fn fifo_tree_lazy_restore() {
+    run(Mode::Lazy, true);
+}
+
 #[test]
 fn fifo_removed_is_refused() {
     require_root();
