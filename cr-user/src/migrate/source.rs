@@ -624,7 +624,7 @@ fn stream(
                 }
             }
             let mut launched = Vec::new();
-            for (pid, plan) in &plans {
+            'plans: for (pid, plan) in &plans {
                 let helper = helpers.iter().find(|h| h.pid() == *pid);
                 let mut pieces = Vec::new();
                 for &(start, end) in &plan.present {
@@ -647,7 +647,8 @@ fn stream(
                         None => Cmd::Copied { pid, addr, len },
                     };
                     if tx.send(cmd).is_err() {
-                        break;
+                        // The splicer ended (its error is the one reported).
+                        break 'plans;
                     }
                 }
             }

@@ -117,7 +117,7 @@ impl Remote {
     }
 
     /// Starts code already placed in the task at `entry`, with `r12` set to `arg`, and lets it
-    /// run: the code must end the task itself (`exit`). See [`Remote::wait_exit`].
+    /// run until it exits ([`Remote::wait_exit`]) or traps ([`Remote::run_code`]).
     pub fn launch(&self, entry: u64, arg: u64) -> Result<(), InjectError> {
         let mut regs = self.base;
         regs.rip = entry;
@@ -151,18 +151,16 @@ impl Remote {
     /// Runs code already placed in the task at `entry` until it executes `int3`, with `r12`
     /// set to `arg`. Used for loops of syscalls that would otherwise cost one injection each.
     pub fn run_code(&self, entry: u64, arg: u64) -> Result<(), InjectError> {
-        let mut regs = self.base;
-        regs.rip = entry;
-        regs.r12 = arg;
         let map = |source| InjectError::Ptrace { nr: -1, source };
-        ptrace::set_regs(self.pid, &regs).map_err(map)?;
+        self.launch(entry, arg)?;
         loop {
-            ptrace::cont(self.pid, 0).map_err(map)?;
             match ptrace::wait_stop(self.pid).map_err(map)? {
                 // The SIGTRAP of `int3` is suppressed by the next resume (signal 0).
                 Stop::Signal(libc::SIGTRAP) => return Ok(()),
                 // The pending trap of a job-control stopped task (see `run`): nothing ran.
-                Stop::Event { event, .. } if event == ptrace::EVENT_STOP => {}
+                Stop::Event { event, .. } if event == ptrace::EVENT_STOP => {
+                    ptrace::cont(self.pid, 0).map_err(map)?;
+                }
                 stop => {
                     return Err(InjectError::UnexpectedStop {
                         pid: self.pid,
