@@ -446,7 +446,9 @@ fn dump_with(
     }
 
     let t_freeze = Instant::now();
+    tracing::debug!("freeze: start");
     let frozen = FrozenProcess::freeze(pid)?;
+    tracing::debug!("freeze: frozen");
     let t_frozen = Instant::now();
     let stopped = frozen.main().group_stop();
     stats.freezing_time_us = micros(t_frozen - t_freeze);

@@ -539,7 +539,9 @@ impl FinalScan {
     /// Scans `tracker`'s ranges (on two threads when there is much to walk).
     pub fn run(tracker: &WriteTracker) -> Result<Self, TrackError> {
         let t = Instant::now();
+        tracing::debug!("final scan: started");
         let (written, tracked) = tracker.final_scan(false)?;
+        tracing::debug!(us = micros(t.elapsed()), "final scan: done");
         Ok(Self {
             written,
             tracked,
