@@ -22,6 +22,7 @@ use crate::proc::{self, ProcError};
 use crate::stats::{DumpStats, micros};
 use crate::sys::PAGE_SIZE;
 use crate::sys::remote::Remote;
+use crate::track::final_scan::FinalScanner;
 use crate::track::incremental::{self, load_parent};
 use crate::track::precopy::{self, PageSink, Rounds};
 use crate::track::shadow::Shadow;
@@ -445,10 +446,17 @@ fn dump_with(
         buf.resize(estimate, 1);
     }
 
+    // The final page-table walk's threads are ready before the freeze; they walk from the
+    // moment it holds.
+    let mut scanner = match precopy.as_ref() {
+        Some(pc) => Some(FinalScanner::prepare(&pc.tracker)?),
+        None => None,
+    };
     let t_freeze = Instant::now();
-    tracing::debug!("freeze: start");
     let frozen = FrozenProcess::freeze(pid)?;
-    tracing::debug!("freeze: frozen");
+    if let Some(s) = scanner.as_mut() {
+        s.start();
+    }
     let t_frozen = Instant::now();
     let stopped = frozen.main().group_stop();
     stats.freezing_time_us = micros(t_frozen - t_freeze);
@@ -463,62 +471,50 @@ fn dump_with(
     };
     // With pre-copy, the final page-table walk (the one step that grows with memory) runs
     // beside the metadata and registers, which mostly wait on /proc and ptrace.
-    let early_scan = precopy.as_ref().map(|pc| &pc.tracker);
-    let (state, scanned) = std::thread::scope(|scope| {
-        let scan = early_scan.map(|tracker| scope.spawn(move || precopy::FinalScan::run(tracker)));
-        let state = (|| {
-            let t = Instant::now();
-            let smaps = match pre_smaps {
-                Some(pre) if !layout_changed => {
-                    let now = proc::maps::maps(pid)?;
-                    match proc::maps::with_flags_from(&now, &pre) {
-                        Some(merged) => merged,
-                        None => {
-                            tracing::debug!(
-                                "maps differ from the smaps read before: smaps read again"
-                            );
-                            proc::maps::smaps(pid)?
-                        }
+    let state = (|| {
+        let t = Instant::now();
+        let smaps = match pre_smaps {
+            Some(pre) if !layout_changed => {
+                let now = proc::maps::maps(pid)?;
+                match proc::maps::with_flags_from(&now, &pre) {
+                    Some(merged) => merged,
+                    None => {
+                        tracing::debug!("maps differ from the smaps read before: smaps read again");
+                        proc::maps::smaps(pid)?
                     }
                 }
-                _ => proc::maps::smaps(pid)?,
-            };
-            let tracking_fd = adopted.as_ref().map(|(_, link)| link.fd);
-            let (vmas, files) = dump_layout_files(
-                pid,
-                &smaps,
-                status.umask,
-                opts.shell_job,
-                tracking_fd,
-                &crate::files::TreePipes::new(),
-            )?;
-            let objects =
-                crate::files::objects::dump(&[(pid, &vmas, &files)]).map_err(FilesError::from)?;
-            let locks = crate::files::locks::dump(pid, &files, &mut Default::default())
-                .map_err(FilesError::from)?;
-            let metadata_us = micros(t.elapsed());
-            let t = Instant::now();
-            let close_fd = tracking_fd.filter(|_| !keep_tracking);
-            let cpu = dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
-            Ok::<_, DumpError>((files, objects, locks, cpu, metadata_us, micros(t.elapsed())))
-        })();
-        let scanned = scan.map(|h| h.join());
-        (state, scanned)
-    });
+            }
+            _ => proc::maps::smaps(pid)?,
+        };
+        let tracking_fd = adopted.as_ref().map(|(_, link)| link.fd);
+        let (vmas, files) = dump_layout_files(
+            pid,
+            &smaps,
+            status.umask,
+            opts.shell_job,
+            tracking_fd,
+            &crate::files::TreePipes::new(),
+        )?;
+        let objects =
+            crate::files::objects::dump(&[(pid, &vmas, &files)]).map_err(FilesError::from)?;
+        let locks = crate::files::locks::dump(pid, &files, &mut Default::default())
+            .map_err(FilesError::from)?;
+        let metadata_us = micros(t.elapsed());
+        let t = Instant::now();
+        let close_fd = tracking_fd.filter(|_| !keep_tracking);
+        let cpu = dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
+        Ok::<_, DumpError>((files, objects, locks, cpu, metadata_us, micros(t.elapsed())))
+    })();
+    let scanned = scanner.map(FinalScanner::finish).transpose()?;
     let (files, objects, locks, (mm, core, threads, sigstate), metadata_us, registers_us) = state?;
     stats.frozen_steps.metadata_us = metadata_us;
     stats.frozen_steps.registers_us = registers_us;
-    let scanned = match scanned {
-        Some(Ok(r)) => Some(r?),
-        // A panic in the scan is a bug; the final pass scans again.
-        Some(Err(_)) | None => None,
-    };
     let t_mem = Instant::now();
     let mut streamed = false;
     let (mut pagemap, pages) = match (precopy.as_mut(), adopted.as_mut(), parent.as_ref()) {
         (None, Some((tracker, _)), Some(parent)) => {
             let t = Instant::now();
-            let (written, intact) = tracker.final_scan(true)?;
+            let (written, intact) = tracker.final_scan()?;
             stats.frozen_steps.final_scan_us = micros(t.elapsed());
             let sel = crate::mm::dump::select_pages(pid, &mm.vmas)?;
             stats.pages_scanned = sel.pages_scanned;

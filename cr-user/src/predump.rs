@@ -57,7 +57,7 @@ pub fn pre_dump(opts: &PreDumpOptions) -> Result<DumpStats, DumpError> {
                 .tracking
                 .ok_or_else(|| DumpError::NoTracking { dir: p.dir.clone() })?;
             let mut t = WriteTracker::adopt(pid, link)?;
-            let (written, intact) = t.final_scan(true)?;
+            let (written, intact) = t.final_scan()?;
             t.retrack(&intact)?;
             (t, link, written, intact)
         }

@@ -8,6 +8,7 @@
 //! fastcr holds the userfaultfd for the whole session; dropping the tracker closes it, and the
 //! kernel then removes the registration and every write-protect marker.
 
+pub mod final_scan;
 pub mod incremental;
 pub mod precopy;
 pub mod ranges;
@@ -296,69 +297,33 @@ impl WriteTracker {
         Ok(regions.into_iter().map(|r| (r.start, r.end)).collect())
     }
 
-    /// The final harvest, with the process frozen. Each registered range is scanned with
-    /// `PM_SCAN_CHECK_WPASYNC`, which fails if any VMA in it is no longer registered with our
-    /// userfaultfd (it was unmapped and mapped again, say): such a range is returned as broken,
-    /// and its pages must be copied whole. With `reprotect` the written pages are protected
-    /// again (tracking goes on after this dump); without it the page tables are only read, on
-    /// two CPUs at once when there is much to walk (a tracked range may then come back cut in
-    /// two). Returns (written ranges, sorted and merged; still-tracked ranges, sorted).
-    pub fn final_scan(&self, reprotect: bool) -> Result<(Ranges, Ranges), TrackError> {
-        let flags = PM_SCAN_CHECK_WPASYNC | if reprotect { PM_SCAN_WP_MATCHING } else { 0 };
-        let (first, second) = if reprotect {
-            (self.ranges.clone(), Vec::new())
-        } else {
-            halves(&self.ranges)
-        };
-        let scanned: Vec<Result<Vec<PageRegion>, TrackError>> = if second.is_empty() {
-            self.scan_pieces(&first, flags)
-        } else {
-            std::thread::scope(|s| {
-                let other = s.spawn(|| self.scan_pieces(&second, flags));
-                let mut out = self.scan_pieces(&first, flags);
-                match other.join() {
-                    Ok(rest) => out.extend(rest),
-                    // A panic in the scan is a bug; that half is scanned again here.
-                    Err(_) => out.extend(self.scan_pieces(&second, flags)),
-                }
-                out
-            })
-        };
-        let pieces = first.iter().chain(&second);
-        let mut written = Vec::new();
-        let mut intact = Vec::new();
-        for (&(start, end), result) in pieces.zip(scanned) {
-            match result {
-                Ok(regions) => {
-                    written.extend(regions.into_iter().map(|r| (r.start, r.end)));
-                    intact.push((start, end));
-                }
-                Err(TrackError::Syscall { source, .. }) if source.errno() == Some(libc::EPERM) => {
-                    tracing::debug!(
-                        pid = self.pid,
-                        start,
-                        end,
-                        "range no longer tracked; copied whole"
-                    );
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((ranges::normalize(written), intact))
+    /// The final harvest of an incremental dump, with the process frozen: the written pages
+    /// are reported and protected again (tracking goes on after this dump). Each registered
+    /// range is scanned with `PM_SCAN_CHECK_WPASYNC`, which fails if any VMA in it is no longer
+    /// registered with our userfaultfd (it was unmapped and mapped again, say): such a range is
+    /// left out of the tracked ones, and its pages must be copied whole. Returns (written
+    /// ranges, sorted and merged; still-tracked ranges, sorted). A pre-copy's read-only final
+    /// scan is [`final_scan::FinalScanner`].
+    pub fn final_scan(&self) -> Result<(Ranges, Ranges), TrackError> {
+        let flags = PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING;
+        let scanned = self.ranges.iter().map(|&(start, end)| {
+            let mut part = Vec::new();
+            let r = scan_chunked(&self.pagemap, self.pid, start, end, flags, &mut part);
+            ((start, end), r.map(|()| part))
+        });
+        classify(self.pid, scanned)
     }
 
-    fn scan_pieces(
-        &self,
-        pieces: &[(u64, u64)],
-        flags: u64,
-    ) -> Vec<Result<Vec<PageRegion>, TrackError>> {
-        pieces
-            .iter()
-            .map(|&(start, end)| {
-                let mut part = Vec::new();
-                self.scan_range(start, end, flags, &mut part).map(|()| part)
-            })
-            .collect()
+    /// Another handle on the process's pagemap (for scans on other threads).
+    pub fn pagemap(&self) -> Result<File, TrackError> {
+        self.pagemap.try_clone().map_err(|e| TrackError::Syscall {
+            pid: self.pid,
+            step: "dup of the pagemap fd",
+            source: SyscallError {
+                call: "fcntl(F_DUPFD_CLOEXEC)",
+                io_error: e,
+            },
+        })
     }
 
     fn scan_range(
@@ -368,38 +333,66 @@ impl WriteTracker {
         flags: u64,
         out: &mut Vec<PageRegion>,
     ) -> Result<(), TrackError> {
+        scan_chunked(&self.pagemap, self.pid, start, end, flags, out)
+    }
+}
+
+/// Written pages of `[start, end)`, [`final_scan::SCAN_CHUNK`] bytes per `PAGEMAP_SCAN`, so the
+/// process's mmap lock is taken for a short walk at a time (a long one holds off every `mmap`
+/// of the process, or injected into it, until it ends).
+fn scan_chunked(
+    pagemap: &File,
+    pid: i32,
+    start: u64,
+    end: u64,
+    flags: u64,
+    out: &mut Vec<PageRegion>,
+) -> Result<(), TrackError> {
+    let mut at = start;
+    while at < end {
+        let stop = end.min(at.saturating_add(final_scan::SCAN_CHUNK));
         let req = ScanRequest {
-            start,
-            end,
+            start: at,
+            end: stop,
             flags,
             category_inverted: 0,
             category_mask: PAGE_IS_WRITTEN,
             category_anyof_mask: 0,
             return_mask: PAGE_IS_WRITTEN,
         };
-        uffd::pagemap_scan(&self.pagemap, &req, out).map_err(|source| TrackError::Syscall {
-            pid: self.pid,
+        uffd::pagemap_scan(pagemap, &req, out).map_err(|source| TrackError::Syscall {
+            pid,
             step: "PAGEMAP_SCAN",
             source,
-        })
+        })?;
+        at = stop;
     }
+    Ok(())
 }
 
-/// Below this much memory one CPU walks the page tables faster than two can start.
-const PARALLEL_SCAN_MIN: u64 = 256 << 20;
-
-/// `ranges` cut into two halves of about equal size when they are big enough to be worth
-/// scanning on two CPUs; else all of them and an empty second half.
-fn halves(all: &[(u64, u64)]) -> (Ranges, Ranges) {
-    let total: u64 = all.iter().map(|(s, e)| e - s).sum();
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    if total < PARALLEL_SCAN_MIN || cpus < 2 {
-        return (all.to_vec(), Vec::new());
+/// Sorts the results of a final scan: (written ranges, sorted and merged; ranges still tracked
+/// without a break, sorted). A range whose scan failed with `EPERM` (`PM_SCAN_CHECK_WPASYNC`:
+/// part of it is no longer registered) is in neither: it is copied whole.
+fn classify(
+    pid: i32,
+    scanned: impl IntoIterator<Item = ((u64, u64), Result<Vec<PageRegion>, TrackError>)>,
+) -> Result<(Ranges, Ranges), TrackError> {
+    let mut written = Vec::new();
+    let mut intact = Vec::new();
+    for ((start, end), result) in scanned {
+        match result {
+            Ok(regions) => {
+                written.extend(regions.into_iter().map(|r| (r.start, r.end)));
+                intact.push((start, end));
+            }
+            Err(TrackError::Syscall { source, .. }) if source.errno() == Some(libc::EPERM) => {
+                tracing::debug!(pid, start, end, "range no longer tracked; copied whole");
+            }
+            Err(e) => return Err(e),
+        }
     }
-    ranges::split_at(
-        all,
-        total / 2 / crate::sys::PAGE_SIZE * crate::sys::PAGE_SIZE,
-    )
+    intact.sort_unstable();
+    Ok((ranges::normalize(written), intact))
 }
 
 /// Total pages in a list of ranges.
@@ -414,21 +407,6 @@ pub fn pages_in(ranges: &[(u64, u64)]) -> u64 {
 mod tests {
     use super::*;
     use crate::proc::maps::parse_maps_line;
-
-    #[test]
-    fn big_ranges_are_halved() {
-        let gib = 1u64 << 30;
-        let (a, b) = halves(&[(0x1000, 0x3000), (gib, 5 * gib)]);
-        if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
-            assert!(b.is_empty());
-            return;
-        }
-        assert_eq!(a, vec![(0x1000, 0x3000), (gib, 3 * gib - 0x1000)]);
-        assert_eq!(b, vec![(3 * gib - 0x1000, 5 * gib)]);
-        let (small, none) = halves(&[(0x1000, 0x3000)]);
-        assert_eq!(small, vec![(0x1000, 0x3000)]);
-        assert!(none.is_empty());
-    }
 
     #[test]
     fn trackable_vmas() {

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use std::collections::HashMap;
 
+use super::final_scan::FinalScan;
 use super::ranges::{intersect, normalize, subtract};
 use super::shadow::Shadow;
 use super::{TrackError, WriteTracker, pages_in};
@@ -523,31 +524,6 @@ pub fn auto_converged(stats: &[RoundStat]) -> bool {
     stats.len() >= 3
         && last.pages * 5 > stats[stats.len() - 2].pages * 4
         && last.pages * 4 <= floor * 5
-}
-
-/// The final `PAGEMAP_SCAN` of a frozen process (read only).
-pub struct FinalScan {
-    /// Pages written since their last copy.
-    pub written: Vec<(u64, u64)>,
-    /// Ranges still tracked without a break.
-    pub tracked: Vec<(u64, u64)>,
-    /// Its duration.
-    pub us: u64,
-}
-
-impl FinalScan {
-    /// Scans `tracker`'s ranges (on two threads when there is much to walk).
-    pub fn run(tracker: &WriteTracker) -> Result<Self, TrackError> {
-        let t = Instant::now();
-        tracing::debug!("final scan: started");
-        let (written, tracked) = tracker.final_scan(false)?;
-        tracing::debug!(us = micros(t.elapsed()), "final scan: done");
-        Ok(Self {
-            written,
-            tracked,
-            us: micros(t.elapsed()),
-        })
-    }
 }
 
 /// Figures of the final pass.
