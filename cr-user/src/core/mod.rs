@@ -4,16 +4,15 @@
 //! the tid address have no ptrace interface, so they are read and written by syscalls injected
 //! into the task.
 
-use crate::freeze::Frozen;
+mod dump;
 pub mod sigstate;
 pub mod threads;
 
-use crate::image::core::{AltStack, CoreImage, Creds, Regs, Rseq, SigAction, ThreadCore};
-use crate::inject::{InjectError, Injector, to_bytes, words};
-use crate::proc::stat::Stat;
-use crate::proc::status::Status;
+pub use dump::{DUMP_SCRATCH_LEN, dump, dump_thread};
+
+use crate::image::core::{CoreImage, Creds, Regs, ThreadCore};
+use crate::inject::{InjectError, Injector, to_bytes};
 use crate::sys::SyscallError;
-use crate::sys::process;
 use crate::sys::ptrace::{self, UserRegs};
 
 /// Why CPU or signal state could not be saved or put back.
@@ -80,43 +79,14 @@ pub enum CoreError {
 }
 
 const SS_DISABLE: i32 = 2;
-const PR_GET_TID_ADDRESS: u64 = 40;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// Scratch layout used here (offsets into the injector's scratch area).
 const SCRATCH_SIGACTION: u64 = 0;
 const SCRATCH_ALTSTACK: u64 = 64;
-const SCRATCH_TIDADDR: u64 = 128;
 const SCRATCH_ITIMER: u64 = 192;
-/// Where the dispositions land: 32 bytes per signal at `table + sig * 32` (sig 1..=64).
-const SCRATCH_SIGACTION_TABLE: u64 = 1024;
-/// Where the query loop is placed (the dump's scratch page is mapped executable).
-const SCRATCH_SIGACTION_CODE: u64 = 3584;
-
-/// x86-64 machine code: for sig in 1..=64, rt_sigaction(sig, NULL, r12 + sig * 32, 8); then int3.
-///
-/// ```text
-///  0: 41 bd 01 00 00 00     mov    r13d, 1
-///  6: b8 0d 00 00 00        mov    eax, 13          ; loop: __NR_rt_sigaction
-/// 11: 44 89 ef              mov    edi, r13d
-/// 14: 31 f6                 xor    esi, esi
-/// 16: 4c 89 ea              mov    rdx, r13
-/// 19: 48 c1 e2 05           shl    rdx, 5
-/// 23: 4c 01 e2              add    rdx, r12
-/// 26: 41 ba 08 00 00 00     mov    r10d, 8
-/// 32: 0f 05                 syscall
-/// 34: 41 ff c5              inc    r13d
-/// 37: 41 83 fd 41           cmp    r13d, 65
-/// 41: 75 db                 jne    6
-/// 43: cc                    int3
-/// ```
-const SIGACTION_QUERY_LOOP: [u8; 44] = [
-    0x41, 0xbd, 0x01, 0x00, 0x00, 0x00, 0xb8, 0x0d, 0x00, 0x00, 0x00, 0x44, 0x89, 0xef, 0x31, 0xf6,
-    0x4c, 0x89, 0xea, 0x48, 0xc1, 0xe2, 0x05, 0x4c, 0x01, 0xe2, 0x41, 0xba, 0x08, 0x00, 0x00, 0x00,
-    0x0f, 0x05, 0x41, 0xff, 0xc5, 0x41, 0x83, 0xfd, 0x41, 0x75, 0xdb, 0xcc,
-];
 const SCRATCH_GROUPS: u64 = 256;
 /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
-const ITIMERS: [u64; 3] = [0, 1, 2];
+pub(crate) const ITIMERS: [u64; 3] = [0, 1, 2];
 
 macro_rules! regs_fields {
     ($m:ident) => {
@@ -137,117 +107,6 @@ pub fn regs_to_image(r: &UserRegs) -> Regs {
 pub fn regs_from_image(r: &Regs) -> UserRegs {
     macro_rules! conv { ($($f:ident),*) => { UserRegs { $($f: r.$f),* } } }
     regs_fields!(conv)
-}
-
-/// Saves the process's CPU and signal state (its main thread's, plus what is process-wide).
-/// Signals must be blocked and scratch memory set.
-pub fn dump(
-    frozen: &Frozen,
-    inj: &Injector,
-    status: &Status,
-    stat: &Stat,
-    comm: String,
-) -> Result<CoreImage, CoreError> {
-    let t = dump_thread(frozen, inj, comm)?;
-    let tid = t.tid;
-    // All 64 dispositions in one resume of the task: a default disposition can carry flags and a
-    // mask that the program set and may read back, so every signal is asked.
-    inj.run_code(
-        SCRATCH_SIGACTION_CODE,
-        &SIGACTION_QUERY_LOOP,
-        SCRATCH_SIGACTION_TABLE,
-    )?;
-    let table = inj.get(SCRATCH_SIGACTION_TABLE + 32, 64 * 32)?;
-    let mut sigactions = Vec::new();
-    for sig in 1..=64u32 {
-        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
-            continue;
-        }
-        let at = (sig as usize - 1) * 32;
-        let [handler, flags, restorer, mask] = words::<4>(&table[at..at + 32]);
-        sigactions.push(SigAction {
-            sig,
-            handler,
-            flags,
-            restorer,
-            mask,
-        });
-    }
-    let mut itimers = Vec::with_capacity(ITIMERS.len());
-    for which in ITIMERS {
-        let out = inj.scratch_addr(SCRATCH_ITIMER);
-        inj.call(
-            || format!("getitimer({which})"),
-            "getitimer",
-            libc::SYS_getitimer,
-            [which, out, 0, 0, 0, 0],
-        )?;
-        itimers.push(words::<4>(&inj.get(SCRATCH_ITIMER, 32)?));
-    }
-    Ok(CoreImage {
-        tid,
-        comm: t.comm,
-        regs: t.regs,
-        xstate: t.xstate,
-        sigmask: t.sigmask,
-        sigactions,
-        altstack: t.altstack,
-        rseq: t.rseq,
-        robust_list: t.robust_list,
-        clear_child_tid: t.clear_child_tid,
-        itimers,
-        creds: Creds {
-            uid: status.uid,
-            gid: status.gid,
-            groups: status.groups.clone(),
-        },
-        session_leader: stat.sid == tid,
-        pgrp_leader: stat.pgid == tid,
-    })
-}
-
-/// Saves what one thread has of its own. Its signals must be blocked and the injector's scratch
-/// memory set (any thread of the process can use the same scratch page).
-pub fn dump_thread(frozen: &Frozen, inj: &Injector, comm: String) -> Result<ThreadCore, CoreError> {
-    let tid = frozen.pid();
-    let perr = |step| move |source| CoreError::Ptrace { tid, step, source };
-    let xstate = ptrace::get_xstate(tid).map_err(perr("read xstate"))?;
-    let ss = inj.scratch_addr(SCRATCH_ALTSTACK);
-    inj.call(
-        || "sigaltstack query".into(),
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, ss, 0, 0, 0, 0],
-    )?;
-    let [sp, flags, size] = words::<3>(&inj.get(SCRATCH_ALTSTACK, 24)?);
-    let flags = flags as i32;
-    let altstack = (flags & SS_DISABLE == 0).then_some(AltStack { sp, flags, size });
-    let rseq = ptrace::get_rseq(tid).map_err(perr("read rseq configuration"))?;
-    let rseq = (rseq.addr != 0).then_some(Rseq {
-        addr: rseq.addr,
-        len: rseq.len,
-        sig: rseq.sig,
-    });
-    let robust_list = process::get_robust_list(tid).map_err(perr("read robust list"))?;
-    let tidp = inj.scratch_addr(SCRATCH_TIDADDR);
-    inj.call(
-        || "prctl(PR_GET_TID_ADDRESS)".into(),
-        "prctl",
-        libc::SYS_prctl,
-        [PR_GET_TID_ADDRESS, tidp, 0, 0, 0, 0],
-    )?;
-    let [clear_child_tid] = words::<1>(&inj.get(SCRATCH_TIDADDR, 8)?);
-    Ok(ThreadCore {
-        tid,
-        comm,
-        regs: regs_to_image(frozen.regs()),
-        xstate,
-        sigmask: frozen.sigmask(),
-        altstack,
-        rseq,
-        robust_list,
-        clear_child_tid,
-    })
 }
 
 /// Drops the rseq registration the restorer's copy of fastcr inherited (the kernel would keep

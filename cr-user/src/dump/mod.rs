@@ -15,18 +15,21 @@ use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
 use crate::image::inventory::Inventory;
 use crate::image::pagemap::{PE_LAZY, PE_PRESENT, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
-use crate::inject::{InjectError, Injector};
+use crate::inject::InjectError;
 use crate::mm::MmError;
 use crate::proc::stat::PF_KTHREAD;
 use crate::proc::{self, ProcError};
 use crate::stats::{DumpStats, micros};
 use crate::sys::PAGE_SIZE;
-use crate::sys::remote::Remote;
 use crate::track::final_scan::FinalScanner;
 use crate::track::incremental::{self, load_parent};
 use crate::track::precopy::{self, PageSink, Rounds};
 use crate::track::shadow::Shadow;
 use crate::track::{TrackError, WriteTracker};
+use cpu::CpuProbe;
+pub(crate) use cpu::dump_cpu;
+
+mod cpu;
 
 /// What to dump and how.
 #[derive(Debug, Clone)]
@@ -454,9 +457,6 @@ fn dump_with(
     };
     let t_freeze = Instant::now();
     let frozen = FrozenProcess::freeze(pid)?;
-    if let Some(s) = scanner.as_mut() {
-        s.start();
-    }
     let t_frozen = Instant::now();
     let stopped = frozen.main().group_stop();
     stats.freezing_time_us = micros(t_frozen - t_freeze);
@@ -470,7 +470,8 @@ fn dump_with(
         _ => true,
     };
     // With pre-copy, the final page-table walk (the one step that grows with memory) runs
-    // beside the metadata and registers, which mostly wait on /proc and ptrace.
+    // beside the metadata and registers, which mostly wait on /proc and ptrace. It starts once
+    // the scratch area is mapped (see `cpu`).
     let state = (|| {
         let t = Instant::now();
         let smaps = match pre_smaps {
@@ -486,6 +487,12 @@ fn dump_with(
             }
             _ => proc::maps::smaps(pid)?,
         };
+        let t_probe = Instant::now();
+        let probe = CpuProbe::new(&frozen, &smaps)?;
+        let probe_us = micros(t_probe.elapsed());
+        if let Some(s) = scanner.as_mut() {
+            s.start();
+        }
         let tracking_fd = adopted.as_ref().map(|(_, link)| link.fd);
         let (vmas, files) = dump_layout_files(
             pid,
@@ -499,14 +506,20 @@ fn dump_with(
             crate::files::objects::dump(&[(pid, &vmas, &files)]).map_err(FilesError::from)?;
         let locks = crate::files::locks::dump(pid, &files, &mut Default::default())
             .map_err(FilesError::from)?;
-        let metadata_us = micros(t.elapsed());
+        let metadata_us = micros(t.elapsed()) - probe_us;
         let t = Instant::now();
         let close_fd = tracking_fd.filter(|_| !keep_tracking);
-        let cpu = dump_cpu(&frozen, &smaps, vmas, &stat, &status, comm, close_fd)?;
-        Ok::<_, DumpError>((files, objects, locks, cpu, metadata_us, micros(t.elapsed())))
+        let cpu = probe.dump(&frozen, vmas, &stat, &status, comm, close_fd)?;
+        let registers_us = probe_us + micros(t.elapsed());
+        Ok::<_, DumpError>((files, objects, locks, cpu, metadata_us, registers_us, probe))
     })();
     let scanned = scanner.map(FinalScanner::finish).transpose()?;
-    let (files, objects, locks, (mm, core, threads, sigstate), metadata_us, registers_us) = state?;
+    let (files, objects, locks, cpu, metadata_us, mut registers_us, probe) = state?;
+    let (mm, core, threads, sigstate) = cpu;
+    // After the walk, so the munmap does not wait for it.
+    let t = Instant::now();
+    probe.unmap()?;
+    registers_us += micros(t.elapsed());
     stats.frozen_steps.metadata_us = metadata_us;
     stats.frozen_steps.registers_us = registers_us;
     let t_mem = Instant::now();
@@ -743,62 +756,6 @@ pub(crate) fn dump_layout_files(
     Ok((vmas, files))
 }
 
-/// Saves a frozen process's CPU, signal and mm state by syscalls injected into its threads;
-/// `close_fd` (fastcr's own tracking fd) is closed in it on the way.
-pub(crate) fn dump_cpu(
-    frozen: &FrozenProcess,
-    smaps: &[crate::proc::maps::MapEntry],
-    vmas: Vec<crate::image::mm::Vma>,
-    stat: &proc::stat::Stat,
-    status: &proc::status::Status,
-    comm: String,
-    close_fd: Option<i32>,
-) -> Result<
-    (
-        crate::image::mm::MmImage,
-        crate::image::core::CoreImage,
-        crate::image::core::ThreadsImage,
-        crate::image::sigstate::SigStateImage,
-    ),
-    DumpError,
-> {
-    let pid = frozen.main().pid();
-    let t = Instant::now();
-    // Before any injection: a filter could kill the process for a syscall fastcr injects.
-    let seccomp = crate::core::sigstate::seccomp_threads(pid)?;
-    if !seccomp.is_empty() {
-        frozen.suspend_seccomp()?;
-    }
-    frozen.block_signals()?;
-    let ip = crate::inject::vdso_syscall_ip(pid, smaps)?;
-    let mut inj = Injector::new(Remote::new(pid, *frozen.main().regs(), ip));
-    let (brk, core, threads, sigstate) = with_scratch(&mut inj, |inj| {
-        tracing::debug!(us = micros(t.elapsed()), "cpu: scratch mapped");
-        let brk = inj.call(|| "brk(0)".into(), "brk", libc::SYS_brk, [0; 6])?;
-        let core = crate::core::dump(frozen.main(), inj, status, stat, comm)?;
-        tracing::debug!(us = micros(t.elapsed()), "cpu: core");
-        let threads = crate::core::threads::dump(pid, frozen.others(), inj, ip)?;
-        tracing::debug!(us = micros(t.elapsed()), "cpu: threads");
-        let sigstate = crate::core::sigstate::dump(pid, &frozen.tids(), inj, status, &seccomp)?;
-        tracing::debug!(us = micros(t.elapsed()), "cpu: sigstate");
-        // The tracking fd a pre-dump left in the process is not the program's: it goes.
-        if let Some(fd) = close_fd {
-            inj.call(
-                || format!("close of tracking fd {fd}"),
-                "close",
-                libc::SYS_close,
-                [fd as u64, 0, 0, 0, 0, 0],
-            )?;
-        }
-        Ok((brk, core, threads, sigstate))
-    })?;
-    tracing::debug!(us = micros(t.elapsed()), "cpu: scratch unmapped");
-    let auxv = proc::auxv(pid)?;
-    let exe = proc::read_link(pid, "exe")?.to_string_lossy().into_owned();
-    let mm = crate::mm::dump::mm_image(exe, stat, brk, &auxv, vmas);
-    Ok((mm, core, threads, sigstate))
-}
-
 /// Creates the image dir and proves it writable before the workload is touched.
 pub(crate) fn prepare_dir(path: &Path) -> Result<ImageDir, DumpError> {
     let dir = ImageDir::create(path)?;
@@ -809,37 +766,4 @@ pub(crate) fn prepare_dir(path: &Path) -> Result<ImageDir, DumpError> {
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(dir)
-}
-
-/// Runs `f` with a scratch page mapped in the task, and unmaps it whatever `f` returned.
-fn with_scratch<T>(
-    inj: &mut Injector,
-    f: impl FnOnce(&Injector) -> Result<T, DumpError>,
-) -> Result<T, DumpError> {
-    const LEN: u64 = 4096;
-    let addr = inj.call(
-        || "mmap of a scratch page".into(),
-        "mmap",
-        libc::SYS_mmap,
-        [
-            0,
-            LEN,
-            // Executable too: core's signal query loop runs from it.
-            (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-            u64::MAX,
-            0,
-        ],
-    )?;
-    inj.set_scratch(addr, LEN);
-    let out = f(inj);
-    let unmapped = inj.call(
-        || "munmap of the scratch page".into(),
-        "munmap",
-        libc::SYS_munmap,
-        [addr, LEN, 0, 0, 0, 0],
-    );
-    let value = out?;
-    unmapped?;
-    Ok(value)
 }
