@@ -276,3 +276,28 @@ pub(crate) fn canonical_maps(text: &str) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_maps_merges_split_anon_and_contiguous_file_entries() {
+        let text = "\
+1000-2000 rw-p 00000000 00:00 0 \n\
+2000-3000 rw-p 00000000 00:00 0 \n\
+3000-4000 r--p 00000000 00:00 0 \n\
+5000-6000 r--p 00000000 fe:00 42                         /f\n\
+6000-7000 r--p 00001000 fe:00 42                         /f\n\
+7000-8000 r--p 00005000 fe:00 42                         /f\n";
+        assert_eq!(
+            canonical_maps(text),
+            vec![
+                "1000-3000 rw-p 00000000 00:00 0 ",
+                "3000-4000 r--p 00000000 00:00 0 ",
+                "5000-7000 r--p 00000000 fe:00 42 /f",
+                "7000-8000 r--p 00005000 fe:00 42 /f",
+            ]
+        );
+    }
+}
