@@ -14,11 +14,13 @@
 //! Modules: `host` (workspace, root), `scratch` ([`Scratch`] directories), `children` (spawning,
 //! reaping, strays), `procfs` ([`ProcStat`] and friends), `compile` ([`build_workloads`]),
 //! `workload` ([`Workload`]), `cli` (running `fastcr`), `state` ([`VisibleState`]); the public
-//! ones hold the helpers of a family of tests: [`restored`] (processes reached by PID),
-//! [`objects`], [`migration`], [`netns`].
+//! ones hold the helpers of a family of tests: [`background`] (a `fastcr` the test watches
+//! while it runs), [`restored`] (processes reached by PID), [`objects`], [`migration`],
+//! [`netns`].
 
 use std::time::Duration;
 
+pub mod background;
 mod children;
 mod cli;
 mod compile;

@@ -167,12 +167,17 @@ impl Workload {
 
     /// The last counter value the workload published.
     pub fn counter(&self) -> u64 {
-        let path = self.dir.join("counter");
+        self.number("counter")
+    }
+
+    /// The number the workload last wrote to STATEDIR/`file` (e.g. wl_lazy's `churn_ticks`).
+    pub fn number(&self, file: &str) -> u64 {
+        let path = self.dir.join(file);
         let text =
             fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         text.trim()
             .parse()
-            .unwrap_or_else(|e| panic!("counter {text:?}: {e}"))
+            .unwrap_or_else(|e| panic!("{file} {text:?}: {e}"))
     }
 
     /// The workload's stdout/stderr so far (for failure messages).

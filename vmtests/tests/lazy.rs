@@ -17,9 +17,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vmtests::background::Bg;
 use vmtests::restored::{
-    Background, Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, try_reap_within,
-    wait_until,
+    Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, try_reap_within, wait_until,
 };
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
@@ -68,14 +68,6 @@ fn field(obj: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no numeric {key:?} in {obj}"))
 }
 
-fn churn_ticks(wl: &Workload) -> u64 {
-    let path = wl.statedir().join("churn_ticks");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("churn_ticks {text:?}: {e}"))
-}
-
 fn result(wl: &Workload) -> String {
     fs::read_to_string(wl.statedir().join("result")).unwrap_or_default()
 }
@@ -118,10 +110,10 @@ fn lazy_restore_with_churn() {
     let (wl, _before, images) = spawn_and_dump("wl_lazy", &["512"]);
     // Before the restore, so the churn runs from the first instruction after it.
     fs::write(wl.statedir().join("churn"), b"").expect("create STATEDIR/churn");
-    let ticks_before = churn_ticks(&wl);
+    let ticks_before = wl.number("churn_ticks");
     assert_eq!(ticks_before, 0, "wl_lazy churned before the dump");
 
-    let mut restore = Background::fastcr(&["restore", "-D", images.as_str(), "--lazy", "--json"]);
+    let mut restore = Bg::fastcr(&["restore", "-D", images.as_str(), "--lazy", "--json"]);
     wait_until("the restored wl_lazy runs under fastcr", GUARD, || {
         assert!(
             restore.try_wait().is_none(),
@@ -138,7 +130,7 @@ fn lazy_restore_with_churn() {
             wl.log(),
             restore.output()
         );
-        churn_ticks(&wl) >= 3
+        wl.number("churn_ticks") >= 3
     });
     wl.wait_counter_advances();
 
@@ -158,7 +150,7 @@ fn lazy_restore_with_churn() {
         "fastcr must mirror the workload's exit 0: {}",
         restore.output()
     );
-    assert!(churn_ticks(&wl) >= 3);
+    assert!(wl.number("churn_ticks") >= 3);
     // The lazy phase may end before the first churn tick, so forks and layout events are only
     // reported, not required.
     let lazy = lazy_json(&restore.stdout());
@@ -180,7 +172,7 @@ enum HandlerDeath {
 /// restored process runs on its own (restored name, not traced), and reports what became of it.
 fn kill_handler_during_lazy_phase(size_mib: &str) -> HandlerDeath {
     let (mut wl, _before, images) = spawn_and_dump("wl_heap", &[size_mib]);
-    let mut restore = Background::fastcr(&["restore", "-D", images.as_str(), "--lazy", "--json"]);
+    let mut restore = Bg::fastcr(&["restore", "-D", images.as_str(), "--lazy", "--json"]);
     // After the detach: the name is restored before it, and the process is traced until then.
     wait_until("the restored wl_heap runs", GUARD, || {
         assert!(

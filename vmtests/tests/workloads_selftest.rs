@@ -210,15 +210,6 @@ fn wl_lazy_passes_undisturbed() {
     selftest("wl_lazy", &["64"]);
 }
 
-/// STATEDIR/churn_ticks of wl_lazy: how many churn ticks (drop, remap, unmap, fork) it has done.
-fn churn_ticks(wl: &Workload) -> u64 {
-    let path = wl.statedir().join("churn_ticks");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("churn_ticks {text:?}: {e}"))
-}
-
 /// The churn a lazy-restore test turns on just before the restore, run without any checkpoint:
 /// the workload's own checks of every munmap, mremap, MADV_DONTNEED and fork must pass, and its
 /// forked children must all be reaped by the workload itself.
@@ -227,7 +218,7 @@ fn wl_lazy_churn_passes() {
     require_root();
     let wl = Workload::spawn("wl_lazy", &["64"]);
     assert_eq!(
-        churn_ticks(&wl),
+        wl.number("churn_ticks"),
         0,
         "wl_lazy churned before STATEDIR/churn existed"
     );
@@ -235,11 +226,11 @@ fn wl_lazy_churn_passes() {
     wl.wait_counter_advances();
     wl.wait_counter_advances();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while churn_ticks(&wl) < 3 {
+    while wl.number("churn_ticks") < 3 {
         assert!(
             std::time::Instant::now() < deadline,
             "wl_lazy did only {} churn ticks in 60 s; log: {}",
-            churn_ticks(&wl),
+            wl.number("churn_ticks"),
             wl.log()
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -247,7 +238,7 @@ fn wl_lazy_churn_passes() {
     wl.assert_running_untraced();
     // The workload rewrites the count on SIGTERM, but its STATEDIR is gone once it is reaped: the
     // last value read while it runs is what the test can check.
-    let ticks = churn_ticks(&wl);
+    let ticks = wl.number("churn_ticks");
     assert!(ticks >= 2, "only {ticks} churn ticks ran");
     wl.terminate_and_verify();
     assert_no_stray_children("wl_lazy churn");
