@@ -14,9 +14,9 @@
 //! Modules: `host` (workspace, root), `scratch` ([`Scratch`] directories), `children` (spawning,
 //! reaping, strays), `procfs` ([`ProcStat`] and friends), `compile` ([`build_workloads`]),
 //! `workload` ([`Workload`]), `cli` (running `fastcr`), `state` ([`VisibleState`]); the public
-//! ones hold the helpers of a family of tests: [`background`] (a `fastcr` the test watches
-//! while it runs), [`restored`] (processes reached by PID), [`objects`], [`migration`],
-//! [`netns`].
+//! ones hold the helpers of a family of tests: [`roundtrip`] (dump, restore, verify one
+//! workload), [`background`] (a `fastcr` the test watches while it runs), [`restored`]
+//! (processes reached by PID), [`objects`], [`migration`], [`netns`].
 
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub mod netns;
 pub mod objects;
 mod procfs;
 pub mod restored;
+pub mod roundtrip;
 mod scratch;
 mod state;
 mod workload;

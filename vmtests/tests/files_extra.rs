@@ -13,19 +13,21 @@
 //! original (which still holds them) must fail clearly first.
 
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
-use std::time::Duration;
 
-use vmtests::objects::{terminate_in_pidns, without_object_inodes};
-use vmtests::restored::{find_in_new_pidns, wait_until};
+use vmtests::objects::without_object_inodes;
+use vmtests::roundtrip::{
+    as_seen_inside, assert_left_running, dump, reap_dumped, restore, restore_in_new_pidns,
+    terminate_in_pidns_and_verify, verify_restored,
+};
 use vmtests::{
     Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
-    assert_success, become_subreaper, fastcr, require_root,
+    become_subreaper, fastcr, require_root,
 };
 
-/// Hang guard for a process appearing: never a timing assertion.
-const GUARD: Duration = Duration::from_secs(60);
+/// The visible state of `pid` but for the inode numbers of the files fastcr recreates.
+fn capture(pid: i32) -> VisibleState {
+    without_object_inodes(VisibleState::capture(pid))
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -39,69 +41,29 @@ fn run(mode: Mode) {
     become_subreaper();
     let mut wl = Workload::spawn("wl_deleted", &[]);
     wl.wait_counter_advances();
-    let before = without_object_inodes(VisibleState::capture(wl.pid()));
+    let before = capture(wl.pid());
     let images = Scratch::new("deleted-img");
-    let pid = wl.pid_arg();
     if matches!(mode, Mode::Dump) {
-        assert_success(
-            &fastcr(&["dump", "-t", &pid, "-D", images.as_str()]),
-            "dump",
-        );
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed it: {status}"
-        );
+        dump(&wl, &images, &[]);
+        reap_dumped(&mut wl);
     } else {
-        assert_success(
-            &fastcr(&["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"]),
-            "dump --leave-running",
-        );
-        wl.assert_running_untraced();
-        before.assert_same(
-            &without_object_inodes(VisibleState::capture(wl.pid())),
-            "after dump --leave-running",
-        );
+        dump(&wl, &images, &["--leave-running"]);
+        assert_left_running(&wl, &before, capture);
         wl.kill_and_reap();
     }
     // D1 (fd and private mapping), D2 (mapping only), D3 (fd).
     assert!(images.join("object-2.img").exists() && !images.join("object-3.img").exists());
 
     if matches!(mode, Mode::PidnsNew) {
-        let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
-        assert_success(&out, "restore --pidns new -d");
-        let mut outer = None;
-        wait_until("the restored process in its pid namespace", GUARD, || {
-            outer = find_in_new_pidns(wl.pid());
-            outer.is_some()
-        });
-        let outer = outer.expect("found above");
-        // Read from here, Pid and Tgid are the outer pid (NSpid is checked by the lookup).
-        let mut after = without_object_inodes(VisibleState::capture(outer));
-        for key in ["Pid", "Tgid"] {
-            after.status.insert(key.into(), before.status[key].clone());
-        }
+        let outer = restore_in_new_pidns(&wl, &images);
+        let after = as_seen_inside(capture(outer), &before);
         before.assert_same(&after, "after restore --pidns new");
-        let status = ExitStatus::from_raw(terminate_in_pidns(outer));
-        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
-        assert!(
-            status.success() && result == "PASS\n",
-            "restored wl_deleted {status}; result {result:?}; log: {}",
-            wl.log()
-        );
-        assert_no_stray_children("deleted restore --pidns new");
+        terminate_in_pidns_and_verify(&wl, outer, "deleted restore --pidns new");
         return;
     }
-    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_success(&out, "restore -d");
-    wl.adopt_restored();
-    before.assert_same(
-        &without_object_inodes(VisibleState::capture(wl.pid())),
-        "after restore",
-    );
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("deleted restore");
+    restore(&mut wl, &images, &[]);
+    before.assert_same(&capture(wl.pid()), "after restore");
+    verify_restored(wl, "deleted restore");
 }
 
 #[test]
@@ -158,36 +120,21 @@ fn locks_restore(leave_running: bool) {
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let images = Scratch::new("locks-img");
-    let mut args = vec!["dump", "-t", "", "-D", images.as_str()];
-    let pid = wl.pid_arg();
-    args[2] = &pid;
     if leave_running {
-        args.push("--leave-running");
-    }
-    assert_success(&fastcr(&args), "dump");
-    if leave_running {
+        dump(&wl, &images, &["--leave-running"]);
         wl.assert_running_untraced();
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed it: {status}"
-        );
+        dump(&wl, &images, &[]);
+        reap_dumped(&mut wl);
     }
     assert!(
         images.join(&format!("locks-{}.img", wl.pid())).exists(),
         "no locks image"
     );
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("locks restore");
+    verify_restored(wl, "locks restore");
 }
 
 /// A flock and an OFD lock shared with a child through inherited open file descriptions show
@@ -201,10 +148,7 @@ fn locks_tree_dump_restore() {
     wl.wait_counter_advances();
     let child = vmtests::objects::pid_file(wl.statedir(), "child-pid");
     let images = Scratch::new("locks-tree-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     vmtests::reap_orphan(child);
     assert!(images.join(&format!("locks-{}.img", wl.pid())).exists());
@@ -212,14 +156,8 @@ fn locks_tree_dump_restore() {
         !images.join(&format!("locks-{child}.img")).exists(),
         "the child's copies of the shared locks were saved again"
     );
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("locks tree restore");
+    restore(&mut wl, &images, &[]);
+    verify_restored(wl, "locks tree restore");
 }
 
 #[test]
@@ -243,17 +181,7 @@ fn locks_conflict_then_pidns_new() {
     let mut wl = Workload::spawn("wl_locks", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("locks-pidns-img");
-    assert_success(
-        &fastcr(&[
-            "dump",
-            "-t",
-            &wl.pid_arg(),
-            "-D",
-            images.as_str(),
-            "--leave-running",
-        ]),
-        "dump --leave-running",
-    );
+    dump(&wl, &images, &["--leave-running"]);
     let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
     assert_one_line_error(&out, "restore beside the lock holder");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -272,22 +200,8 @@ fn locks_conflict_then_pidns_new() {
     wl.assert_running_untraced();
 
     wl.kill_and_reap();
-    let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
-    assert_success(&out, "restore --pidns new -d");
-    let mut outer = None;
-    wait_until("the restored process in its pid namespace", GUARD, || {
-        outer = find_in_new_pidns(wl.pid());
-        outer.is_some()
-    });
-    let outer = outer.expect("found above");
-    let status = ExitStatus::from_raw(terminate_in_pidns(outer));
-    let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
-    assert!(
-        status.success() && result == "PASS\n",
-        "restored wl_locks {status}; result {result:?}; log: {}",
-        wl.log()
-    );
-    assert_no_stray_children("locks restore --pidns new");
+    let outer = restore_in_new_pidns(&wl, &images);
+    terminate_in_pidns_and_verify(&wl, outer, "locks restore --pidns new");
 }
 
 /// A damaged `locks-<pid>.img` (truncated, a byte flipped) fails the restore with one line, before any process exists; the untouched image then
@@ -298,10 +212,7 @@ fn locks_damaged_image_is_refused() {
     let mut wl = Workload::spawn("wl_locks", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("locks-bad-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     let name = format!("locks-{}.img", wl.pid());
     for damage in ["truncated", "flipped"] {
@@ -332,11 +243,7 @@ fn locks_damaged_image_is_refused() {
         );
         assert_no_stray_children(&context);
     }
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     wl.wait_counter_advances();
     wl.terminate_and_verify();
 }
@@ -391,17 +298,10 @@ fn wl_locks_detects_lost_locks() {
     let mut wl = Workload::spawn("wl_locks", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("locks-lost-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     fs::remove_file(images.join(&format!("locks-{}.img", wl.pid()))).expect("remove locks");
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     wl.wait_counter_advances();
     expect_fail(wl, "the locks are not as taken");
 }

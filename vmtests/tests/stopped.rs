@@ -19,9 +19,8 @@
 use std::fs;
 use std::time::Duration;
 
-use std::os::unix::process::ExitStatusExt;
-
 use vmtests::restored::wait_until;
+use vmtests::roundtrip::{dump, reap_dumped, restore};
 use vmtests::{
     Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr, require_root,
 };
@@ -92,13 +91,12 @@ fn stopped_dump_restore(mode: Mode) {
     let images = Scratch::new("stopped-img");
     let pid = wl.pid_arg();
 
-    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str()];
-    match mode {
-        Mode::LeaveRunning => dump.push("--leave-running"),
-        Mode::PreCopy => dump.extend(["--pre-copy", "auto"]),
-        Mode::Dump | Mode::Lazy => {}
-    }
-    assert_success(&fastcr(&dump), &dump.join(" "));
+    let flags: &[&str] = match mode {
+        Mode::LeaveRunning => &["--leave-running"],
+        Mode::PreCopy => &["--pre-copy", "auto"],
+        Mode::Dump | Mode::Lazy => &[],
+    };
+    dump(&wl, &images, flags);
     assert!(
         images.join(&format!("stopped-{pid}.img")).is_file(),
         "no stopped-{pid}.img in the images of a stopped process"
@@ -123,20 +121,16 @@ fn stopped_dump_restore(mode: Mode) {
         );
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed the process, but it {status}"
-        );
+        reap_dumped(&mut wl);
     }
 
-    let mut restore = vec!["restore", "-D", images.as_str(), "-d"];
-    if matches!(mode, Mode::Lazy) {
-        restore.push("--lazy");
-    }
-    assert_success(&fastcr(&restore), &restore.join(" "));
-    wl.adopt_restored();
-    assert_no_stray_children(&restore.join(" "));
+    let flags: &[&str] = if matches!(mode, Mode::Lazy) {
+        &["--lazy"]
+    } else {
+        &[]
+    };
+    restore(&mut wl, &images, flags);
+    assert_no_stray_children("restore -d");
     wait_stopped(wl.pid(), "after the restore");
     assert_eq!(
         thread_states(wl.pid()).len(),

@@ -19,10 +19,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use vmtests::migration::{Link, NsCopy, reap_killed_original};
+use vmtests::roundtrip::{assert_left_running, dump, reap_dumped, restore, verify_restored};
 use vmtests::{
     Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr, require_root,
 };
@@ -194,14 +194,12 @@ fn dump_and_restore(args: &[&str], mode: Mode) {
     let images = Scratch::new("threads-img");
     let pid = wl.pid_arg();
 
-    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str()];
-    match mode {
-        Mode::LeaveRunning => dump.push("--leave-running"),
-        Mode::PreCopy => dump.extend(["--pre-copy", "auto", "--json"]),
-        Mode::Dump | Mode::Lazy => {}
-    }
-    let out = fastcr(&dump);
-    assert_success(&out, &dump.join(" "));
+    let flags: &[&str] = match mode {
+        Mode::LeaveRunning => &["--leave-running"],
+        Mode::PreCopy => &["--pre-copy", "auto", "--json"],
+        Mode::Dump | Mode::Lazy => &[],
+    };
+    let out = dump(&wl, &images, flags);
     if matches!(mode, Mode::PreCopy) {
         eprintln!(
             "pre-copy stats: {}",
@@ -213,40 +211,29 @@ fn dump_and_restore(args: &[&str], mode: Mode) {
         "no threads-{pid}.img in the images"
     );
     if matches!(mode, Mode::LeaveRunning) {
-        wl.assert_running_untraced();
-        before.assert_same(
-            &VisibleState::capture(wl.pid()),
-            "after dump --leave-running",
-        );
+        assert_left_running(&wl, &before, VisibleState::capture);
         assert_same_threads(&threads, wl.pid(), "after dump --leave-running");
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed the process, but it {status}"
-        );
+        reap_dumped(&mut wl);
     }
 
-    let mut restore = vec!["restore", "-D", images.as_str(), "-d"];
-    if matches!(mode, Mode::Lazy) {
-        restore.extend(["--lazy", "--json"]);
-    }
-    let out = fastcr(&restore);
-    assert_success(&out, &restore.join(" "));
+    let flags: &[&str] = if matches!(mode, Mode::Lazy) {
+        &["--lazy", "--json"]
+    } else {
+        &[]
+    };
+    let out = restore(&mut wl, &images, flags);
     if matches!(mode, Mode::Lazy) {
         eprintln!(
             "lazy stats: {}",
             String::from_utf8_lossy(&out.stdout).trim_end()
         );
     }
-    wl.adopt_restored();
-    assert_no_stray_children(&restore.join(" "));
+    assert_no_stray_children("restore -d");
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
     assert_same_threads(&threads, wl.pid(), "after restore");
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("wl_threads after restore");
+    verify_restored(wl, "wl_threads after restore");
 }
 
 #[test]
@@ -310,17 +297,7 @@ fn threads_pidns_new() {
     let before = VisibleState::capture(wl.pid());
     let threads = original_threads(&wl);
     let images = Scratch::new("threads-pidns-img");
-    assert_success(
-        &fastcr(&[
-            "dump",
-            "-t",
-            &wl.pid_arg(),
-            "-D",
-            images.as_str(),
-            "--leave-running",
-        ]),
-        "dump --leave-running",
-    );
+    dump(&wl, &images, &["--leave-running"]);
     wl.assert_running_untraced();
     assert_same_threads(&threads, wl.pid(), "after dump --leave-running");
 
