@@ -7,7 +7,6 @@
 //! /proc before every kill, and an unreaped child's PID cannot be recycled.
 
 use std::collections::HashSet;
-use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::{Mutex, Once, OnceLock};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{EXIT_TIMEOUT, POLL, ProcStat};
+use crate::{EXIT_TIMEOUT, POLL, ProcStat, numeric_entries};
 
 /// Makes this process a child subreaper (once), so restored processes become our children.
 pub fn become_subreaper() {
@@ -96,17 +95,10 @@ pub fn stray_children() -> Vec<(i32, String, char)> {
     let known = known_children().lock().unwrap_or_else(|e| e.into_inner());
     let me = i32::try_from(std::process::id()).expect("pids fit in i32");
     let mut strays = Vec::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
+    let Ok(pids) = numeric_entries("/proc") else {
         return strays;
     };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids {
         if let Some(stat) = ProcStat::read(pid)
             && stat.ppid == me
             && !known.contains(&pid)
@@ -138,6 +130,19 @@ pub(crate) fn our_pid() -> i32 {
 
 pub(crate) fn is_our_child(pid: i32) -> bool {
     ProcStat::read(pid).is_some_and(|s| s.ppid == our_pid())
+}
+
+/// Sends `sig` to `pid`, panicking if kill fails. The caller has just checked that `pid` names
+/// the process it means (its unreaped child, or a descendant identified by its start time).
+pub(crate) fn send_signal(pid: i32, sig: i32) {
+    // SAFETY: kill takes integers and touches no memory; which process it reaches is the
+    // caller's check (above).
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert!(
+        rc == 0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Reaps `pid`, a process that became our child (by reparenting to this subreaper); returns

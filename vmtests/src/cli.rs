@@ -97,3 +97,16 @@ pub fn assert_one_line_error(out: &Output, what: &str) {
         show_output(out)
     );
 }
+
+/// [`assert_one_line_error`], and the error names each of `wants` (a process, an fd, a path,
+/// why).
+pub fn assert_error_names(out: &Output, what: &str, wants: &[&str]) {
+    assert_one_line_error(out, what);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in wants {
+        assert!(
+            stderr.contains(want),
+            "the error does not say {want:?}: {stderr}"
+        );
+    }
+}

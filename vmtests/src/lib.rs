@@ -15,8 +15,9 @@
 //! reaping, strays), `procfs` ([`ProcStat`] and friends), `compile` ([`build_workloads`]),
 //! `workload` ([`Workload`]), `cli` (running `fastcr`), `state` ([`VisibleState`]); the public
 //! ones hold the helpers of a family of tests: [`roundtrip`] (dump, restore, verify one
-//! workload), [`background`] (a `fastcr` the test watches while it runs), [`restored`]
-//! (processes reached by PID), [`objects`], [`migration`], [`netns`].
+//! workload), [`images`] (image directories to damage), [`background`] (a `fastcr` the test
+//! watches while it runs), [`restored`] (processes reached by PID), [`objects`], [`migration`],
+//! [`netns`].
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ mod children;
 mod cli;
 mod compile;
 mod host;
+pub mod images;
 pub mod migration;
 pub mod netns;
 pub mod objects;
@@ -39,15 +41,15 @@ pub use children::{
     KillOnDrop, assert_no_stray_children, become_subreaper, close_inherited_fds, reap_orphan,
     spawn_registered, stray_children,
 };
-pub use cli::{assert_one_line_error, assert_success, fastcr, fastcr_bin, run};
+pub use cli::{assert_error_names, assert_one_line_error, assert_success, fastcr, fastcr_bin, run};
 pub use compile::{WORKLOADS, build_workloads};
 pub use host::{euid, require_root, workspace_dir};
-pub use procfs::{ProcStat, pid_exists, status_field, unused_pid};
+pub use procfs::{ProcStat, numeric_entries, pid_exists, status_field, unused_pid};
 pub use scratch::{SCRATCH_ROOT, Scratch};
 pub use state::{FdState, VisibleState};
 pub use workload::Workload;
 
-pub(crate) use children::{describe_status, our_pid};
+pub(crate) use children::{describe_status, our_pid, send_signal};
 
 /// Hang guard for a process to exit once signalled, not a timing assertion.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -4,6 +4,7 @@
 //! Must not: write to /proc or signal anything; these are reads only.
 
 use std::fs;
+use std::io;
 use std::path::Path;
 
 /// The fields of /proc/PID/stat the tests use.
@@ -44,6 +45,19 @@ pub fn status_field(pid: i32, key: &str) -> Option<String> {
         let (k, v) = line.split_once(':')?;
         (k == key).then(|| v.trim().to_string())
     })
+}
+
+/// The entries of `dir` whose names are numbers (PIDs in /proc, TIDs in /proc/PID/task, fds in
+/// /proc/PID/fd), in ascending order; the other entries are left out.
+pub fn numeric_entries(dir: impl AsRef<Path>) -> io::Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        if let Some(n) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Whether a process (or zombie) with this PID exists.

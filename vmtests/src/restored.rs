@@ -12,7 +12,7 @@ use std::process::ExitStatus;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::{EXIT_TIMEOUT, POLL, ProcStat, our_pid, status_field};
+use crate::{EXIT_TIMEOUT, POLL, ProcStat, numeric_entries, our_pid, send_signal, status_field};
 
 /// Whether `pid` is the test or descends from it (walking the parent links up from `pid`).
 pub fn descends_from_test(pid: i32) -> bool {
@@ -43,13 +43,10 @@ pub fn nspid(pid: i32) -> Option<Vec<i32>> {
 /// The PID (in our namespace) of the process that descends from the test and has PID `inner`
 /// in a pid namespace one level below ours; `None` if there is none.
 pub fn find_in_new_pidns(inner: i32) -> Option<i32> {
-    let dir = fs::read_dir("/proc").ok()?;
-    dir.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&pid| {
-            nspid(pid).is_some_and(|ids| ids.len() == 2 && ids[0] == pid && ids[1] == inner)
-                && descends_from_test(pid)
-        })
+    numeric_entries("/proc").ok()?.into_iter().find(|&pid| {
+        nspid(pid).is_some_and(|ids| ids.len() == 2 && ids[0] == pid && ids[1] == inner)
+            && descends_from_test(pid)
+    })
 }
 
 /// The init (pid 1) of the pid namespace `pid` is in, as a PID in our namespace: the process
@@ -57,14 +54,11 @@ pub fn find_in_new_pidns(inner: i32) -> Option<i32> {
 pub fn pidns_init_of(pid: i32) -> Option<i32> {
     let ns_of = |p: i32| fs::read_link(format!("/proc/{p}/ns/pid")).ok();
     let ns = ns_of(pid)?;
-    let dir = fs::read_dir("/proc").ok()?;
-    dir.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&p| {
-            nspid(p).is_some_and(|ids| ids.last() == Some(&1) && ids.len() > 1)
-                && ns_of(p).as_ref() == Some(&ns)
-                && descends_from_test(p)
-        })
+    numeric_entries("/proc").ok()?.into_iter().find(|&p| {
+        nspid(p).is_some_and(|ids| ids.last() == Some(&1) && ids.len() > 1)
+            && ns_of(p).as_ref() == Some(&ns)
+            && descends_from_test(p)
+    })
 }
 
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `timeout` (a
@@ -160,14 +154,8 @@ impl Restored {
             "restored pid {} ({stat:?}) no longer descends from the test",
             self.pid
         );
-        // SAFETY: kill takes integers; the PID was just checked to name our descendant.
-        let rc = unsafe { libc::kill(self.pid, sig) };
-        assert!(
-            rc == 0,
-            "kill({}, {sig}): {}",
-            self.pid,
-            std::io::Error::last_os_error()
-        );
+        // The PID was just checked to name our descendant.
+        send_signal(self.pid, sig);
     }
 
     /// Waits until its parent (not the test) has reaped it.

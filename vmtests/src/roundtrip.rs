@@ -16,11 +16,17 @@ use std::process::{ExitStatus, Output};
 use std::time::Duration;
 
 use crate::objects::terminate_in_pidns;
-use crate::restored::{find_in_new_pidns, wait_until};
-use crate::{Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr};
+use crate::restored::{Restored, find_in_new_pidns, pidns_init_of, reap_within, wait_until};
+use crate::{
+    Scratch, VisibleState, Workload, assert_error_names, assert_no_stray_children, assert_success,
+    fastcr,
+};
 
-/// Hang guard for the copy to appear in its new pid namespace: never a timing assertion.
+/// Hang guard for the copy to appear in its new pid namespace (or count, or its init to exit):
+/// never a timing assertion.
 const APPEAR_TIMEOUT: Duration = Duration::from_secs(60);
+/// Hang guard for the copy of a tree to exit once SIGTERMed.
+const COPY_EXIT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs `fastcr dump -t PID -D IMAGES FLAGS...`, which must succeed; returns its output (for the
 /// stats of `--json`).
@@ -54,6 +60,18 @@ pub fn assert_left_running(
 ) {
     wl.assert_running_untraced();
     before.assert_same(&capture(wl.pid()), "after dump --leave-running");
+}
+
+/// A dump fastcr must refuse: `fastcr dump` fails with one line that names each of `wants` (see
+/// [`assert_error_names`]; `what` says what the dump was), and the process runs on undisturbed
+/// (untraced, its counter advancing) and exits 0 with PASS on SIGTERM.
+pub fn assert_dump_refused(wl: Workload, what: &str, wants: &[&str]) {
+    let images = Scratch::new("refused-img");
+    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
+    assert_error_names(&out, what, wants);
+    wl.assert_running_untraced();
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
 }
 
 /// Runs `fastcr restore -D IMAGES -d FLAGS...`, which must succeed, and takes the restored
@@ -114,6 +132,29 @@ pub fn terminate_in_pidns_and_verify(wl: &Workload, outer: i32, context: &str) {
         wl.name(),
         wl.log()
     );
+    assert_no_stray_children(context);
+}
+
+/// After `restore --pidns new -d` of a tree whose root's copy is `copy` (the test's child): the
+/// copy runs its loop (the counter it publishes in the original's STATEDIR passes its current
+/// value), and on SIGTERM it exits 0 with PASS; then its namespace's init exits 0, and no
+/// stray children are left (`context` names the run).
+pub fn terminate_copy_and_verify(wl: &Workload, copy: Restored, context: &str) {
+    let outer = copy.pid();
+    let at = wl.counter();
+    wait_until("the copy counts", APPEAR_TIMEOUT, || wl.counter() > at);
+    let init = pidns_init_of(outer);
+    copy.signal(libc::SIGTERM);
+    let st = reap_within(outer, COPY_EXIT_TIMEOUT, "the copy");
+    let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
+    assert!(
+        st.success() && result == "PASS\n",
+        "the copy {st:?}, verdict {result:?}; log: {}",
+        wl.log()
+    );
+    let init = init.expect("the copy's namespace init");
+    let st = reap_within(init, APPEAR_TIMEOUT, "the namespace init");
+    assert!(st.success(), "the namespace's init: {st:?}");
     assert_no_stray_children(context);
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::children::{describe_status, is_our_child, our_pid, pid_of, waitpid_timeout};
 use crate::{
-    EXIT_TIMEOUT, POLL, ProcStat, Scratch, build_workloads, close_inherited_fds, spawn_registered,
-    status_field,
+    EXIT_TIMEOUT, POLL, ProcStat, Scratch, VisibleState, build_workloads, close_inherited_fds,
+    send_signal, spawn_registered, status_field,
 };
 
 /// Hang guards, not timing assertions: each only bounds how long a broken run can take.
@@ -247,6 +247,16 @@ impl Workload {
         self.wait_counter_advances();
     }
 
+    /// Without any checkpoint: two captures of its visible state, the counter advancing in
+    /// between, are equal (or the comparison after a restore would report noise), and on SIGTERM
+    /// it exits 0 with `PASS`.
+    pub fn verify_undisturbed(self) {
+        let first = VisibleState::capture(self.pid);
+        self.wait_counter_advances();
+        first.assert_same(&VisibleState::capture(self.pid), &self.name);
+        self.terminate_and_verify();
+    }
+
     /// Sends SIGTERM, waits, and asserts exit status 0 and `PASS` in STATEDIR/result.
     pub fn terminate_and_verify(self) {
         let name = self.name.clone();
@@ -257,6 +267,16 @@ impl Workload {
             "{name} (pid {pid}) {}; result: {:?}; log: {log}",
             describe_status(status.into_raw()),
             result.trim_end(),
+        );
+    }
+
+    /// Sends SIGTERM, waits, and asserts exit status 1 with a `FAIL: ` result that mentions
+    /// `what`: the workload's own verification caught what the test did behind its back.
+    pub fn terminate_and_expect_fail(self, what: &str) {
+        let (status, result, log) = self.terminate();
+        assert!(
+            status.code() == Some(1) && result.starts_with("FAIL: ") && result.contains(what),
+            "expected a FAIL about {what:?}, got {status}, result {result:?}, log {log}"
         );
     }
 
@@ -315,14 +335,8 @@ impl Workload {
             "pid {} is not our child any more",
             self.pid
         );
-        // SAFETY: the PID is our unreaped child (checked above), so it names our workload.
-        let rc = unsafe { libc::kill(self.pid, sig) };
-        assert!(
-            rc == 0,
-            "kill({}, {sig}): {}",
-            self.pid,
-            std::io::Error::last_os_error()
-        );
+        // The PID is our unreaped child (checked above), so it names our workload.
+        send_signal(self.pid, sig);
     }
 }
 

@@ -23,7 +23,7 @@ use vmtests::roundtrip::{
     terminate_in_pidns_and_verify, verify_restored,
 };
 use vmtests::{
-    ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
+    ProcStat, Scratch, VisibleState, Workload, assert_error_names, assert_no_stray_children,
     assert_success, become_subreaper, fastcr, require_root,
 };
 
@@ -177,15 +177,8 @@ fn fifo_removed_is_refused() {
     let fifo = wl.statedir().join("fifo1");
     fs::remove_file(&fifo).expect("remove fifo1");
     let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_one_line_error(&out, "restore without fifo1");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let path = fifo.to_string_lossy();
-    for want in [path.as_ref(), "fd 30"] {
-        assert!(
-            stderr.contains(want),
-            "the error does not say {want:?}: {stderr}"
-        );
-    }
+    assert_error_names(&out, "restore without fifo1", &[&path, "fd 30"]);
     assert!(
         ProcStat::read(wl.pid()).is_none(),
         "a process with pid {} exists after the failed restore",

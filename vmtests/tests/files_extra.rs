@@ -14,20 +14,16 @@
 
 use std::fs;
 
-use vmtests::objects::without_object_inodes;
+use vmtests::images::{Damage, copy_images};
+use vmtests::objects::capture_without_object_inodes;
 use vmtests::roundtrip::{
-    as_seen_inside, assert_left_running, dump, reap_dumped, restore, restore_in_new_pidns,
-    terminate_in_pidns_and_verify, verify_restored,
+    as_seen_inside, assert_dump_refused, assert_left_running, dump, reap_dumped, restore,
+    restore_in_new_pidns, terminate_in_pidns_and_verify, verify_restored,
 };
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
-    become_subreaper, fastcr, require_root,
+    Scratch, VisibleState, Workload, assert_error_names, assert_no_stray_children,
+    assert_one_line_error, become_subreaper, fastcr, require_root,
 };
-
-/// The visible state of `pid` but for the inode numbers of the files fastcr recreates.
-fn capture(pid: i32) -> VisibleState {
-    without_object_inodes(VisibleState::capture(pid))
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -41,14 +37,14 @@ fn run(mode: Mode) {
     become_subreaper();
     let mut wl = Workload::spawn("wl_deleted", &[]);
     wl.wait_counter_advances();
-    let before = capture(wl.pid());
+    let before = capture_without_object_inodes(wl.pid());
     let images = Scratch::new("deleted-img");
     if matches!(mode, Mode::Dump) {
         dump(&wl, &images, &[]);
         reap_dumped(&mut wl);
     } else {
         dump(&wl, &images, &["--leave-running"]);
-        assert_left_running(&wl, &before, capture);
+        assert_left_running(&wl, &before, capture_without_object_inodes);
         wl.kill_and_reap();
     }
     // D1 (fd and private mapping), D2 (mapping only), D3 (fd).
@@ -56,13 +52,13 @@ fn run(mode: Mode) {
 
     if matches!(mode, Mode::PidnsNew) {
         let outer = restore_in_new_pidns(&wl, &images);
-        let after = as_seen_inside(capture(outer), &before);
+        let after = as_seen_inside(capture_without_object_inodes(outer), &before);
         before.assert_same(&after, "after restore --pidns new");
         terminate_in_pidns_and_verify(&wl, outer, "deleted restore --pidns new");
         return;
     }
     restore(&mut wl, &images, &[]);
-    before.assert_same(&capture(wl.pid()), "after restore");
+    before.assert_same(&capture_without_object_inodes(wl.pid()), "after restore");
     verify_restored(wl, "deleted restore");
 }
 
@@ -88,24 +84,12 @@ fn deleted_too_big_is_refused() {
     require_root();
     let wl = Workload::spawn("wl_deleted", &["big"]);
     wl.wait_counter_advances();
-    let images = Scratch::new("deleted-big-img");
-    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
-    assert_one_line_error(&out, "dump of a 65 MiB deleted file");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        format!("process {}", wl.pid()).as_str(),
-        "fd 42",
-        "del-big (deleted)",
-        "limit",
-    ] {
-        assert!(
-            stderr.contains(want),
-            "the error does not say {want:?}: {stderr}"
-        );
-    }
-    wl.assert_running_untraced();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
+    let process = format!("process {}", wl.pid());
+    assert_dump_refused(
+        wl,
+        "dump of a 65 MiB deleted file",
+        &[&process, "fd 42", "del-big (deleted)", "limit"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,19 +167,12 @@ fn locks_conflict_then_pidns_new() {
     let images = Scratch::new("locks-pidns-img");
     dump(&wl, &images, &["--leave-running"]);
     let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
-    assert_one_line_error(&out, "restore beside the lock holder");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        format!("process {}", wl.pid()).as_str(),
-        "fd 50",
-        "exclusive flock",
-        "conflicting lock",
-    ] {
-        assert!(
-            stderr.contains(want),
-            "the error does not say {want:?}: {stderr}"
-        );
-    }
+    let process = format!("process {}", wl.pid());
+    assert_error_names(
+        &out,
+        "restore beside the lock holder",
+        &[&process, "fd 50", "exclusive flock", "conflicting lock"],
+    );
     assert_no_stray_children("failed restore");
     wl.assert_running_untraced();
 
@@ -215,25 +192,9 @@ fn locks_damaged_image_is_refused() {
     dump(&wl, &images, &[]);
     wl.reap();
     let name = format!("locks-{}.img", wl.pid());
-    for damage in ["truncated", "flipped"] {
-        let copy = Scratch::new("locks-bad-copy");
-        for entry in fs::read_dir(images.path()).expect("read the image dir") {
-            let entry = entry.expect("dir entry");
-            fs::copy(
-                entry.path(),
-                copy.join(&entry.file_name().to_string_lossy()),
-            )
-            .expect("copy an image file");
-        }
-        let path = copy.join(&name);
-        let mut bytes = fs::read(&path).expect("read the locks image");
-        let len = bytes.len();
-        if damage == "truncated" {
-            bytes.truncate(len / 2);
-        } else {
-            bytes[len / 2] ^= 0xff;
-        }
-        fs::write(&path, bytes).expect("write the locks image");
+    for damage in Damage::ALL {
+        let copy = copy_images(&images);
+        damage.apply(&copy.join(&name));
         let context = format!("restore with {name} {damage}");
         let out = fastcr(&["restore", "-D", copy.as_str(), "-d"]);
         assert_one_line_error(&out, &context);
@@ -251,25 +212,12 @@ fn locks_damaged_image_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // The workloads' own oracles
 
-/// Terminates `wl` and asserts it reported a failure mentioning `what`.
-fn expect_fail(wl: Workload, what: &str) {
-    let (status, result, log) = wl.terminate();
-    assert!(
-        status.code() == Some(1) && result.starts_with("FAIL: ") && result.contains(what),
-        "expected a FAIL about {what:?}, got {status}, result {result:?}, log {log}"
-    );
-}
-
 /// Undisturbed, wl_deleted and wl_locks pass and two captures of their state are equal.
 #[test]
 fn wl_deleted_and_wl_locks_pass_undisturbed() {
     require_root();
     for name in ["wl_deleted", "wl_locks"] {
-        let wl = Workload::spawn(name, &[]);
-        let first = VisibleState::capture(wl.pid());
-        wl.wait_counter_advances();
-        first.assert_same(&VisibleState::capture(wl.pid()), name);
-        wl.terminate_and_verify();
+        Workload::spawn(name, &[]).verify_undisturbed();
     }
 }
 
@@ -287,7 +235,7 @@ fn wl_deleted_detects_a_changed_file() {
         .expect("open the deleted file");
     file.write_all_at(b"x", 70_000)
         .expect("write the deleted file");
-    expect_fail(wl, "D1: contents");
+    wl.terminate_and_expect_fail("D1: contents");
 }
 
 /// wl_locks' oracle is not vacuous: restored from an image whose locks file was removed (the
@@ -303,5 +251,5 @@ fn wl_locks_detects_lost_locks() {
     fs::remove_file(images.join(&format!("locks-{}.img", wl.pid()))).expect("remove locks");
     restore(&mut wl, &images, &[]);
     wl.wait_counter_advances();
-    expect_fail(wl, "the locks are not as taken");
+    wl.terminate_and_expect_fail("the locks are not as taken");
 }

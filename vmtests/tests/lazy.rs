@@ -21,6 +21,7 @@ use vmtests::background::Bg;
 use vmtests::restored::{
     Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, try_reap_within, wait_until,
 };
+use vmtests::roundtrip::{dump, reap_dumped};
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
     assert_success, fastcr, require_root, status_field,
@@ -37,15 +38,8 @@ fn spawn_and_dump(name: &str, args: &[&str]) -> (Workload, VisibleState, Scratch
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let images = Scratch::new(&format!("{name}-lazy-img"));
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
-    let status = wl.reap();
-    assert!(
-        status.signal().is_some(),
-        "{name}: dump should have killed the process, but it {status}"
-    );
+    dump(&wl, &images, &[]);
+    reap_dumped(&mut wl);
     (wl, before, images)
 }
 
@@ -258,17 +252,7 @@ fn pidns_new(lazy: bool) {
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let images = Scratch::new("pidns-img");
-    assert_success(
-        &fastcr(&[
-            "dump",
-            "-t",
-            &wl.pid_arg(),
-            "-D",
-            images.as_str(),
-            "--leave-running",
-        ]),
-        "dump --leave-running",
-    );
+    dump(&wl, &images, &["--leave-running"]);
     wl.assert_running_untraced();
 
     let mut args = vec!["restore", "-D", images.as_str(), "--pidns", "new", "-d"];

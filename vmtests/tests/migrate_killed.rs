@@ -17,6 +17,7 @@
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,15 @@ fn continue_original(wl: &Workload) {
     // SAFETY: our unreaped child (checked above): the PID names the original.
     let rc = unsafe { libc::kill(wl.pid(), libc::SIGCONT) };
     assert!(rc == 0, "SIGCONT: {}", std::io::Error::last_os_error());
+}
+
+/// How a side the test SIGKILLed ended, for messages: killed, or exited before the kill.
+fn how_it_ended(status: ExitStatus) -> String {
+    if status.signal() == Some(libc::SIGKILL) {
+        "killed".to_string()
+    } else {
+        format!("it had exited: {status}")
+    }
 }
 
 /// Sizes tried, in MiB, until a kill lands inside the lazy phase.
@@ -165,11 +175,7 @@ fn kill_dest_during_lazy_phase(size_mib: &str) -> Attempt {
     eprintln!(
         "{size_mib} MiB: receive killed with the copy at RssAnon {rss_at_kill:?} ({}); stats \
          printed before: {done_before_kill}",
-        if recv_status.signal() == Some(libc::SIGKILL) {
-            "killed".to_string()
-        } else {
-            format!("it had exited: {recv_status}")
-        }
+        how_it_ended(recv_status)
     );
 
     // Only `Done` (every page in place, the namespace released) lets migrate succeed.
@@ -271,11 +277,7 @@ fn kill_source_during_lazy_phase(size_mib: &str, extra: &[&str]) -> Attempt {
     let killed_at = Instant::now();
     eprintln!(
         "{size_mib} MiB: migrate killed with the copy at RssAnon {rss_at_kill:?} ({})",
-        if mig_status.signal() == Some(libc::SIGKILL) {
-            "killed".to_string()
-        } else {
-            format!("it had exited: {mig_status}")
-        }
+        how_it_ended(mig_status)
     );
     let recv_status = recv.wait(GUARD);
     eprintln!(

@@ -22,7 +22,8 @@ use std::time::Duration;
 use vmtests::restored::wait_until;
 use vmtests::roundtrip::{dump, reap_dumped, restore};
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr, require_root,
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
+    numeric_entries, require_root,
 };
 
 /// Hang guard for one step: never a timing assertion.
@@ -32,22 +33,15 @@ const GUARD: Duration = Duration::from_secs(120);
 fn thread_states(pid: i32) -> Vec<(i32, char, String)> {
     let dir = format!("/proc/{pid}/task");
     let mut out = Vec::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
-        let entry = entry.unwrap_or_else(|e| panic!("read {dir}: {e}"));
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+    for tid in numeric_entries(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+        let path = format!("{dir}/{tid}");
+        let stat = fs::read_to_string(format!("{path}/stat")).unwrap_or_default();
         let state = stat
             .rfind(')')
             .and_then(|i| stat.get(i + 2..))
             .and_then(|r| r.chars().next())
             .unwrap_or('?');
-        let status = fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let status = fs::read_to_string(format!("{path}/status")).unwrap_or_default();
         let tracer = status
             .lines()
             .find_map(|l| l.strip_prefix("TracerPid:"))

@@ -19,12 +19,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
-use vmtests::migration::{Link, NsCopy, reap_killed_original};
+use vmtests::migration::{Link, NsCopy, reap_killed_original, wait_both_succeed};
 use vmtests::roundtrip::{assert_left_running, dump, reap_dumped, restore, verify_restored};
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr, require_root,
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
+    numeric_entries, require_root,
 };
 
 /// Hang guard for one step: never a timing assertion.
@@ -52,16 +54,8 @@ struct ThreadInfo {
 fn threads_of(pid: i32) -> BTreeMap<i32, ThreadInfo> {
     let dir = format!("/proc/{pid}/task");
     let mut out = BTreeMap::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
-        let entry = entry.unwrap_or_else(|e| panic!("read {dir}: {e}"));
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let path = entry.path();
+    for tid in numeric_entries(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+        let path = Path::new(&dir).join(tid.to_string());
         let status = fs::read_to_string(path.join("status"))
             .unwrap_or_else(|e| panic!("read {}/status: {e}", path.display()));
         let field = |key: &str| {
@@ -103,16 +97,8 @@ fn threads_of(pid: i32) -> BTreeMap<i32, ThreadInfo> {
 fn task_nspids(pid: i32) -> Vec<Vec<i32>> {
     let dir = format!("/proc/{pid}/task");
     let mut out = Vec::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
-        let entry = entry.unwrap_or_else(|e| panic!("read {dir}: {e}"));
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let status = fs::read_to_string(entry.path().join("status"))
+    for tid in numeric_entries(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+        let status = fs::read_to_string(format!("{dir}/{tid}/status"))
             .unwrap_or_else(|e| panic!("read {dir}/{tid}/status: {e}"));
         let ids: Vec<i32> = status
             .lines()
@@ -338,13 +324,7 @@ fn threads_migrate_lazy() {
     let mut recv = link.receive(&token, true, GUARD);
     let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
     // Both sides must succeed; either's failure is shown with the other's output.
-    let (mig_status, recv_status) = (mig.wait(GUARD), recv.wait(GUARD));
-    assert!(
-        mig_status.success() && recv_status.success(),
-        "the migration failed:\n{}\n{}",
-        mig.output(),
-        recv.output()
-    );
+    wait_both_succeed(&mut mig, &mut recv);
     eprintln!(
         "migrate stats: {}\nreceive stats: {}",
         mig.stdout().trim_end(),
