@@ -1,11 +1,30 @@
-//! Running commands (fastcr above all) and judging their output the way the CLI contract says.
+//! Running commands (fastcr above all): finding the `fastcr` binary under test, running a command
+//! to completion with its output captured, and judging that output the way the CLI contract says.
 
 use std::fs;
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::{COMMAND_TIMEOUT, POLL, Scratch, fastcr_bin, spawn_registered};
+use crate::{POLL, Scratch, spawn_registered, workspace_dir};
+
+/// Hang guard for one command, not a timing assertion.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The `fastcr` binary under test: `$FASTCR_BIN` (set by `cargo xtask test`), else
+/// `<workspace>/target/debug/fastcr`.
+pub fn fastcr_bin() -> PathBuf {
+    let bin = std::env::var_os("FASTCR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target/debug/fastcr"));
+    assert!(
+        bin.is_file(),
+        "fastcr binary {} not found: build it (cargo build -p cr-user) or set FASTCR_BIN",
+        bin.display()
+    );
+    bin
+}
 
 /// Runs `cmd` to completion with stdin /dev/null and stdout/stderr captured through files (a
 /// pipe could be held open forever by a process `cmd` leaves behind), killing it after a
@@ -77,4 +96,17 @@ pub fn assert_one_line_error(out: &Output, what: &str) {
         "{what}: expected the error as one last line starting with \"Error: \" on stderr: {}",
         show_output(out)
     );
+}
+
+/// [`assert_one_line_error`], and the error names each of `wants` (a process, an fd, a path,
+/// why).
+pub fn assert_error_names(out: &Output, what: &str, wants: &[&str]) {
+    assert_one_line_error(out, what);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in wants {
+        assert!(
+            stderr.contains(want),
+            "the error does not say {want:?}: {stderr}"
+        );
+    }
 }

@@ -1,28 +1,33 @@
 //! Shared pieces of the live-migration tests (`fastcr migrate` → `fastcr receive`).
 //!
-//! Owns: a network namespace pair with token files ([`Link`]), fastcr endpoints running in the
-//! background inside those namespaces with their output in files ([`Bg`]), reaping the original
-//! after the source killed it ([`reap_killed_original`]), and the migrated (or `--pidns new`
-//! restored) copy with its pid namespace's init ([`NsCopy`]).
+//! Owns: a network namespace pair with token files ([`Link`]), fastcr endpoints started in the
+//! background inside those namespaces ([`Bg`]) and waiting for them to succeed or fail the way
+//! the CLI contract says, their `--json` stats, reaping the original after the source killed it
+//! ([`reap_killed_original`]), and the migrated (or `--pidns new` restored) copy with its pid
+//! namespace's init ([`NsCopy`]).
 //!
 //! Must not: signal or reap a process the test did not start: [`Bg`] kills only its own child,
 //! and [`NsCopy`] signals the copy and init only after checking that they are the test's
-//! children. Nothing here asserts a timing; every wait is a hang guard given by the caller.
+//! children. Nothing here asserts a timing; every wait is a hang guard.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use crate::background::Bg;
 use crate::netns::NetPair;
 use crate::restored::{Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, wait_until};
-use crate::{KillOnDrop, ProcStat, Scratch, VisibleState, Workload, fastcr_bin, spawn_registered};
+use crate::{ProcStat, Scratch, VisibleState, Workload, assert_one_line_error, fastcr_bin};
 
-/// Hang guard for reaping the copy and its init: never a timing assertion.
-const GUARD: Duration = Duration::from_secs(300);
+/// Hang guard for one step (a migration, a process exiting, reaping the copy and its init):
+/// never a timing assertion.
+pub const GUARD: Duration = Duration::from_secs(300);
 
 /// The test's (or bench's) own pid.
 pub fn me() -> i32 {
@@ -60,106 +65,6 @@ pub fn reap_quietly(pid: i32, timeout: Duration) {
 /// STATEDIR/result of `wl` (empty while it has not written one).
 pub fn result(wl: &Workload) -> String {
     fs::read_to_string(wl.statedir().join("result")).unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Background processes
-
-/// A command (fastcr inside a network namespace) running in the background with stdout and
-/// stderr in files; SIGKILLed and reaped on drop if still running.
-#[derive(Debug)]
-pub struct Bg {
-    /// What it is, for messages (`fastcr receive`, `fastcr migrate --lazy`, …).
-    pub what: String,
-    child: KillOnDrop,
-    out: Scratch,
-    status: Option<ExitStatus>,
-}
-
-impl Bg {
-    /// Starts `cmd` with stdin from /dev/null and stdout and stderr in files.
-    pub fn spawn(what: &str, cmd: &mut Command) -> Bg {
-        let out = Scratch::new("mig-bg");
-        let stdout = fs::File::create(out.join("stdout")).expect("create stdout file");
-        let stderr = fs::File::create(out.join("stderr")).expect("create stderr file");
-        let child = spawn_registered(cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr));
-        Bg {
-            what: what.to_string(),
-            child: KillOnDrop(child),
-            out,
-            status: None,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.pid()
-    }
-
-    /// Its exit status if it has exited (reaping it).
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.0.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    /// Waits until it has exited (panics after `timeout`, showing its output); its status.
-    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} (pid {}) did not exit within {timeout:?}; {}",
-                self.what,
-                self.pid(),
-                self.output()
-            );
-            sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILLs it unless it has exited already, and reaps it.
-    pub fn kill_and_reap(&mut self) -> ExitStatus {
-        if let Some(status) = self.try_wait() {
-            return status;
-        }
-        // Our unreaped child: the PID cannot have been recycled.
-        self.child.0.kill().expect("SIGKILL");
-        let status = self.child.0.wait().expect("wait");
-        self.status = Some(status);
-        status
-    }
-
-    pub fn stdout(&self) -> String {
-        fs::read_to_string(self.out.join("stdout")).unwrap_or_default()
-    }
-
-    pub fn stderr(&self) -> String {
-        fs::read_to_string(self.out.join("stderr")).unwrap_or_default()
-    }
-
-    /// As an `Output`, once it has exited (for `assert_one_line_error`).
-    pub fn as_output(&self) -> Output {
-        Output {
-            status: self.status.expect("the process has not exited"),
-            stdout: self.stdout().into_bytes(),
-            stderr: self.stderr().into_bytes(),
-        }
-    }
-
-    /// Its status and both outputs, for failure messages.
-    pub fn output(&self) -> String {
-        format!(
-            "{} status {:?}\n--- stdout:\n{}--- stderr:\n{}",
-            self.what,
-            self.status,
-            self.stdout(),
-            self.stderr()
-        )
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,6 +136,97 @@ impl Link {
             .args(flags);
         Bg::spawn(&format!("fastcr migrate {}", flags.join(" ")), &mut cmd)
     }
+}
+
+/// [`Link::receive`] in namespace b; its first line must name the address it listens on.
+pub fn receive(link: &Link, token: &Path, pidns_new: bool) -> Bg {
+    let recv = link.receive(token, pidns_new, GUARD);
+    assert_eq!(
+        recv.stdout().trim_end(),
+        format!("listening on {}", link.dest_addr()),
+        "receive's first line"
+    );
+    recv
+}
+
+/// Waits for the one-line error exit the CLI contract prescribes; the last line of stderr.
+pub fn wait_one_line_error(bg: &mut Bg) -> String {
+    bg.wait(GUARD);
+    let out = bg.as_output();
+    assert_one_line_error(&out, &bg.what);
+    assert_eq!(out.status.code(), Some(1), "{}", bg.output());
+    bg.stderr().lines().last().unwrap_or_default().to_string()
+}
+
+/// Waits for both sides of a migration to exit 0; shows both outputs (and, on a hang, what
+/// /proc shows of the one still running) if either does not.
+pub fn wait_both_succeed(mig: &mut Bg, recv: &mut Bg) {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let (m, r) = (mig.try_wait(), recv.try_wait());
+        if let (Some(m), Some(r)) = (m, r) {
+            assert!(
+                m.success() && r.success(),
+                "the migration failed:\n{}\n{}",
+                mig.output(),
+                recv.output()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the migration did not end within {GUARD:?}:\n{}\n{}\n{}{}",
+            mig.output(),
+            recv.output(),
+            proc_summary(mig.pid()),
+            proc_summary(recv.pid())
+        );
+        sleep(Duration::from_millis(10));
+    }
+}
+
+/// State, per-thread wait channels and open fd kinds of `pid`, for failure messages.
+fn proc_summary(pid: i32) -> String {
+    let Some(stat) = ProcStat::read(pid) else {
+        return format!("pid {pid}: gone\n");
+    };
+    let mut out = format!("pid {pid}: {stat:?}\n");
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let wchan = fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+            out.push_str(&format!("  task {:?}: wchan {wchan}\n", t.file_name()));
+        }
+    }
+    let mut kinds = BTreeMap::<String, usize>::new();
+    if let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            let target = fs::read_link(fd.path())
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let kind = target.split(':').next().unwrap_or_default().to_string();
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    out.push_str(&format!("  fds: {kinds:?}\n"));
+    out
+}
+
+/// The JSON object line of a fastcr `--json` stdout.
+pub fn json_line(bg: &Bg) -> Value {
+    let stdout = bg.stdout();
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line on stdout: {}", bg.output()));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{} --json {line:?}: {e}", bg.what))
+}
+
+/// The unsigned number at `path` (keys joined by `.`, e.g. `dest.pages_placed`) in `v`.
+pub fn num(v: &Value, path: &str) -> u64 {
+    path.split('.')
+        .try_fold(v, |v, key| v.get(key))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no unsigned `{path}` in {v}"))
 }
 
 // ---------------------------------------------------------------------------------------------

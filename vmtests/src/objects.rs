@@ -23,6 +23,12 @@ pub fn without_object_inodes(mut state: VisibleState) -> VisibleState {
     state
 }
 
+/// The visible state of `pid` as [`without_object_inodes`] leaves it: what must not change across
+/// a restore of a process that maps or holds recreated objects.
+pub fn capture_without_object_inodes(pid: i32) -> VisibleState {
+    without_object_inodes(VisibleState::capture(pid))
+}
+
 /// The pid a workload wrote into `STATEDIR/name`.
 pub fn pid_file(statedir: &Path, name: &str) -> i32 {
     let path = statedir.join(name);
@@ -41,18 +47,15 @@ pub fn kill_orphan(pid: i32) {
         std::process::id() as i32,
         "pid {pid} is not the test's child"
     );
-    // SAFETY: kill takes integers; the pid is our unreaped child (checked above), so it cannot
-    // have been recycled.
-    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(rc, 0, "kill({pid}): {}", std::io::Error::last_os_error());
+    // The pid is our unreaped child (checked above), so it cannot have been recycled.
+    crate::send_signal(pid, libc::SIGKILL);
     crate::reap_orphan(pid);
 }
 
 /// SIGTERMs `pid` (the test's child), reaps it and returns its raw wait status.
 pub fn terminate_orphan(pid: i32) -> i32 {
-    // SAFETY: kill takes integers; the caller names a process it found descending from the test.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill({pid}): {}", std::io::Error::last_os_error());
+    // The caller names a process it found descending from the test.
+    crate::send_signal(pid, libc::SIGTERM);
     crate::reap_orphan(pid)
 }
 

@@ -1,5 +1,5 @@
-//! Processes a test reaches by PID without having spawned them: a `fastcr` run in the
-//! background (lazy restore without `-d`), the restored process that is its child meanwhile, and
+//! Processes a test reaches by PID without having spawned them: the restored process that is the
+//! child of a `fastcr` still running (a lazy restore without `-d`, see [`crate::background`]), and
 //! a copy restored into a new pid namespace (a child of that namespace's init).
 //!
 //! Must not: signal a PID without first checking that it still names the same process (PID and
@@ -8,14 +8,11 @@
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::{
-    EXIT_TIMEOUT, KillOnDrop, POLL, ProcStat, Scratch, describe_status, fastcr_bin, our_pid,
-    spawn_registered, status_field,
-};
+use crate::{EXIT_TIMEOUT, POLL, ProcStat, numeric_entries, our_pid, send_signal, status_field};
 
 /// Whether `pid` is the test or descends from it (walking the parent links up from `pid`).
 pub fn descends_from_test(pid: i32) -> bool {
@@ -46,13 +43,10 @@ pub fn nspid(pid: i32) -> Option<Vec<i32>> {
 /// The PID (in our namespace) of the process that descends from the test and has PID `inner`
 /// in a pid namespace one level below ours; `None` if there is none.
 pub fn find_in_new_pidns(inner: i32) -> Option<i32> {
-    let dir = fs::read_dir("/proc").ok()?;
-    dir.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&pid| {
-            nspid(pid).is_some_and(|ids| ids.len() == 2 && ids[0] == pid && ids[1] == inner)
-                && descends_from_test(pid)
-        })
+    numeric_entries("/proc").ok()?.into_iter().find(|&pid| {
+        nspid(pid).is_some_and(|ids| ids.len() == 2 && ids[0] == pid && ids[1] == inner)
+            && descends_from_test(pid)
+    })
 }
 
 /// The init (pid 1) of the pid namespace `pid` is in, as a PID in our namespace: the process
@@ -60,14 +54,11 @@ pub fn find_in_new_pidns(inner: i32) -> Option<i32> {
 pub fn pidns_init_of(pid: i32) -> Option<i32> {
     let ns_of = |p: i32| fs::read_link(format!("/proc/{p}/ns/pid")).ok();
     let ns = ns_of(pid)?;
-    let dir = fs::read_dir("/proc").ok()?;
-    dir.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .find(|&p| {
-            nspid(p).is_some_and(|ids| ids.last() == Some(&1) && ids.len() > 1)
-                && ns_of(p).as_ref() == Some(&ns)
-                && descends_from_test(p)
-        })
+    numeric_entries("/proc").ok()?.into_iter().find(|&p| {
+        nspid(p).is_some_and(|ids| ids.last() == Some(&1) && ids.len() > 1)
+            && ns_of(p).as_ref() == Some(&ns)
+            && descends_from_test(p)
+    })
 }
 
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `timeout` (a
@@ -109,98 +100,6 @@ pub fn try_reap_within(pid: i32, timeout: Duration) -> Option<ExitStatus> {
 pub fn reap_within(pid: i32, timeout: Duration, what: &str) -> ExitStatus {
     try_reap_within(pid, timeout)
         .unwrap_or_else(|| panic!("{what} (pid {pid}) did not exit within {timeout:?}"))
-}
-
-/// `fastcr ARGS` running in the background, stdout and stderr to files; SIGKILLed and reaped on
-/// drop if still running.
-#[derive(Debug)]
-pub struct Background {
-    child: KillOnDrop,
-    out: Scratch,
-    status: Option<ExitStatus>,
-}
-
-impl Background {
-    /// Starts `fastcr ARGS` with stdin /dev/null.
-    pub fn fastcr(args: &[&str]) -> Background {
-        let out = Scratch::new("bg");
-        let stdout = fs::File::create(out.join("stdout")).expect("create stdout file");
-        let stderr = fs::File::create(out.join("stderr")).expect("create stderr file");
-        let child = spawn_registered(
-            Command::new(fastcr_bin())
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(stderr),
-        );
-        Background {
-            child: KillOnDrop(child),
-            out,
-            status: None,
-        }
-    }
-
-    /// The PID of the `fastcr` process.
-    pub fn pid(&self) -> i32 {
-        self.child.pid()
-    }
-
-    /// Its exit status, if it has exited (reaping it).
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.0.try_wait().expect("try_wait fastcr");
-        }
-        self.status
-    }
-
-    /// Waits for it to exit, panicking (with its output) after `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fastcr (pid {}) did not exit within {timeout:?}; {}",
-                self.pid(),
-                self.output()
-            );
-            sleep(POLL);
-        }
-    }
-
-    /// SIGKILLs it (if still running) and reaps it.
-    pub fn kill_and_reap(&mut self) -> ExitStatus {
-        if let Some(status) = self.try_wait() {
-            return status;
-        }
-        // `Child::kill` signals the PID of our unreaped child: it cannot have been recycled.
-        self.child.0.kill().expect("SIGKILL fastcr");
-        let status = self.child.0.wait().expect("wait for fastcr");
-        self.status = Some(status);
-        status
-    }
-
-    /// What it printed on stdout so far.
-    pub fn stdout(&self) -> String {
-        fs::read_to_string(self.out.join("stdout")).unwrap_or_default()
-    }
-
-    /// What it printed on stderr so far.
-    pub fn stderr(&self) -> String {
-        fs::read_to_string(self.out.join("stderr")).unwrap_or_default()
-    }
-
-    /// Status and output, for failure messages.
-    pub fn output(&self) -> String {
-        format!(
-            "status {:?}\n--- stdout:\n{}--- stderr:\n{}",
-            self.status.map(|s| describe_status(s.into_raw())),
-            self.stdout(),
-            self.stderr()
-        )
-    }
 }
 
 /// A restored process the test reaches only by PID: not its child (a child of a `fastcr` that
@@ -255,14 +154,8 @@ impl Restored {
             "restored pid {} ({stat:?}) no longer descends from the test",
             self.pid
         );
-        // SAFETY: kill takes integers; the PID was just checked to name our descendant.
-        let rc = unsafe { libc::kill(self.pid, sig) };
-        assert!(
-            rc == 0,
-            "kill({}, {sig}): {}",
-            self.pid,
-            std::io::Error::last_os_error()
-        );
+        // The PID was just checked to name our descendant.
+        send_signal(self.pid, sig);
     }
 
     /// Waits until its parent (not the test) has reaped it.

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+use crate::numeric_entries;
+
 /// /proc status fields that must survive a checkpoint unchanged.
 const STATUS_KEYS: &[&str] = &[
     "Name",
@@ -92,16 +94,8 @@ impl VisibleState {
         let proc = PathBuf::from(format!("/proc/{pid}"));
         let maps = canonical_maps(&fs::read_to_string(proc.join("maps")).context("read maps")?);
         let mut fds = BTreeMap::new();
-        for entry in fs::read_dir(proc.join("fd")).context("read fd dir")? {
-            let entry = entry?;
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let target = match fs::read_link(entry.path()) {
+        for fd in numeric_entries(proc.join("fd")).context("read fd dir")? {
+            let target = match fs::read_link(proc.join(format!("fd/{fd}"))) {
                 Ok(t) => t.to_string_lossy().into_owned(),
                 Err(e) if e.kind() == ErrorKind::NotFound => continue, // closed meanwhile
                 Err(e) => return Err(e).context("readlink fd"),
@@ -275,4 +269,29 @@ pub(crate) fn canonical_maps(text: &str) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_maps_merges_split_anon_and_contiguous_file_entries() {
+        let text = "\
+1000-2000 rw-p 00000000 00:00 0 \n\
+2000-3000 rw-p 00000000 00:00 0 \n\
+3000-4000 r--p 00000000 00:00 0 \n\
+5000-6000 r--p 00000000 fe:00 42                         /f\n\
+6000-7000 r--p 00001000 fe:00 42                         /f\n\
+7000-8000 r--p 00005000 fe:00 42                         /f\n";
+        assert_eq!(
+            canonical_maps(text),
+            vec![
+                "1000-3000 rw-p 00000000 00:00 0 ",
+                "3000-4000 r--p 00000000 00:00 0 ",
+                "5000-7000 r--p 00000000 fe:00 42 /f",
+                "7000-8000 r--p 00005000 fe:00 42 /f",
+            ]
+        );
+    }
 }

@@ -11,10 +11,11 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use vmtests::images::copy_images;
+use vmtests::roundtrip::{dump, restore};
 use vmtests::{
     KillOnDrop, ProcStat, Scratch, Workload, assert_no_stray_children, assert_one_line_error,
-    assert_success, fastcr, fastcr_bin, pid_exists, require_root, run, spawn_registered,
-    status_field, unused_pid,
+    fastcr, fastcr_bin, pid_exists, require_root, run, spawn_registered, status_field, unused_pid,
 };
 
 /// A small workload with files, fds and a few mappings: its images have every metadata kind the
@@ -183,8 +184,7 @@ fn dumped_workload() -> Dumped {
     let mut wl = Workload::spawn(WORKLOAD, &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("good-img");
-    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
-    assert_success(&out, "dump");
+    dump(&wl, &images, &[]);
     wl.reap();
     Dumped { wl, images }
 }
@@ -205,15 +205,7 @@ impl Dumped {
     /// Copies the good images, lets `corrupt` damage `name` in the copy, and checks that
     /// `restore` refuses the copy cleanly and `show` does not panic on it.
     fn expect_refused(&self, name: &str, what: &str, corrupt: impl FnOnce(&Path)) {
-        let copy = Scratch::new("bad-img");
-        for entry in fs::read_dir(self.images.path()).expect("read the image dir") {
-            let entry = entry.expect("dir entry");
-            fs::copy(
-                entry.path(),
-                copy.join(&entry.file_name().to_string_lossy()),
-            )
-            .expect("copy an image file");
-        }
+        let copy = copy_images(&self.images);
         corrupt(&copy.join(name));
         let context = format!("restore with {name} {what}");
         let out = fastcr(&["restore", "-D", copy.as_str(), "-d"]);
@@ -235,9 +227,7 @@ impl Dumped {
 
     /// The positive control: the untouched images restore and the workload passes.
     fn restore_good_images(mut self) {
-        let out = fastcr(&["restore", "-D", self.images.as_str(), "-d"]);
-        assert_success(&out, "restore of the untouched images");
-        self.wl.adopt_restored();
+        restore(&mut self.wl, &self.images, &[]);
         self.wl.wait_counter_advances();
         self.wl.terminate_and_verify();
     }
@@ -308,15 +298,7 @@ fn restore_while_pid_in_use() {
     let wl = Workload::spawn(WORKLOAD, &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("inuse-img");
-    let out = fastcr(&[
-        "dump",
-        "-t",
-        &wl.pid_arg(),
-        "-D",
-        images.as_str(),
-        "--leave-running",
-    ]);
-    assert_success(&out, "dump --leave-running");
+    dump(&wl, &images, &["--leave-running"]);
     let original = ProcStat::read(wl.pid()).expect("the original runs");
     let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
     assert_one_line_error(&out, "restore while the pid is in use");

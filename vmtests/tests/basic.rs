@@ -9,14 +9,14 @@
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use vmtests::roundtrip::{assert_left_running, dump, reap_dumped, restore};
 use vmtests::{
-    KillOnDrop, ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children,
-    assert_success, fastcr, fastcr_bin, require_root, spawn_registered,
+    KillOnDrop, ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, fastcr_bin,
+    require_root, spawn_registered,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -31,33 +31,20 @@ fn dump_and_restore(name: &str, args: &[&str], mode: Mode) {
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let images = Scratch::new(&format!("{name}-img"));
-    let pid = wl.pid_arg();
 
     match mode {
         Mode::Dump => {
-            let out = fastcr(&["dump", "-t", &pid, "-D", images.as_str()]);
-            assert_success(&out, "dump");
-            let status = wl.reap();
-            assert!(
-                status.signal().is_some(),
-                "{name}: dump should have killed the process, but it {status}"
-            );
+            dump(&wl, &images, &[]);
+            reap_dumped(&mut wl);
         }
         Mode::LeaveRunning => {
-            let out = fastcr(&["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"]);
-            assert_success(&out, "dump --leave-running");
-            wl.assert_running_untraced();
-            before.assert_same(
-                &VisibleState::capture(wl.pid()),
-                "after dump --leave-running",
-            );
+            dump(&wl, &images, &["--leave-running"]);
+            assert_left_running(&wl, &before, VisibleState::capture);
             wl.kill_and_reap();
         }
     }
 
-    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_success(&out, "restore -d");
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     assert_no_stray_children("restore -d");
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
     wl.wait_counter_advances();
@@ -154,10 +141,7 @@ fn restore_attached(spoil: bool) {
     let mut wl = Workload::spawn("wl_filemap", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("attached-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
 
     let mut restore = KillOnDrop(spawn_registered(

@@ -9,7 +9,8 @@
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 
-use vmtests::restored::{Restored, find_in_new_pidns, reap_within};
+use vmtests::restored::{Restored, find_in_new_pidns};
+use vmtests::roundtrip::terminate_copy_and_verify;
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
     reap_orphan, require_root,
@@ -80,32 +81,9 @@ fn combo(mode: Mode) {
             "the child's copy is the parent's copy's child"
         );
         assert_eq!(threads_of(outer), 4, "the copy runs 4 threads");
-        let copy = Restored::new(outer);
-        // The copy publishes the same counter; it must advance.
-        let at = wl.counter();
-        vmtests::restored::wait_until(
-            "the copy counts",
-            std::time::Duration::from_secs(60),
-            || wl.counter() > at,
-        );
-        let init = vmtests::restored::pidns_init_of(outer);
-        // The copy's root is this subreaper's child (restore -d detached it here).
-        copy.signal(libc::SIGTERM);
-        let st = reap_within(outer, std::time::Duration::from_secs(120), "the copy");
-        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
-        assert!(
-            st.success() && result == "PASS\n",
-            "the copy {st:?}, verdict {result:?}; log: {}",
-            wl.log()
-        );
-        let init = init.expect("the copy's namespace init");
-        let st = reap_within(
-            init,
-            std::time::Duration::from_secs(60),
-            "the namespace init",
-        );
-        assert!(st.success(), "the namespace's init: {st:?}");
-        assert_no_stray_children("combo --pidns new");
+        // The copy publishes the same counter; it must advance. The copy's root is this
+        // subreaper's child (restore -d detached it here).
+        terminate_copy_and_verify(&wl, Restored::new(outer), "combo --pidns new");
         return;
     }
     assert_success(

@@ -19,7 +19,8 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use serde_json::Value;
-use vmtests::restored::{find_in_new_pidns, pidns_init_of, reap_within, wait_until};
+use vmtests::restored::{find_in_new_pidns, wait_until};
+use vmtests::roundtrip::terminate_copy_and_verify;
 use vmtests::{
     ProcStat, Scratch, Workload, assert_no_stray_children, assert_success, fastcr, reap_orphan,
     require_root,
@@ -251,23 +252,7 @@ fn cow_tree(mode: Mode) {
             Some(outer_child)
         );
         check_shared(outer, outer_child, outer_grand, &cow, false);
-        let at = wl.counter();
-        wait_until("the copy counts", Duration::from_secs(60), || {
-            wl.counter() > at
-        });
-        let init = pidns_init_of(outer);
-        copy.signal(libc::SIGTERM);
-        let st = reap_within(outer, GUARD, "the copy");
-        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
-        assert!(
-            st.success() && result == "PASS\n",
-            "the copy {st:?}, verdict {result:?}; log: {}",
-            wl.log()
-        );
-        let init = init.expect("the copy's namespace init");
-        let st = reap_within(init, Duration::from_secs(60), "the namespace init");
-        assert!(st.success(), "the namespace's init: {st:?}");
-        assert_no_stray_children("cow --pidns new");
+        terminate_copy_and_verify(&wl, copy, "cow --pidns new");
         return;
     }
     let mut args = vec!["restore", "-D", images.as_str(), "-d"];

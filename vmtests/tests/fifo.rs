@@ -14,13 +14,16 @@
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
 use std::time::Duration;
 
-use vmtests::objects::{kill_orphan, pid_file, terminate_in_pidns};
-use vmtests::restored::{find_in_new_pidns, reap_within, wait_until};
+use vmtests::objects::{kill_orphan, pid_file};
+use vmtests::restored::{reap_within, wait_until};
+use vmtests::roundtrip::{
+    as_seen_inside, assert_left_running, dump, reap_dumped, restore, restore_in_new_pidns,
+    terminate_in_pidns_and_verify, verify_restored,
+};
 use vmtests::{
-    ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
+    ProcStat, Scratch, VisibleState, Workload, assert_error_names, assert_no_stray_children,
     assert_success, become_subreaper, fastcr, require_root,
 };
 
@@ -60,13 +63,9 @@ fn run(mode: Mode, tree: bool) {
     let before = VisibleState::capture(wl.pid());
     let before_child = child.map(VisibleState::capture);
     let images = Scratch::new("fifo-img");
-    let pid = wl.pid_arg();
     if matches!(mode, Mode::Dump | Mode::Lazy) {
-        assert_success(
-            &fastcr(&["dump", "-t", &pid, "-D", images.as_str()]),
-            "dump",
-        );
-        let status = wl.reap();
+        dump(&wl, &images, &[]);
+        let status = reap_dumped(&mut wl);
         assert_eq!(
             status.signal(),
             Some(libc::SIGKILL),
@@ -82,15 +81,8 @@ fn run(mode: Mode, tree: bool) {
             );
         }
     } else {
-        assert_success(
-            &fastcr(&["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"]),
-            "dump --leave-running",
-        );
-        wl.assert_running_untraced();
-        before.assert_same(
-            &VisibleState::capture(wl.pid()),
-            "after dump --leave-running",
-        );
+        dump(&wl, &images, &["--leave-running"]);
+        assert_left_running(&wl, &before, VisibleState::capture);
         wl.wait_counter_advances();
         wl.kill_and_reap();
         if let Some(c) = child {
@@ -114,44 +106,19 @@ fn run(mode: Mode, tree: bool) {
     );
 
     if mode == Mode::PidnsNew {
-        let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
-        assert_success(&out, "restore --pidns new -d");
-        let mut outer = None;
-        wait_until("the restored process in its pid namespace", GUARD, || {
-            outer = find_in_new_pidns(wl.pid());
-            outer.is_some()
-        });
-        let outer = outer.expect("found above");
-        // Read from here, Pid and Tgid are the outer pid (NSpid is checked by the lookup).
-        let mut after = VisibleState::capture(outer);
-        for key in ["Pid", "Tgid"] {
-            after.status.insert(key.into(), before.status[key].clone());
-        }
+        let outer = restore_in_new_pidns(&wl, &images);
+        let after = as_seen_inside(VisibleState::capture(outer), &before);
         before.assert_same(&after, "after restore --pidns new");
-        let status = ExitStatus::from_raw(terminate_in_pidns(outer));
-        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
-        assert!(
-            status.success() && result == "PASS\n",
-            "restored wl_fifo {status}; result {result:?}; log: {}",
-            wl.log()
-        );
-        assert_no_stray_children("fifo restore --pidns new");
+        terminate_in_pidns_and_verify(&wl, outer, "fifo restore --pidns new");
         return;
     }
-    let mut restore = vec!["restore", "-D", images.as_str(), "-d"];
-    if mode == Mode::Lazy {
-        restore.push("--lazy");
-    }
-    let out = fastcr(&restore);
-    assert_success(&out, &restore.join(" "));
-    wl.adopt_restored();
+    let flags: &[&str] = if mode == Mode::Lazy { &["--lazy"] } else { &[] };
+    restore(&mut wl, &images, flags);
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
     if let (Some(c), Some(b)) = (child, before_child.as_ref()) {
         b.assert_same(&VisibleState::capture(c), "the child after restore");
     }
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("fifo restore");
+    verify_restored(wl, "fifo restore");
 }
 
 #[test]
@@ -184,9 +151,6 @@ fn fifo_tree_pidns_new() {
     run(Mode::PidnsNew, true);
 }
 
-/// fifo1 removed between the dump and the restore: the restore fails with one line naming the
-/// path and an fd on it, and leaves no process behind; with the FIFO made again (empty), the
-/// same image restores and the workload finds its data back (fastcr refills it).
 #[test]
 fn fifo_lazy_restore() {
     run(Mode::Lazy, false);
@@ -197,6 +161,9 @@ fn fifo_tree_lazy_restore() {
     run(Mode::Lazy, true);
 }
 
+/// fifo1 removed between the dump and the restore: the restore fails with one line naming the
+/// path and an fd on it, and leaves no process behind; with the FIFO made again (empty), the
+/// same image restores and the workload finds its data back (fastcr refills it).
 #[test]
 fn fifo_removed_is_refused() {
     require_root();
@@ -204,24 +171,14 @@ fn fifo_removed_is_refused() {
     let mut wl = Workload::spawn("wl_fifo", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("fifo-gone-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
-    let status = wl.reap();
+    dump(&wl, &images, &[]);
+    let status = reap_dumped(&mut wl);
     assert_eq!(status.signal(), Some(libc::SIGKILL), "dump: {status}");
     let fifo = wl.statedir().join("fifo1");
     fs::remove_file(&fifo).expect("remove fifo1");
     let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_one_line_error(&out, "restore without fifo1");
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let path = fifo.to_string_lossy();
-    for want in [path.as_ref(), "fd 30"] {
-        assert!(
-            stderr.contains(want),
-            "the error does not say {want:?}: {stderr}"
-        );
-    }
+    assert_error_names(&out, "restore without fifo1", &[&path, "fd 30"]);
     assert!(
         ProcStat::read(wl.pid()).is_none(),
         "a process with pid {} exists after the failed restore",
@@ -234,12 +191,6 @@ fn fifo_removed_is_refused() {
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
     let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
     assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore with fifo1 made again",
-    );
-    wl.adopt_restored();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("fifo restore after mkfifo");
+    restore(&mut wl, &images, &[]);
+    verify_restored(wl, "fifo restore after mkfifo");
 }

@@ -13,19 +13,17 @@
 //! original (which still holds them) must fail clearly first.
 
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
-use std::time::Duration;
 
-use vmtests::objects::{terminate_in_pidns, without_object_inodes};
-use vmtests::restored::{find_in_new_pidns, wait_until};
-use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
-    assert_success, become_subreaper, fastcr, require_root,
+use vmtests::images::{Damage, copy_images};
+use vmtests::objects::capture_without_object_inodes;
+use vmtests::roundtrip::{
+    as_seen_inside, assert_dump_refused, assert_left_running, dump, reap_dumped, restore,
+    restore_in_new_pidns, terminate_in_pidns_and_verify, verify_restored,
 };
-
-/// Hang guard for a process appearing: never a timing assertion.
-const GUARD: Duration = Duration::from_secs(60);
+use vmtests::{
+    Scratch, VisibleState, Workload, assert_error_names, assert_no_stray_children,
+    assert_one_line_error, become_subreaper, fastcr, require_root,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -39,69 +37,29 @@ fn run(mode: Mode) {
     become_subreaper();
     let mut wl = Workload::spawn("wl_deleted", &[]);
     wl.wait_counter_advances();
-    let before = without_object_inodes(VisibleState::capture(wl.pid()));
+    let before = capture_without_object_inodes(wl.pid());
     let images = Scratch::new("deleted-img");
-    let pid = wl.pid_arg();
     if matches!(mode, Mode::Dump) {
-        assert_success(
-            &fastcr(&["dump", "-t", &pid, "-D", images.as_str()]),
-            "dump",
-        );
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed it: {status}"
-        );
+        dump(&wl, &images, &[]);
+        reap_dumped(&mut wl);
     } else {
-        assert_success(
-            &fastcr(&["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"]),
-            "dump --leave-running",
-        );
-        wl.assert_running_untraced();
-        before.assert_same(
-            &without_object_inodes(VisibleState::capture(wl.pid())),
-            "after dump --leave-running",
-        );
+        dump(&wl, &images, &["--leave-running"]);
+        assert_left_running(&wl, &before, capture_without_object_inodes);
         wl.kill_and_reap();
     }
     // D1 (fd and private mapping), D2 (mapping only), D3 (fd).
     assert!(images.join("object-2.img").exists() && !images.join("object-3.img").exists());
 
     if matches!(mode, Mode::PidnsNew) {
-        let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
-        assert_success(&out, "restore --pidns new -d");
-        let mut outer = None;
-        wait_until("the restored process in its pid namespace", GUARD, || {
-            outer = find_in_new_pidns(wl.pid());
-            outer.is_some()
-        });
-        let outer = outer.expect("found above");
-        // Read from here, Pid and Tgid are the outer pid (NSpid is checked by the lookup).
-        let mut after = without_object_inodes(VisibleState::capture(outer));
-        for key in ["Pid", "Tgid"] {
-            after.status.insert(key.into(), before.status[key].clone());
-        }
+        let outer = restore_in_new_pidns(&wl, &images);
+        let after = as_seen_inside(capture_without_object_inodes(outer), &before);
         before.assert_same(&after, "after restore --pidns new");
-        let status = ExitStatus::from_raw(terminate_in_pidns(outer));
-        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
-        assert!(
-            status.success() && result == "PASS\n",
-            "restored wl_deleted {status}; result {result:?}; log: {}",
-            wl.log()
-        );
-        assert_no_stray_children("deleted restore --pidns new");
+        terminate_in_pidns_and_verify(&wl, outer, "deleted restore --pidns new");
         return;
     }
-    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_success(&out, "restore -d");
-    wl.adopt_restored();
-    before.assert_same(
-        &without_object_inodes(VisibleState::capture(wl.pid())),
-        "after restore",
-    );
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("deleted restore");
+    restore(&mut wl, &images, &[]);
+    before.assert_same(&capture_without_object_inodes(wl.pid()), "after restore");
+    verify_restored(wl, "deleted restore");
 }
 
 #[test]
@@ -126,24 +84,12 @@ fn deleted_too_big_is_refused() {
     require_root();
     let wl = Workload::spawn("wl_deleted", &["big"]);
     wl.wait_counter_advances();
-    let images = Scratch::new("deleted-big-img");
-    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
-    assert_one_line_error(&out, "dump of a 65 MiB deleted file");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        format!("process {}", wl.pid()).as_str(),
-        "fd 42",
-        "del-big (deleted)",
-        "limit",
-    ] {
-        assert!(
-            stderr.contains(want),
-            "the error does not say {want:?}: {stderr}"
-        );
-    }
-    wl.assert_running_untraced();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
+    let process = format!("process {}", wl.pid());
+    assert_dump_refused(
+        wl,
+        "dump of a 65 MiB deleted file",
+        &[&process, "fd 42", "del-big (deleted)", "limit"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,36 +104,21 @@ fn locks_restore(leave_running: bool) {
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let images = Scratch::new("locks-img");
-    let mut args = vec!["dump", "-t", "", "-D", images.as_str()];
-    let pid = wl.pid_arg();
-    args[2] = &pid;
     if leave_running {
-        args.push("--leave-running");
-    }
-    assert_success(&fastcr(&args), "dump");
-    if leave_running {
+        dump(&wl, &images, &["--leave-running"]);
         wl.assert_running_untraced();
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed it: {status}"
-        );
+        dump(&wl, &images, &[]);
+        reap_dumped(&mut wl);
     }
     assert!(
         images.join(&format!("locks-{}.img", wl.pid())).exists(),
         "no locks image"
     );
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("locks restore");
+    verify_restored(wl, "locks restore");
 }
 
 /// A flock and an OFD lock shared with a child through inherited open file descriptions show
@@ -201,10 +132,7 @@ fn locks_tree_dump_restore() {
     wl.wait_counter_advances();
     let child = vmtests::objects::pid_file(wl.statedir(), "child-pid");
     let images = Scratch::new("locks-tree-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     vmtests::reap_orphan(child);
     assert!(images.join(&format!("locks-{}.img", wl.pid())).exists());
@@ -212,14 +140,8 @@ fn locks_tree_dump_restore() {
         !images.join(&format!("locks-{child}.img")).exists(),
         "the child's copies of the shared locks were saved again"
     );
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("locks tree restore");
+    restore(&mut wl, &images, &[]);
+    verify_restored(wl, "locks tree restore");
 }
 
 #[test]
@@ -243,51 +165,20 @@ fn locks_conflict_then_pidns_new() {
     let mut wl = Workload::spawn("wl_locks", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("locks-pidns-img");
-    assert_success(
-        &fastcr(&[
-            "dump",
-            "-t",
-            &wl.pid_arg(),
-            "-D",
-            images.as_str(),
-            "--leave-running",
-        ]),
-        "dump --leave-running",
-    );
+    dump(&wl, &images, &["--leave-running"]);
     let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
-    assert_one_line_error(&out, "restore beside the lock holder");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        format!("process {}", wl.pid()).as_str(),
-        "fd 50",
-        "exclusive flock",
-        "conflicting lock",
-    ] {
-        assert!(
-            stderr.contains(want),
-            "the error does not say {want:?}: {stderr}"
-        );
-    }
+    let process = format!("process {}", wl.pid());
+    assert_error_names(
+        &out,
+        "restore beside the lock holder",
+        &[&process, "fd 50", "exclusive flock", "conflicting lock"],
+    );
     assert_no_stray_children("failed restore");
     wl.assert_running_untraced();
 
     wl.kill_and_reap();
-    let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
-    assert_success(&out, "restore --pidns new -d");
-    let mut outer = None;
-    wait_until("the restored process in its pid namespace", GUARD, || {
-        outer = find_in_new_pidns(wl.pid());
-        outer.is_some()
-    });
-    let outer = outer.expect("found above");
-    let status = ExitStatus::from_raw(terminate_in_pidns(outer));
-    let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
-    assert!(
-        status.success() && result == "PASS\n",
-        "restored wl_locks {status}; result {result:?}; log: {}",
-        wl.log()
-    );
-    assert_no_stray_children("locks restore --pidns new");
+    let outer = restore_in_new_pidns(&wl, &images);
+    terminate_in_pidns_and_verify(&wl, outer, "locks restore --pidns new");
 }
 
 /// A damaged `locks-<pid>.img` (truncated, a byte flipped) fails the restore with one line, before any process exists; the untouched image then
@@ -298,31 +189,12 @@ fn locks_damaged_image_is_refused() {
     let mut wl = Workload::spawn("wl_locks", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("locks-bad-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     let name = format!("locks-{}.img", wl.pid());
-    for damage in ["truncated", "flipped"] {
-        let copy = Scratch::new("locks-bad-copy");
-        for entry in fs::read_dir(images.path()).expect("read the image dir") {
-            let entry = entry.expect("dir entry");
-            fs::copy(
-                entry.path(),
-                copy.join(&entry.file_name().to_string_lossy()),
-            )
-            .expect("copy an image file");
-        }
-        let path = copy.join(&name);
-        let mut bytes = fs::read(&path).expect("read the locks image");
-        let len = bytes.len();
-        if damage == "truncated" {
-            bytes.truncate(len / 2);
-        } else {
-            bytes[len / 2] ^= 0xff;
-        }
-        fs::write(&path, bytes).expect("write the locks image");
+    for damage in Damage::ALL {
+        let copy = copy_images(&images);
+        damage.apply(&copy.join(&name));
         let context = format!("restore with {name} {damage}");
         let out = fastcr(&["restore", "-D", copy.as_str(), "-d"]);
         assert_one_line_error(&out, &context);
@@ -332,11 +204,7 @@ fn locks_damaged_image_is_refused() {
         );
         assert_no_stray_children(&context);
     }
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     wl.wait_counter_advances();
     wl.terminate_and_verify();
 }
@@ -344,25 +212,12 @@ fn locks_damaged_image_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // The workloads' own oracles
 
-/// Terminates `wl` and asserts it reported a failure mentioning `what`.
-fn expect_fail(wl: Workload, what: &str) {
-    let (status, result, log) = wl.terminate();
-    assert!(
-        status.code() == Some(1) && result.starts_with("FAIL: ") && result.contains(what),
-        "expected a FAIL about {what:?}, got {status}, result {result:?}, log {log}"
-    );
-}
-
 /// Undisturbed, wl_deleted and wl_locks pass and two captures of their state are equal.
 #[test]
 fn wl_deleted_and_wl_locks_pass_undisturbed() {
     require_root();
     for name in ["wl_deleted", "wl_locks"] {
-        let wl = Workload::spawn(name, &[]);
-        let first = VisibleState::capture(wl.pid());
-        wl.wait_counter_advances();
-        first.assert_same(&VisibleState::capture(wl.pid()), name);
-        wl.terminate_and_verify();
+        Workload::spawn(name, &[]).verify_undisturbed();
     }
 }
 
@@ -380,7 +235,7 @@ fn wl_deleted_detects_a_changed_file() {
         .expect("open the deleted file");
     file.write_all_at(b"x", 70_000)
         .expect("write the deleted file");
-    expect_fail(wl, "D1: contents");
+    wl.terminate_and_expect_fail("D1: contents");
 }
 
 /// wl_locks' oracle is not vacuous: restored from an image whose locks file was removed (the
@@ -391,17 +246,10 @@ fn wl_locks_detects_lost_locks() {
     let mut wl = Workload::spawn("wl_locks", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("locks-lost-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     fs::remove_file(images.join(&format!("locks-{}.img", wl.pid()))).expect("remove locks");
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     wl.wait_counter_advances();
-    expect_fail(wl, "the locks are not as taken");
+    wl.terminate_and_expect_fail("the locks are not as taken");
 }

@@ -17,10 +17,11 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vmtests::background::Bg;
 use vmtests::restored::{
-    Background, Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, try_reap_within,
-    wait_until,
+    Restored, find_in_new_pidns, nspid, pidns_init_of, reap_within, try_reap_within, wait_until,
 };
+use vmtests::roundtrip::{dump, reap_dumped};
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
     assert_success, fastcr, require_root, status_field,
@@ -37,15 +38,8 @@ fn spawn_and_dump(name: &str, args: &[&str]) -> (Workload, VisibleState, Scratch
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let images = Scratch::new(&format!("{name}-lazy-img"));
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
-    let status = wl.reap();
-    assert!(
-        status.signal().is_some(),
-        "{name}: dump should have killed the process, but it {status}"
-    );
+    dump(&wl, &images, &[]);
+    reap_dumped(&mut wl);
     (wl, before, images)
 }
 
@@ -66,14 +60,6 @@ fn field(obj: &Value, key: &str) -> u64 {
     obj.get(key)
         .and_then(Value::as_u64)
         .unwrap_or_else(|| panic!("no numeric {key:?} in {obj}"))
-}
-
-fn churn_ticks(wl: &Workload) -> u64 {
-    let path = wl.statedir().join("churn_ticks");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("churn_ticks {text:?}: {e}"))
 }
 
 fn result(wl: &Workload) -> String {
@@ -118,10 +104,10 @@ fn lazy_restore_with_churn() {
     let (wl, _before, images) = spawn_and_dump("wl_lazy", &["512"]);
     // Before the restore, so the churn runs from the first instruction after it.
     fs::write(wl.statedir().join("churn"), b"").expect("create STATEDIR/churn");
-    let ticks_before = churn_ticks(&wl);
+    let ticks_before = wl.number("churn_ticks");
     assert_eq!(ticks_before, 0, "wl_lazy churned before the dump");
 
-    let mut restore = Background::fastcr(&["restore", "-D", images.as_str(), "--lazy", "--json"]);
+    let mut restore = Bg::fastcr(&["restore", "-D", images.as_str(), "--lazy", "--json"]);
     wait_until("the restored wl_lazy runs under fastcr", GUARD, || {
         assert!(
             restore.try_wait().is_none(),
@@ -138,7 +124,7 @@ fn lazy_restore_with_churn() {
             wl.log(),
             restore.output()
         );
-        churn_ticks(&wl) >= 3
+        wl.number("churn_ticks") >= 3
     });
     wl.wait_counter_advances();
 
@@ -158,7 +144,7 @@ fn lazy_restore_with_churn() {
         "fastcr must mirror the workload's exit 0: {}",
         restore.output()
     );
-    assert!(churn_ticks(&wl) >= 3);
+    assert!(wl.number("churn_ticks") >= 3);
     // The lazy phase may end before the first churn tick, so forks and layout events are only
     // reported, not required.
     let lazy = lazy_json(&restore.stdout());
@@ -180,7 +166,7 @@ enum HandlerDeath {
 /// restored process runs on its own (restored name, not traced), and reports what became of it.
 fn kill_handler_during_lazy_phase(size_mib: &str) -> HandlerDeath {
     let (mut wl, _before, images) = spawn_and_dump("wl_heap", &[size_mib]);
-    let mut restore = Background::fastcr(&["restore", "-D", images.as_str(), "--lazy", "--json"]);
+    let mut restore = Bg::fastcr(&["restore", "-D", images.as_str(), "--lazy", "--json"]);
     // After the detach: the name is restored before it, and the process is traced until then.
     wait_until("the restored wl_heap runs", GUARD, || {
         assert!(
@@ -266,17 +252,7 @@ fn pidns_new(lazy: bool) {
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let images = Scratch::new("pidns-img");
-    assert_success(
-        &fastcr(&[
-            "dump",
-            "-t",
-            &wl.pid_arg(),
-            "-D",
-            images.as_str(),
-            "--leave-running",
-        ]),
-        "dump --leave-running",
-    );
+    dump(&wl, &images, &["--leave-running"]);
     wl.assert_running_untraced();
 
     let mut args = vec!["restore", "-D", images.as_str(), "--pidns", "new", "-d"];

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 
+use vmtests::roundtrip::{dump, reap_dumped, restore};
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
     reap_orphan, require_root,
@@ -72,12 +73,10 @@ fn dump_and_restore(permille: u32, churn: bool, mode: Mode) {
     wl.wait_counter_advances();
     let before = (!churn).then(|| VisibleState::capture(wl.pid()));
     let images = Scratch::new("precopy-img");
-    let pid = wl.pid_arg();
 
-    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str(), "--json"];
-    dump.extend_from_slice(mode.dump_flags());
-    let out = fastcr(&dump);
-    assert_success(&out, &dump.join(" "));
+    let mut flags = vec!["--json"];
+    flags.extend_from_slice(mode.dump_flags());
+    let out = dump(&wl, &images, &flags);
     check_stats(&stdout_stats(&out.stdout), mode);
 
     if mode.leaves_running() {
@@ -87,16 +86,10 @@ fn dump_and_restore(permille: u32, churn: bool, mode: Mode) {
         }
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "the dump should have killed the process, but it {status}"
-        );
+        reap_dumped(&mut wl);
     }
 
-    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_success(&out, "restore -d");
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     assert_no_stray_children("restore -d");
     if let Some(before) = &before {
         before.assert_same(&VisibleState::capture(wl.pid()), "after restore");

@@ -3,39 +3,21 @@
 //! write-protect (`--no-wp-async`) the dump copies with the process stopped. Both say so in the
 //! stats, and both images restore a process that passes its own verification.
 
-use std::os::unix::process::ExitStatusExt;
-
 use serde_json::Value;
-use vmtests::{Scratch, Workload, assert_success, fastcr, require_root};
+use vmtests::roundtrip::{dump, reap_dumped, restore};
+use vmtests::{Scratch, Workload, require_root};
 
 fn dump_restore(extra: &[&str]) -> Value {
     require_root();
     let mut wl = Workload::spawn("wl_dirty", &["64", "10"]);
     wl.wait_counter_advances();
     let images = Scratch::new("fallback-img");
-    let pid = wl.pid_arg();
-    let mut args = vec![
-        "dump",
-        "-t",
-        &pid,
-        "-D",
-        images.as_str(),
-        "--pre-copy",
-        "2",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = fastcr(&args);
-    assert_success(&out, "dump");
+    let mut flags = vec!["--pre-copy", "2", "--json"];
+    flags.extend_from_slice(extra);
+    let out = dump(&wl, &images, &flags);
     let stats: Value = serde_json::from_slice(&out.stdout).expect("dump --json prints JSON");
-    let status = wl.reap();
-    assert!(
-        status.signal().is_some(),
-        "dump should have killed the workload, but it {status}"
-    );
-    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_success(&out, "restore -d");
-    wl.adopt_restored();
+    reap_dumped(&mut wl);
+    restore(&mut wl, &images, &[]);
     wl.wait_counter_advances();
     wl.terminate_and_verify();
     stats

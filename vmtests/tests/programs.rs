@@ -16,6 +16,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use vmtests::restored::{Restored, reap_within, wait_until};
+use vmtests::roundtrip::{assert_left_running, dump, reap_dumped, restore, verify_restored};
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_success,
     close_inherited_fds, fastcr, reap_orphan, require_root, spawn_registered,
@@ -30,36 +31,22 @@ fn python(leave_running: bool) {
     wl.wait_counter_advances();
     let before = VisibleState::capture(wl.pid());
     let images = Scratch::new("python-img");
-    let pid = wl.pid_arg();
-    let mut args = vec!["dump", "-t", &pid, "-D", images.as_str()];
     if leave_running {
-        args.push("--leave-running");
-    }
-    assert_success(&fastcr(&args), &args.join(" "));
-    if leave_running {
-        wl.assert_running_untraced();
-        before.assert_same(
-            &VisibleState::capture(wl.pid()),
-            "after dump --leave-running",
-        );
+        dump(&wl, &images, &["--leave-running"]);
+        assert_left_running(&wl, &before, VisibleState::capture);
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
+        dump(&wl, &images, &[]);
+        let status = reap_dumped(&mut wl);
         assert_eq!(
             status.signal(),
             Some(libc::SIGKILL),
             "python after the dump: {status}"
         );
     }
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("python");
+    verify_restored(wl, "python");
 }
 
 #[test]

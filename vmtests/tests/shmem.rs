@@ -13,20 +13,21 @@
 //! memfd (one through its fd, the other through its mapping).
 
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
 use std::time::Duration;
 
-use vmtests::migration::{Link, NsCopy, reap_killed_original};
-use vmtests::objects::{kill_orphan, pid_file, terminate_in_pidns, without_object_inodes};
-use vmtests::restored::{find_in_new_pidns, wait_until};
+use vmtests::images::{Damage, copy_images};
+use vmtests::migration::{Link, NsCopy, reap_killed_original, wait_both_succeed};
+use vmtests::objects::{capture_without_object_inodes, kill_orphan, pid_file};
+use vmtests::restored::find_in_new_pidns;
+use vmtests::roundtrip::{
+    assert_dump_refused, assert_left_running, dump, reap_dumped, restore, restore_in_new_pidns,
+    terminate_in_pidns_and_verify, verify_restored,
+};
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
-    assert_success, become_subreaper, fastcr, require_root,
+    Scratch, Workload, assert_no_stray_children, assert_one_line_error, assert_success,
+    become_subreaper, fastcr, require_root,
 };
 
-/// Hang guard for a process appearing: never a timing assertion.
-const GUARD: Duration = Duration::from_secs(60);
 /// Hang guard for a migration.
 const MIGRATE_GUARD: Duration = Duration::from_secs(300);
 
@@ -86,74 +87,42 @@ fn run(mode: Mode) {
     let mut wl = Workload::spawn("wl_shmem", &[]);
     wl.wait_counter_advances();
     let child = pid_file(wl.statedir(), "child-pid");
-    let before = without_object_inodes(VisibleState::capture(wl.pid()));
-    let before_child = without_object_inodes(VisibleState::capture(child));
+    let before = capture_without_object_inodes(wl.pid());
+    let before_child = capture_without_object_inodes(child);
     let images = Scratch::new("shmem-img");
-    let pid = wl.pid_arg();
     if matches!(mode, Mode::Dump) {
-        assert_success(
-            &fastcr(&["dump", "-t", &pid, "-D", images.as_str()]),
-            "dump",
-        );
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed the root: {status}"
-        );
+        dump(&wl, &images, &[]);
+        reap_dumped(&mut wl);
         vmtests::reap_orphan(child);
     } else {
-        let mut args = vec!["dump", "-t", &pid, "-D", images.as_str(), "--leave-running"];
-        if matches!(mode, Mode::PreCopy) {
-            args.extend(["--pre-copy", "auto"]);
-        }
-        assert_success(&fastcr(&args), "dump --leave-running");
-        wl.assert_running_untraced();
-        before.assert_same(
-            &without_object_inodes(VisibleState::capture(wl.pid())),
-            "after dump --leave-running",
-        );
+        let flags: &[&str] = if matches!(mode, Mode::PreCopy) {
+            &["--leave-running", "--pre-copy", "auto"]
+        } else {
+            &["--leave-running"]
+        };
+        dump(&wl, &images, flags);
+        assert_left_running(&wl, &before, capture_without_object_inodes);
         wl.kill_and_reap();
         kill_orphan(child);
     }
     assert_objects_once(&images);
 
     if matches!(mode, Mode::PidnsNew) {
-        let out = fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]);
-        assert_success(&out, "restore --pidns new -d");
-        let mut outer = None;
-        wait_until("the restored root in its pid namespace", GUARD, || {
-            outer = find_in_new_pidns(wl.pid());
-            outer.is_some()
-        });
-        let outer = outer.expect("found above");
+        let outer = restore_in_new_pidns(&wl, &images);
         assert!(
             find_in_new_pidns(child).is_some(),
             "the restored child is not in the new pid namespace"
         );
-        let status = ExitStatus::from_raw(terminate_in_pidns(outer));
-        let result = fs::read_to_string(wl.statedir().join("result")).unwrap_or_default();
-        assert!(
-            status.success() && result == "PASS\n",
-            "restored wl_shmem {status}; result {result:?}; log: {}",
-            wl.log()
-        );
-        assert_no_stray_children("shmem restore --pidns new");
+        terminate_in_pidns_and_verify(&wl, outer, "shmem restore --pidns new");
         return;
     }
-    let out = fastcr(&["restore", "-D", images.as_str(), "-d"]);
-    assert_success(&out, "restore -d");
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     before.assert_same(
-        &without_object_inodes(VisibleState::capture(wl.pid())),
+        &capture_without_object_inodes(wl.pid()),
         "root after restore",
     );
-    before_child.assert_same(
-        &without_object_inodes(VisibleState::capture(child)),
-        "child after restore",
-    );
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("shmem restore");
+    before_child.assert_same(&capture_without_object_inodes(child), "child after restore");
+    verify_restored(wl, "shmem restore");
 }
 
 #[test]
@@ -185,24 +154,12 @@ fn shmem_sysv_is_refused() {
     become_subreaper();
     let wl = Workload::spawn("wl_shmem", &["sysv"]);
     wl.wait_counter_advances();
-    let images = Scratch::new("shmem-sysv-img");
-    let out = fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]);
-    assert_one_line_error(&out, "dump of SysV shared memory");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        format!("process {}", wl.pid()).as_str(),
-        "mapping",
-        "/SYSV",
-        "SysV shared memory",
-    ] {
-        assert!(
-            stderr.contains(want),
-            "the error does not say {want:?}: {stderr}"
-        );
-    }
-    wl.assert_running_untraced();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
+    let process = format!("process {}", wl.pid());
+    assert_dump_refused(
+        wl,
+        "dump of SysV shared memory",
+        &[&process, "mapping", "/SYSV", "SysV shared memory"],
+    );
 }
 
 /// Damaged `objects.img` or object contents (truncated, a byte flipped) fail the restore with
@@ -215,10 +172,7 @@ fn shmem_damaged_objects_are_refused() {
     wl.wait_counter_advances();
     let child = pid_file(wl.statedir(), "child-pid");
     let images = Scratch::new("shmem-bad-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     vmtests::reap_orphan(child);
     let names = [
@@ -228,25 +182,9 @@ fn shmem_damaged_objects_are_refused() {
         "object-2.img",
     ];
     for name in names {
-        for damage in ["truncated", "flipped"] {
-            let copy = Scratch::new("shmem-bad-copy");
-            for entry in fs::read_dir(images.path()).expect("read the image dir") {
-                let entry = entry.expect("dir entry");
-                fs::copy(
-                    entry.path(),
-                    copy.join(&entry.file_name().to_string_lossy()),
-                )
-                .expect("copy an image file");
-            }
-            let path = copy.join(name);
-            let mut bytes = fs::read(&path).expect("read an image file");
-            let len = bytes.len();
-            if damage == "truncated" {
-                bytes.truncate(len / 2);
-            } else {
-                bytes[len / 2] ^= 0xff;
-            }
-            fs::write(&path, bytes).expect("write an image file");
+        for damage in Damage::ALL {
+            let copy = copy_images(&images);
+            damage.apply(&copy.join(name));
             let context = format!("restore with {name} {damage}");
             let out = fastcr(&["restore", "-D", copy.as_str(), "-d"]);
             assert_one_line_error(&out, &context);
@@ -257,14 +195,8 @@ fn shmem_damaged_objects_are_refused() {
             assert_no_stray_children(&context);
         }
     }
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("shmem restore of the untouched images");
+    restore(&mut wl, &images, &[]);
+    verify_restored(wl, "shmem restore of the untouched images");
 }
 
 /// The port `receive` listens on (every test has its own pair of network namespaces).
@@ -283,13 +215,7 @@ fn shmem_migrate_lazy() {
     let child = pid_file(wl.statedir(), "child-pid");
     let mut recv = link.receive(&token, true, MIGRATE_GUARD);
     let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
-    let (mig_status, recv_status) = (mig.wait(MIGRATE_GUARD), recv.wait(MIGRATE_GUARD));
-    assert!(
-        mig_status.success() && recv_status.success(),
-        "the migration failed:\n{}\n{}",
-        mig.output(),
-        recv.output()
-    );
+    wait_both_succeed(&mut mig, &mut recv);
     reap_killed_original(&mut wl);
     vmtests::reap_orphan(child);
     let copy = NsCopy::find(&wl);
@@ -305,25 +231,12 @@ fn shmem_migrate_lazy() {
 // ---------------------------------------------------------------------------------------------
 // The workload's own oracle
 
-/// Terminates `wl` and asserts it reported a failure mentioning `what`.
-fn expect_fail(wl: Workload, what: &str) {
-    let (status, result, log) = wl.terminate();
-    assert!(
-        status.code() == Some(1) && result.starts_with("FAIL: ") && result.contains(what),
-        "expected a FAIL about {what:?}, got {status}, result {result:?}, log {log}"
-    );
-}
-
 /// Undisturbed, wl_shmem passes and two captures of its state are equal.
 #[test]
 fn wl_shmem_passes_undisturbed() {
     require_root();
     become_subreaper();
-    let wl = Workload::spawn("wl_shmem", &[]);
-    let first = VisibleState::capture(wl.pid());
-    wl.wait_counter_advances();
-    first.assert_same(&VisibleState::capture(wl.pid()), "wl_shmem");
-    wl.terminate_and_verify();
+    Workload::spawn("wl_shmem", &[]).verify_undisturbed();
     assert_no_stray_children("wl_shmem undisturbed");
 }
 
@@ -341,7 +254,7 @@ fn wl_shmem_detects_changed_contents() {
         .open(format!("/proc/{}/fd/30", wl.pid()))
         .expect("open the memfd");
     memfd.write_all_at(b"x", 100).expect("write the memfd");
-    expect_fail(wl, "memfd data");
+    wl.terminate_and_expect_fail("memfd data");
 
     let wl = Workload::spawn("wl_shmem", &[]);
     wl.wait_counter_advances();
@@ -358,6 +271,6 @@ fn wl_shmem_detects_changed_contents() {
         .expect("open /proc/PID/mem");
     mem.write_all_at(&[0xff], start + 8)
         .expect("write the shared memory");
-    expect_fail(wl, "shared anonymous memory");
+    wl.terminate_and_expect_fail("shared anonymous memory");
     assert_no_stray_children("wl_shmem oracle");
 }

@@ -27,10 +27,11 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
-use vmtests::migration::{Link, NsCopy, reap_killed_original};
+use vmtests::migration::{Link, NsCopy, reap_killed_original, wait_both_succeed};
+use vmtests::roundtrip::{assert_left_running, dump, reap_dumped, restore, verify_restored};
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
-    fastcr_bin, require_root, restored, run, status_field,
+    fastcr_bin, numeric_entries, require_root, restored, run, status_field,
 };
 
 const WORKLOAD: &str = "wl_sigstate";
@@ -75,11 +76,7 @@ fn sig_view(pid: i32, strip_ids: bool) -> SigView {
     let mut pending = BTreeMap::new();
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     pending.insert("ShdPnd".to_string(), hex_field(&status, "ShdPnd") & mask);
-    let mut tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("read task dir")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    tids.sort_unstable();
+    let tids = numeric_entries(format!("/proc/{pid}/task")).expect("read task dir");
     assert_eq!(tids.len(), 2, "threads of {pid}: {tids:?}");
     let mut filters = Vec::new();
     for (i, tid) in tids.iter().enumerate() {
@@ -136,21 +133,18 @@ fn dump_and_restore(mode: Mode, args: &[&str]) {
     );
     let images = Scratch::new("sigstate-img");
     let pid = wl.pid_arg();
-    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str()];
-    if matches!(mode, Mode::LeaveRunning) {
-        dump.push("--leave-running");
-    }
-    assert_success(&fastcr(&dump), &dump.join(" "));
+    let flags: &[&str] = if matches!(mode, Mode::LeaveRunning) {
+        &["--leave-running"]
+    } else {
+        &[]
+    };
+    dump(&wl, &images, flags);
     assert!(
         images.join(&format!("sigstate-{pid}.img")).is_file(),
         "no sigstate-{pid}.img in the images"
     );
     if matches!(mode, Mode::LeaveRunning) {
-        wl.assert_running_untraced();
-        before.assert_same(
-            &VisibleState::capture(wl.pid()),
-            "after dump --leave-running",
-        );
+        assert_left_running(&wl, &before, VisibleState::capture);
         // The freeze neither took nor added a signal.
         assert_eq!(
             view,
@@ -159,21 +153,13 @@ fn dump_and_restore(mode: Mode, args: &[&str]) {
         );
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed the process, but it {status}"
-        );
+        reap_dumped(&mut wl);
     }
-    let restore = ["restore", "-D", images.as_str(), "-d"];
-    assert_success(&fastcr(&restore), "restore -d");
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     assert_no_stray_children("restore -d");
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
     assert_eq!(view, sig_view(wl.pid(), false), "after restore");
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("wl_sigstate after restore");
+    verify_restored(wl, "wl_sigstate after restore");
 }
 
 #[test]
@@ -219,17 +205,7 @@ fn pidns_new(args: &[&str]) {
     let before = VisibleState::capture(wl.pid());
     let view = sig_view(wl.pid(), true);
     let images = Scratch::new("sigstate-pidns-img");
-    assert_success(
-        &fastcr(&[
-            "dump",
-            "-t",
-            &wl.pid_arg(),
-            "-D",
-            images.as_str(),
-            "--leave-running",
-        ]),
-        "dump --leave-running",
-    );
+    dump(&wl, &images, &["--leave-running"]);
     wl.assert_running_untraced();
     assert_success(
         &fastcr(&["restore", "-D", images.as_str(), "--pidns", "new", "-d"]),
@@ -264,13 +240,7 @@ fn sigstate_migrate_lazy() {
     let view = sig_view(wl.pid(), true);
     let mut recv = link.receive(&token, true, GUARD);
     let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
-    let (mig_status, recv_status) = (mig.wait(GUARD), recv.wait(GUARD));
-    assert!(
-        mig_status.success() && recv_status.success(),
-        "the migration failed:\n{}\n{}",
-        mig.output(),
-        recv.output()
-    );
+    wait_both_succeed(&mut mig, &mut recv);
     reap_killed_original(&mut wl);
     let copy = NsCopy::find(&wl);
     copy.assert_same_state(&before, "the migrated copy");
@@ -308,12 +278,12 @@ fn strict_mode(mode: Mode) {
     let mut wl = Workload::spawn(WORKLOAD, &["strict"]);
     wait_strict(wl.pid(), "the workload sleeps in strict mode");
     let images = Scratch::new("sigstate-strict-img");
-    let pid = wl.pid_arg();
-    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str()];
-    if matches!(mode, Mode::LeaveRunning) {
-        dump.push("--leave-running");
-    }
-    assert_success(&fastcr(&dump), &dump.join(" "));
+    let flags: &[&str] = if matches!(mode, Mode::LeaveRunning) {
+        &["--leave-running"]
+    } else {
+        &[]
+    };
+    dump(&wl, &images, flags);
     if matches!(mode, Mode::LeaveRunning) {
         // The original is left as it was, strict mode included.
         wait_strict(
@@ -329,11 +299,7 @@ fn strict_mode(mode: Mode) {
     } else {
         wl.reap();
     }
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     wait_strict(wl.pid(), "the restored process sleeps in strict mode");
     assert_killed_by_strict_mode(wl, "the restored process");
     assert_no_stray_children("strict mode after restore");
@@ -367,10 +333,7 @@ fn sigstate_hard_limit_not_raised() {
     let mut wl = Workload::spawn(WORKLOAD, &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("sigstate-rlimit-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     let out = run(Command::new("prlimit")
         .arg("--msgqueue=4096:4096")
@@ -406,21 +369,12 @@ fn image_without_sigstate_restores() {
     let mut wl = Workload::spawn("wl_signals", &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("sigstate-old-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     let file = images.join(&format!("sigstate-{}.img", wl.pid()));
     fs::remove_file(&file).unwrap_or_else(|e| panic!("remove {}: {e}", file.display()));
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore without sigstate",
-    );
-    wl.adopt_restored();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("restore without sigstate");
+    restore(&mut wl, &images, &[]);
+    verify_restored(wl, "restore without sigstate");
 }
 
 /// The control for the tests above: `wl_sigstate` restored from an image whose
@@ -432,18 +386,11 @@ fn sigstate_workload_detects_lost_state() {
     let mut wl = Workload::spawn(WORKLOAD, &[]);
     wl.wait_counter_advances();
     let images = Scratch::new("sigstate-lost-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
     let file = images.join(&format!("sigstate-{}.img", wl.pid()));
     fs::remove_file(&file).unwrap_or_else(|e| panic!("remove {}: {e}", file.display()));
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore without sigstate",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     wl.wait_counter_advances();
     let (status, result, log) = wl.terminate();
     assert!(
@@ -474,18 +421,9 @@ fn sigstate_user_capabilities() {
         before.status
     );
     let images = Scratch::new("sigstate-caps-img");
-    assert_success(
-        &fastcr(&["dump", "-t", &wl.pid_arg(), "-D", images.as_str()]),
-        "dump",
-    );
+    dump(&wl, &images, &[]);
     wl.reap();
-    assert_success(
-        &fastcr(&["restore", "-D", images.as_str(), "-d"]),
-        "restore -d",
-    );
-    wl.adopt_restored();
+    restore(&mut wl, &images, &[]);
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("restore of a user process with capabilities");
+    verify_restored(wl, "restore of a user process with capabilities");
 }

@@ -25,6 +25,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use vmtests::restored::{Restored, find_in_new_pidns, pidns_init_of};
+use vmtests::roundtrip::assert_dump_refused;
 use vmtests::{
     Scratch, Workload, assert_no_stray_children, assert_one_line_error, assert_success,
     become_subreaper, fastcr, pid_exists, reap_orphan, require_root,
@@ -252,20 +253,9 @@ fn sockets_pidns_new() {
 /// A dump of a process whose socket leads outside the dump must fail with one line naming the
 /// pid, the fd and `why`, and leave the workload running untraced (it then PASSes).
 fn assert_refused(wl: Workload, fd: i32, why: &str) {
-    let pid = wl.pid_arg();
-    let images = Scratch::new("sockets-refused-img");
-    let out = fastcr(&["dump", "-t", &pid, "-D", images.as_str()]);
-    assert_one_line_error(&out, why);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("process {pid}:"))
-            && stderr.contains(&format!("fd {fd} "))
-            && stderr.contains(why),
-        "the error must name pid {pid}, fd {fd} and {why:?}: {stderr}"
-    );
-    wl.assert_running_untraced();
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
+    let process = format!("process {}:", wl.pid());
+    let fd = format!("fd {fd} ");
+    assert_dump_refused(wl, why, &[&process, &fd, why]);
 }
 
 #[test]
@@ -282,15 +272,21 @@ fn sockets_refuse_unix_peer_outside() {
     drop(listener);
 }
 
-#[test]
-fn sockets_refuse_established_tcp() {
-    require_root();
+/// A TCP listener of the test on 127.0.0.1 and its port, as an argument for wl_sockets.
+fn loopback_listener() -> (std::net::TcpListener, String) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
     let port = listener
         .local_addr()
         .expect("local addr")
         .port()
         .to_string();
+    (listener, port)
+}
+
+#[test]
+fn sockets_refuse_established_tcp() {
+    require_root();
+    let (listener, port) = loopback_listener();
     let wl = Workload::spawn("wl_sockets", &["tcpconn", &port]);
     let (_conn, _) = listener.accept().expect("accept the workload's connection");
     assert_refused(wl, 3, "established TCP connection");
@@ -309,12 +305,7 @@ fn sockets_refuse_fds_in_flight() {
 /// end of the connection.
 fn spawn_tcpecho() -> (Workload, TcpStream) {
     require_root();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
-    let port = listener
-        .local_addr()
-        .expect("local addr")
-        .port()
-        .to_string();
+    let (listener, port) = loopback_listener();
     let wl = Workload::spawn("wl_sockets", &["tcpecho", &port]);
     let (mut conn, _) = listener.accept().expect("accept the workload's connection");
     conn.set_read_timeout(Some(GUARD)).expect("read timeout");

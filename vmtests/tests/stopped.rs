@@ -19,11 +19,11 @@
 use std::fs;
 use std::time::Duration;
 
-use std::os::unix::process::ExitStatusExt;
-
 use vmtests::restored::wait_until;
+use vmtests::roundtrip::{dump, reap_dumped, restore};
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr, require_root,
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
+    numeric_entries, require_root,
 };
 
 /// Hang guard for one step: never a timing assertion.
@@ -33,22 +33,15 @@ const GUARD: Duration = Duration::from_secs(120);
 fn thread_states(pid: i32) -> Vec<(i32, char, String)> {
     let dir = format!("/proc/{pid}/task");
     let mut out = Vec::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
-        let entry = entry.unwrap_or_else(|e| panic!("read {dir}: {e}"));
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+    for tid in numeric_entries(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+        let path = format!("{dir}/{tid}");
+        let stat = fs::read_to_string(format!("{path}/stat")).unwrap_or_default();
         let state = stat
             .rfind(')')
             .and_then(|i| stat.get(i + 2..))
             .and_then(|r| r.chars().next())
             .unwrap_or('?');
-        let status = fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let status = fs::read_to_string(format!("{path}/status")).unwrap_or_default();
         let tracer = status
             .lines()
             .find_map(|l| l.strip_prefix("TracerPid:"))
@@ -92,13 +85,12 @@ fn stopped_dump_restore(mode: Mode) {
     let images = Scratch::new("stopped-img");
     let pid = wl.pid_arg();
 
-    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str()];
-    match mode {
-        Mode::LeaveRunning => dump.push("--leave-running"),
-        Mode::PreCopy => dump.extend(["--pre-copy", "auto"]),
-        Mode::Dump | Mode::Lazy => {}
-    }
-    assert_success(&fastcr(&dump), &dump.join(" "));
+    let flags: &[&str] = match mode {
+        Mode::LeaveRunning => &["--leave-running"],
+        Mode::PreCopy => &["--pre-copy", "auto"],
+        Mode::Dump | Mode::Lazy => &[],
+    };
+    dump(&wl, &images, flags);
     assert!(
         images.join(&format!("stopped-{pid}.img")).is_file(),
         "no stopped-{pid}.img in the images of a stopped process"
@@ -123,20 +115,16 @@ fn stopped_dump_restore(mode: Mode) {
         );
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed the process, but it {status}"
-        );
+        reap_dumped(&mut wl);
     }
 
-    let mut restore = vec!["restore", "-D", images.as_str(), "-d"];
-    if matches!(mode, Mode::Lazy) {
-        restore.push("--lazy");
-    }
-    assert_success(&fastcr(&restore), &restore.join(" "));
-    wl.adopt_restored();
-    assert_no_stray_children(&restore.join(" "));
+    let flags: &[&str] = if matches!(mode, Mode::Lazy) {
+        &["--lazy"]
+    } else {
+        &[]
+    };
+    restore(&mut wl, &images, flags);
+    assert_no_stray_children("restore -d");
     wait_stopped(wl.pid(), "after the restore");
     assert_eq!(
         thread_states(wl.pid()).len(),

@@ -19,12 +19,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::time::Duration;
 
-use vmtests::migration::{Link, NsCopy, reap_killed_original};
+use vmtests::migration::{Link, NsCopy, reap_killed_original, wait_both_succeed};
+use vmtests::roundtrip::{assert_left_running, dump, reap_dumped, restore, verify_restored};
 use vmtests::{
-    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr, require_root,
+    Scratch, VisibleState, Workload, assert_no_stray_children, assert_success, fastcr,
+    numeric_entries, require_root,
 };
 
 /// Hang guard for one step: never a timing assertion.
@@ -52,16 +54,8 @@ struct ThreadInfo {
 fn threads_of(pid: i32) -> BTreeMap<i32, ThreadInfo> {
     let dir = format!("/proc/{pid}/task");
     let mut out = BTreeMap::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
-        let entry = entry.unwrap_or_else(|e| panic!("read {dir}: {e}"));
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let path = entry.path();
+    for tid in numeric_entries(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+        let path = Path::new(&dir).join(tid.to_string());
         let status = fs::read_to_string(path.join("status"))
             .unwrap_or_else(|e| panic!("read {}/status: {e}", path.display()));
         let field = |key: &str| {
@@ -103,16 +97,8 @@ fn threads_of(pid: i32) -> BTreeMap<i32, ThreadInfo> {
 fn task_nspids(pid: i32) -> Vec<Vec<i32>> {
     let dir = format!("/proc/{pid}/task");
     let mut out = Vec::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
-        let entry = entry.unwrap_or_else(|e| panic!("read {dir}: {e}"));
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let status = fs::read_to_string(entry.path().join("status"))
+    for tid in numeric_entries(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
+        let status = fs::read_to_string(format!("{dir}/{tid}/status"))
             .unwrap_or_else(|e| panic!("read {dir}/{tid}/status: {e}"));
         let ids: Vec<i32> = status
             .lines()
@@ -194,14 +180,12 @@ fn dump_and_restore(args: &[&str], mode: Mode) {
     let images = Scratch::new("threads-img");
     let pid = wl.pid_arg();
 
-    let mut dump = vec!["dump", "-t", &pid, "-D", images.as_str()];
-    match mode {
-        Mode::LeaveRunning => dump.push("--leave-running"),
-        Mode::PreCopy => dump.extend(["--pre-copy", "auto", "--json"]),
-        Mode::Dump | Mode::Lazy => {}
-    }
-    let out = fastcr(&dump);
-    assert_success(&out, &dump.join(" "));
+    let flags: &[&str] = match mode {
+        Mode::LeaveRunning => &["--leave-running"],
+        Mode::PreCopy => &["--pre-copy", "auto", "--json"],
+        Mode::Dump | Mode::Lazy => &[],
+    };
+    let out = dump(&wl, &images, flags);
     if matches!(mode, Mode::PreCopy) {
         eprintln!(
             "pre-copy stats: {}",
@@ -213,40 +197,29 @@ fn dump_and_restore(args: &[&str], mode: Mode) {
         "no threads-{pid}.img in the images"
     );
     if matches!(mode, Mode::LeaveRunning) {
-        wl.assert_running_untraced();
-        before.assert_same(
-            &VisibleState::capture(wl.pid()),
-            "after dump --leave-running",
-        );
+        assert_left_running(&wl, &before, VisibleState::capture);
         assert_same_threads(&threads, wl.pid(), "after dump --leave-running");
         wl.kill_and_reap();
     } else {
-        let status = wl.reap();
-        assert!(
-            status.signal().is_some(),
-            "dump should have killed the process, but it {status}"
-        );
+        reap_dumped(&mut wl);
     }
 
-    let mut restore = vec!["restore", "-D", images.as_str(), "-d"];
-    if matches!(mode, Mode::Lazy) {
-        restore.extend(["--lazy", "--json"]);
-    }
-    let out = fastcr(&restore);
-    assert_success(&out, &restore.join(" "));
+    let flags: &[&str] = if matches!(mode, Mode::Lazy) {
+        &["--lazy", "--json"]
+    } else {
+        &[]
+    };
+    let out = restore(&mut wl, &images, flags);
     if matches!(mode, Mode::Lazy) {
         eprintln!(
             "lazy stats: {}",
             String::from_utf8_lossy(&out.stdout).trim_end()
         );
     }
-    wl.adopt_restored();
-    assert_no_stray_children(&restore.join(" "));
+    assert_no_stray_children("restore -d");
     before.assert_same(&VisibleState::capture(wl.pid()), "after restore");
     assert_same_threads(&threads, wl.pid(), "after restore");
-    wl.wait_counter_advances();
-    wl.terminate_and_verify();
-    assert_no_stray_children("wl_threads after restore");
+    verify_restored(wl, "wl_threads after restore");
 }
 
 #[test]
@@ -310,17 +283,7 @@ fn threads_pidns_new() {
     let before = VisibleState::capture(wl.pid());
     let threads = original_threads(&wl);
     let images = Scratch::new("threads-pidns-img");
-    assert_success(
-        &fastcr(&[
-            "dump",
-            "-t",
-            &wl.pid_arg(),
-            "-D",
-            images.as_str(),
-            "--leave-running",
-        ]),
-        "dump --leave-running",
-    );
+    dump(&wl, &images, &["--leave-running"]);
     wl.assert_running_untraced();
     assert_same_threads(&threads, wl.pid(), "after dump --leave-running");
 
@@ -361,13 +324,7 @@ fn threads_migrate_lazy() {
     let mut recv = link.receive(&token, true, GUARD);
     let mut mig = link.migrate(wl.pid(), &token, &["--lazy"]);
     // Both sides must succeed; either's failure is shown with the other's output.
-    let (mig_status, recv_status) = (mig.wait(GUARD), recv.wait(GUARD));
-    assert!(
-        mig_status.success() && recv_status.success(),
-        "the migration failed:\n{}\n{}",
-        mig.output(),
-        recv.output()
-    );
+    wait_both_succeed(&mut mig, &mut recv);
     eprintln!(
         "migrate stats: {}\nreceive stats: {}",
         mig.stdout().trim_end(),

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vmtests::migration::{Link, me};
 use vmtests::restored::{descends_from_test, find_in_new_pidns, nspid, pidns_init_of, wait_until};
+use vmtests::roundtrip::dump;
 use vmtests::{
     ProcStat, Scratch, VisibleState, Workload, assert_no_stray_children, assert_one_line_error,
     assert_success, fastcr, require_root, status_field,
@@ -702,17 +703,7 @@ fn reap_child(pid: i32, what: &str) -> ExitStatus {
 fn tree_pidns_new() {
     let (mut wl, pids, mut guard, before) = spawn_tree();
     let images = Scratch::new("tree-pidns-img");
-    assert_success(
-        &fastcr(&[
-            "dump",
-            "-t",
-            &wl.pid_arg(),
-            "-D",
-            images.as_str(),
-            "--leave-running",
-        ]),
-        "dump --leave-running",
-    );
+    dump(&wl, &images, &["--leave-running"]);
     assert_shape(&pids, &|p| p, me(), "after dump --leave-running");
     wl.assert_running_untraced();
 

@@ -4,18 +4,13 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 
-use vmtests::{VisibleState, Workload, assert_no_stray_children, require_root};
+use vmtests::{Workload, assert_no_stray_children, require_root};
 
 fn selftest(name: &str, args: &[&str]) {
     require_root();
     let wl = Workload::spawn(name, args);
     wl.assert_running_untraced();
-    // Two captures of an undisturbed workload must compare equal, or the comparison used after a
-    // restore would report noise.
-    let first = VisibleState::capture(wl.pid());
-    wl.wait_counter_advances();
-    first.assert_same(&VisibleState::capture(wl.pid()), name);
-    wl.terminate_and_verify();
+    wl.verify_undisturbed();
     assert_no_stray_children(name);
 }
 
@@ -64,15 +59,6 @@ fn wl_heap_1gib_passes_undisturbed() {
     selftest("wl_heap", &["1024"]);
 }
 
-/// Terminates `wl` and asserts it reported a failure mentioning `what`.
-fn expect_fail(wl: Workload, what: &str) {
-    let (status, result, log) = wl.terminate();
-    assert!(
-        status.code() == Some(1) && result.starts_with("FAIL: ") && result.contains(what),
-        "expected a FAIL about {what:?}, got {status}, result {result:?}, log {log}"
-    );
-}
-
 /// The oracle is not vacuous: one word of the pattern changed behind the workload's back (through
 /// /proc/PID/mem) must make it fail.
 #[test]
@@ -99,7 +85,7 @@ fn wl_heap_detects_a_changed_word() {
         .expect("open /proc/PID/mem");
     mem.write_all_at(&[0x5a; 8], start + 12345 * 8)
         .expect("write into the workload");
-    expect_fail(wl, "big region");
+    wl.terminate_and_expect_fail("big region");
 }
 
 /// The oracle is not vacuous: the file behind a MAP_PRIVATE mapping changed on disk must make
@@ -115,7 +101,7 @@ fn wl_filemap_detects_a_changed_file() {
     file.write_all_at(b"changed", 3 * 4096 + 100)
         .expect("write private.dat");
     drop(file);
-    expect_fail(wl, "private");
+    wl.terminate_and_expect_fail("private");
 }
 
 #[test]
@@ -193,7 +179,7 @@ fn wl_dirty_detects_a_lost_write() {
     }
     mem.write_all_at(&page, hot_start)
         .expect("write into the workload");
-    expect_fail(wl, "hot page 0 is stale");
+    wl.terminate_and_expect_fail("hot page 0 is stale");
 }
 
 /// mix[0] of wl_dirty.c: `wl_pattern(MIX_SEED, 0)` from wl_common.h.
@@ -210,15 +196,6 @@ fn wl_lazy_passes_undisturbed() {
     selftest("wl_lazy", &["64"]);
 }
 
-/// STATEDIR/churn_ticks of wl_lazy: how many churn ticks (drop, remap, unmap, fork) it has done.
-fn churn_ticks(wl: &Workload) -> u64 {
-    let path = wl.statedir().join("churn_ticks");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("churn_ticks {text:?}: {e}"))
-}
-
 /// The churn a lazy-restore test turns on just before the restore, run without any checkpoint:
 /// the workload's own checks of every munmap, mremap, MADV_DONTNEED and fork must pass, and its
 /// forked children must all be reaped by the workload itself.
@@ -227,7 +204,7 @@ fn wl_lazy_churn_passes() {
     require_root();
     let wl = Workload::spawn("wl_lazy", &["64"]);
     assert_eq!(
-        churn_ticks(&wl),
+        wl.number("churn_ticks"),
         0,
         "wl_lazy churned before STATEDIR/churn existed"
     );
@@ -235,11 +212,11 @@ fn wl_lazy_churn_passes() {
     wl.wait_counter_advances();
     wl.wait_counter_advances();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while churn_ticks(&wl) < 3 {
+    while wl.number("churn_ticks") < 3 {
         assert!(
             std::time::Instant::now() < deadline,
             "wl_lazy did only {} churn ticks in 60 s; log: {}",
-            churn_ticks(&wl),
+            wl.number("churn_ticks"),
             wl.log()
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -247,7 +224,7 @@ fn wl_lazy_churn_passes() {
     wl.assert_running_untraced();
     // The workload rewrites the count on SIGTERM, but its STATEDIR is gone once it is reaped: the
     // last value read while it runs is what the test can check.
-    let ticks = churn_ticks(&wl);
+    let ticks = wl.number("churn_ticks");
     assert!(ticks >= 2, "only {ticks} churn ticks ran");
     wl.terminate_and_verify();
     assert_no_stray_children("wl_lazy churn");
@@ -293,7 +270,7 @@ fn wl_cow_detects_a_changed_word() {
     // Page 2: rewritten by nobody, shared by all three.
     mem.write_all_at(&[0x5a; 8], addr + 2 * 4096 + 64)
         .expect("write into the grandchild");
-    expect_fail(wl, "the child failed");
+    wl.terminate_and_expect_fail("the child failed");
 }
 
 #[test]
@@ -322,5 +299,5 @@ fn wl_fifo_detects_lost_fifo_data() {
     let mut byte = [0u8; 1];
     fifo.read_exact(&mut byte).expect("read one byte of fifo1");
     drop(fifo);
-    expect_fail(wl, "fifo1");
+    wl.terminate_and_expect_fail("fifo1");
 }
