@@ -8,6 +8,7 @@
 //! fastcr holds the userfaultfd for the whole session; dropping the tracker closes it, and the
 //! kernel then removes the registration and every write-protect marker.
 
+pub mod final_pass;
 pub mod final_scan;
 pub mod incremental;
 pub mod precopy;
