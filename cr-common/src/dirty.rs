@@ -8,17 +8,20 @@
 
 use core::mem::size_of;
 
-/// Hash map of written pages: key [`DirtyKey`], value = write faults seen on that page since
-/// userspace last drained it (`u32`; a page write-faults once per protection round, so this
-/// stays small, and it may under-count when CPUs race on the same page).
-pub const DIRTY_HINTS_MAP: &str = "DIRTY_HINTS";
-/// Capacity of [`DIRTY_HINTS_MAP`]: 1 GiB of distinct 4 KiB pages per round. Created with
-/// `BPF_F_NO_PREALLOC`, so only the entries in use take memory.
-pub const DIRTY_HINTS_MAX_ENTRIES: u32 = 262_144;
+/// Ring buffer of write faults: one [`DirtyKey`] record per write fault of a tracked process.
+/// Userspace drains it every round and counts the records per page; the records of a round are
+/// about one per page written, since a page write-faults once per protection round (async
+/// write-protect, DESIGN §5). A ring buffer rather than a hash map keyed by page: draining it
+/// costs per record, while a hash map's batched drain walks every bucket (about 1 ms for
+/// 262 144 buckets), which sat in every closing round of a pre-copy.
+pub const DIRTY_EVENTS_MAP: &str = "DIRTY_EVENTS";
+/// Size in bytes of [`DIRTY_EVENTS_MAP`] (a power of two, a multiple of the page size): 16 MiB,
+/// about 700 000 records (16 bytes plus the ring's 8-byte header each) between two drains.
+pub const DIRTY_EVENTS_BYTES: u32 = 1 << 24;
 
 /// Per-CPU array of `u64` counters, indexed by the `STAT_*` constants of this module.
 pub const DIRTY_STATS_MAP: &str = "DIRTY_STATS";
-/// Write faults that could not be recorded because [`DIRTY_HINTS_MAP`] was full.
+/// Write faults that could not be recorded because [`DIRTY_EVENTS_MAP`] was full.
 pub const STAT_DIRTY_DROPS: u32 = 0;
 /// Write faults recorded (new pages and repeated writes alike).
 pub const STAT_DIRTY_FAULTS: u32 = 1;
@@ -48,11 +51,11 @@ pub mod tp {
     pub const FAULT_ERROR_CODE: usize = 24;
 }
 
-/// Key of [`DIRTY_HINTS_MAP`].
+/// Record of [`DIRTY_EVENTS_MAP`]: which process wrote which page.
 ///
 /// ```text
 ///  0  tgid   u32   the process that wrote
-///  4  _pad   u32   always 0 (BPF hashes every key byte)
+///  4  _pad   u32   always 0
 ///  8  page   u64   page-aligned virtual address
 /// 16
 /// ```
@@ -61,7 +64,7 @@ pub mod tp {
 pub struct DirtyKey {
     /// Thread group id of the writer.
     pub tgid: u32,
-    /// Explicit padding, always 0: the kernel hashes the whole key, so it must be deterministic.
+    /// Explicit padding, always 0 (the record has no implicit padding).
     pub _pad: u32,
     /// Page-aligned address of the written page.
     pub page: u64,

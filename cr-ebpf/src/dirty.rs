@@ -2,15 +2,15 @@
 //!
 //! Every write fault a tracked process takes lands here: `exceptions:page_fault_user` for its own
 //! stores, `exceptions:page_fault_kernel` for the kernel writing to its memory on its behalf
-//! (`copy_to_user` in `read()` and friends). The page is recorded in `DIRTY_HINTS` keyed by
-//! (tgid, page) with a write count: the first write of a page since userspace last drained the
-//! map inserts it with 1, later ones increment. Userspace drains (reads and deletes) the map
-//! every round, so no round number is needed here.
+//! (`copy_to_user` in `read()` and friends). Each is one (tgid, page) record on the
+//! `DIRTY_EVENTS` ring buffer; userspace drains it every round and counts the records per page,
+//! so no round number is needed here. The records are written without waking anyone: nobody
+//! waits on the ring, it is drained on the pre-copy's schedule.
 //!
 //! With the tracked VMAs write-protected in uffd async mode (DESIGN §5) the first write to each
 //! page of a round traps and the kernel then makes the page writable, so one store pattern
-//! yields one count per page per round; the counts grow beyond 1 only for pages re-protected in
-//! between or written by several threads racing on the same fault.
+//! yields one record per page per round; there are more only for pages re-protected in between
+//! or written by several threads racing on the same fault.
 //!
 //! Hooks (tracepoints only): the x86 page-fault tracepoints fire from the exception handler,
 //! before the fault is handled, for every fault on the machine; the write bit of the error code
@@ -20,27 +20,21 @@
 //! the authority.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::BPF_RB_NO_WAKEUP,
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use cr_common::dirty::{
-    DIRTY_HINTS_MAX_ENTRIES, DIRTY_STATS_MAX_ENTRIES, DirtyKey, KERNEL_HALF, STAT_DIRTY_DROPS,
+    DIRTY_EVENTS_BYTES, DIRTY_STATS_MAX_ENTRIES, DirtyKey, KERNEL_HALF, STAT_DIRTY_DROPS,
     STAT_DIRTY_FAULTS, X86_PF_WRITE, tp,
 };
 
 use crate::task::{current_tgid, is_tracked};
 
-/// `EEXIST`: the insert lost a race with another CPU inserting the same page.
-const EEXIST: i64 = 17;
-
-/// Written pages; see `cr_common::dirty::DIRTY_HINTS_MAP`. Not preallocated: entries are
-/// allocated on first write (safe from tracepoints since the kernel's BPF allocator, 6.1), so a
-/// tracker that is never used costs no memory.
+/// Write faults; see `cr_common::dirty::DIRTY_EVENTS_MAP`.
 #[map]
-static DIRTY_HINTS: HashMap<DirtyKey, u32> =
-    HashMap::with_max_entries(DIRTY_HINTS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+static DIRTY_EVENTS: RingBuf = RingBuf::with_byte_size(DIRTY_EVENTS_BYTES, 0);
 
 /// Counters; see `cr_common::dirty::DIRTY_STATS_MAP`.
 #[map]
@@ -84,37 +78,10 @@ fn try_write_fault(ctx: &TracePointContext) -> Result<u32, i64> {
 
 #[inline(always)]
 fn record(key: &DirtyKey) {
-    if increment(key) {
-        return;
-    }
-    match DIRTY_HINTS.insert(key, 1, u64::from(BPF_NOEXIST)) {
+    match DIRTY_EVENTS.output::<DirtyKey>(key, u64::from(BPF_RB_NO_WAKEUP)) {
         Ok(()) => bump(STAT_DIRTY_FAULTS),
-        // Another CPU inserted the page between our lookup and insert: count on its entry.
-        Err(e) if i64::from(e) == -EEXIST => {
-            if !increment(key) {
-                // Userspace drained it in the meantime; the page is in the drained batch.
-                bump(STAT_DIRTY_FAULTS);
-            }
-        }
+        // The ring is full: userspace has not drained it for too long.
         Err(_) => bump(STAT_DIRTY_DROPS),
-    }
-}
-
-/// Adds one write to an existing entry; false if there is none.
-#[inline(always)]
-fn increment(key: &DirtyKey) -> bool {
-    match DIRTY_HINTS.get_ptr_mut(key) {
-        Some(count) => {
-            // SAFETY: the pointer comes from a successful lookup in a non-preallocated hash map,
-            // whose elements stay valid for the rest of this program run even if deleted
-            // concurrently (RCU). The add is not atomic (the BPF target offers no stable atomic
-            // RMW on u32): two CPUs faulting on the same page at the same instant may count
-            // once. The page itself is never lost, only a count.
-            unsafe { *count = (*count).saturating_add(1) };
-            bump(STAT_DIRTY_FAULTS);
-            true
-        }
-        None => false,
     }
 }
 

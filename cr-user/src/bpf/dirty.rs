@@ -1,19 +1,16 @@
 //! Write-fault hints: the userspace half of `cr-ebpf`'s `dirty` module.
 //!
-//! The BPF programs fill `DIRTY_HINTS` with (tgid, page) → write count for every write fault of a
-//! tracked process; [`drain`] reads and deletes what it returns, so each call yields the pages
-//! written since the previous one (one "round"). Hints are a subset of what PAGEMAP_SCAN reports
+//! The BPF programs put a (tgid, page) record on the `DIRTY_EVENTS` ring buffer for every write
+//! fault of a tracked process; [`drain`] takes every record queued and counts them per page, so
+//! each call yields the pages written since the previous one (one "round"). Hints are a subset of what PAGEMAP_SCAN reports
 //! for the same round (writes that do not trap in the writer's context are invisible to BPF,
 //! DESIGN §5), so callers use them to stream pages early and to measure the dirty rate, never to
 //! decide what the final copy must contain.
 
-use std::os::fd::BorrowedFd;
+use aya::maps::{MapData, RingBuf};
+use cr_common::dirty::{DirtyKey, tp};
 
-use aya::maps::{HashMap, MapData, MapError};
-use cr_common::dirty::{DIRTY_HINTS_MAP, DirtyKey, tp};
-
-use super::{BpfError, Hook};
-use crate::sys::{SyscallError, bpf};
+use super::Hook;
 
 /// One page a tracked process wrote since the previous drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,93 +46,70 @@ pub(super) const HOOKS: [Hook; 2] = [
     },
 ];
 
-/// Reads and deletes every entry of `map`, sorted by (tgid, page): in batches of
-/// [`BATCH_ENTRIES`] through `fd` (the same map) when the kernel has batch operations, else
-/// entry by entry.
-///
-/// A write that hits a page between its read and its delete loses its count but not the page:
-/// the page was already read. A page first written after the read is inserted anew and
-/// returned by the next drain.
-pub(super) fn drain(
-    map: &mut HashMap<MapData, DirtyKey, u32>,
-    fd: Option<BorrowedFd<'_>>,
-) -> Result<Vec<DirtyHint>, BpfError> {
-    if let Some(fd) = fd {
-        match drain_batched(fd) {
-            Ok(hints) => return Ok(hints),
-            Err(e) if matches!(e.errno(), Some(libc::EINVAL | libc::ENOTSUP | libc::ENOSPC)) => {
-                tracing::debug!(error = %e, "batched drain unavailable; draining entry by entry");
-            }
-            Err(source) => {
-                return Err(BpfError::Batch {
-                    map: DIRTY_HINTS_MAP,
-                    source,
-                });
-            }
+/// Takes every record queued on `ring` and returns the pages written, sorted by (tgid, page),
+/// each with its number of records. A fault recorded while this runs is either taken now or
+/// left for the next drain, never lost.
+pub(super) fn drain(ring: &mut RingBuf<MapData>) -> Vec<DirtyHint> {
+    let mut keys = Vec::new();
+    while let Some(item) = ring.next() {
+        match key_from(&item) {
+            Some(key) => keys.push(key),
+            // Only a mismatched object/loader pair can produce this; keep draining so the ring
+            // buffer does not stall.
+            None => tracing::warn!(len = item.len(), "short write-fault record ignored"),
         }
     }
-    drain_one_by_one(map)
+    count(keys)
 }
 
-/// Entries taken per batched call.
-const BATCH_ENTRIES: usize = 8192;
-
-fn drain_batched(fd: BorrowedFd<'_>) -> Result<Vec<DirtyHint>, SyscallError> {
-    const KEY: usize = size_of::<DirtyKey>();
-    const VALUE: usize = size_of::<u32>();
-    let mut keys = vec![0u8; BATCH_ENTRIES * KEY];
-    let mut values = vec![0u8; BATCH_ENTRIES * VALUE];
-    let mut hints = Vec::new();
-    let mut cursor = None;
-    loop {
-        let batch = bpf::lookup_and_delete_batch(fd, KEY, VALUE, cursor, &mut keys, &mut values)?;
-        for (k, v) in keys
-            .chunks_exact(KEY)
-            .zip(values.chunks_exact(VALUE))
-            .take(batch.count)
-        {
-            let word = |at: usize| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&k[at..at + 8]);
-                u64::from_ne_bytes(b)
-            };
-            hints.push(DirtyHint {
-                tgid: word(0) as u32,
-                page: word(8),
-                writes: u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
-            });
-        }
-        match batch.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    hints.sort_unstable();
-    Ok(hints)
+fn key_from(bytes: &[u8]) -> Option<(u32, u64)> {
+    let tgid = u32::from_ne_bytes(bytes.get(0..4)?.try_into().ok()?);
+    let page = u64::from_ne_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((tgid, page))
 }
 
-fn drain_one_by_one(map: &mut HashMap<MapData, DirtyKey, u32>) -> Result<Vec<DirtyHint>, BpfError> {
-    let map_err = |source| BpfError::Map {
-        map: DIRTY_HINTS_MAP,
-        source,
-    };
-    let entries = map
-        .iter()
-        .collect::<Result<Vec<(DirtyKey, u32)>, MapError>>()
-        .map_err(map_err)?;
-    let mut hints = Vec::with_capacity(entries.len());
-    for (key, writes) in entries {
-        match map.remove(&key) {
-            // KeyNotFound cannot happen with a single drainer; tolerate it anyway.
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => return Err(map_err(source)),
+/// Sorted (tgid, page) pairs, one per record, as hints with their write counts.
+fn count(mut keys: Vec<(u32, u64)>) -> Vec<DirtyHint> {
+    keys.sort_unstable();
+    let mut hints: Vec<DirtyHint> = Vec::with_capacity(keys.len());
+    for (tgid, page) in keys {
+        match hints.last_mut() {
+            Some(last) if last.tgid == tgid && last.page == page => {
+                last.writes = last.writes.saturating_add(1);
+            }
+            _ => hints.push(DirtyHint {
+                tgid,
+                page,
+                writes: 1,
+            }),
         }
-        hints.push(DirtyHint {
-            tgid: key.tgid,
-            page: key.page,
-            writes,
-        });
     }
-    hints.sort_unstable();
-    Ok(hints)
+    hints
+}
+
+const _: () = assert!(size_of::<DirtyKey>() == 16);
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_counted_per_page() {
+        let h = count(vec![(2, 0x2000), (1, 0x5000), (2, 0x2000), (1, 0x1000), (2, 0x2000)]);
+        let got: Vec<(u32, u64, u32)> = h.iter().map(|h| (h.tgid, h.page, h.writes)).collect();
+        assert_eq!(got, vec![(1, 0x1000, 1), (1, 0x5000, 1), (2, 0x2000, 3)]);
+        assert!(count(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn records_decode_as_cr_common_lays_them_out() {
+        let k = DirtyKey::new(42, 0x7f00_1234_5678);
+        let mut b = Vec::new();
+        b.extend_from_slice(&k.tgid.to_ne_bytes());
+        b.extend_from_slice(&k._pad.to_ne_bytes());
+        b.extend_from_slice(&k.page.to_ne_bytes());
+        assert_eq!(key_from(&b), Some((42, 0x7f00_1234_5000)));
+        assert_eq!(key_from(&b[..12]), None);
+    }
 }

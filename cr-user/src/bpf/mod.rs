@@ -25,7 +25,6 @@ mod dirty;
 mod logging;
 mod vma;
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::{collections::BTreeSet, io, path::PathBuf};
 
 use aya::{
@@ -35,7 +34,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use cr_common::{
-    dirty::{DIRTY_HINTS_MAP, DIRTY_STATS_MAP, DirtyKey, STAT_DIRTY_DROPS},
+    dirty::{DIRTY_EVENTS_MAP, DIRTY_STATS_MAP, STAT_DIRTY_DROPS},
     task::{STAT_EVENTS_LOST, STAT_TRACKED_FULL, TASK_EVENTS_MAP, TASK_STATS_MAP, TRACKED_MAP, tp},
     vma::{STAT_VMA_EVENTS_LOST, STAT_VMA_PENDING_FULL, VMA_EVENTS_MAP, VMA_STATS_MAP},
 };
@@ -171,15 +170,6 @@ pub enum BpfError {
         #[source]
         source: MapError,
     },
-    /// A batched map operation failed.
-    #[error("BPF map {map} batch operation failed")]
-    Batch {
-        /// Map name.
-        map: &'static str,
-        /// The call.
-        #[source]
-        source: SyscallError,
-    },
     /// Adding a process to the tracked set failed.
     #[error("cannot track tgid {tgid}")]
     Track {
@@ -204,8 +194,7 @@ pub struct TaskTracker {
     tracked: HashMap<MapData, u32, u32>,
     events: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
-    dirty: HashMap<MapData, DirtyKey, u32>,
-    dirty_fd: Option<OwnedFd>,
+    dirty: RingBuf<MapData>,
     dirty_stats: PerCpuArray<MapData, u64>,
     vma_events: RingBuf<MapData>,
     vma_stats: PerCpuArray<MapData, u64>,
@@ -268,18 +257,7 @@ impl TaskTracker {
             })?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, TASK_EVENTS_MAP)?;
         let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, TASK_STATS_MAP)?;
-        let dirty_raw = ebpf.take_map(DIRTY_HINTS_MAP).ok_or(BpfError::MissingMap {
-            map: DIRTY_HINTS_MAP,
-        })?;
-        // A second handle on the hint map for batched draining (see `dirty::drain`).
-        let dirty_fd = match &dirty_raw {
-            aya::maps::Map::HashMap(data) => data.fd().as_fd().try_clone_to_owned().ok(),
-            _ => None,
-        };
-        let dirty = HashMap::try_from(dirty_raw).map_err(|source| BpfError::Map {
-            map: DIRTY_HINTS_MAP,
-            source,
-        })?;
+        let dirty: RingBuf<MapData> = take_map(&mut ebpf, DIRTY_EVENTS_MAP)?;
         let dirty_stats = take_map(&mut ebpf, DIRTY_STATS_MAP)?;
         let vma_events = take_map(&mut ebpf, VMA_EVENTS_MAP)?;
         let vma_stats = take_map(&mut ebpf, VMA_STATS_MAP)?;
@@ -293,7 +271,6 @@ impl TaskTracker {
             events,
             stats,
             dirty,
-            dirty_fd,
             dirty_stats,
             vma_events,
             vma_stats,
@@ -426,15 +403,15 @@ impl TaskTracker {
     }
 
     /// Returns the pages the tracked processes wrote (as write faults) since the previous call,
-    /// sorted by (tgid, page), and removes them from the BPF map, so the next call starts a new
-    /// round. A subset of what PAGEMAP_SCAN reports for the same interval; see the `dirty`
-    /// module for what it cannot see.
+    /// sorted by (tgid, page), and takes their records off the BPF ring buffer, so the next call
+    /// starts a new round. A subset of what PAGEMAP_SCAN reports for the same interval; see the
+    /// `dirty` module for what it cannot see.
     ///
     /// # Errors
-    /// [`BpfError::Map`] if reading or deleting an entry fails.
+    /// None today; the `Result` leaves room for readers that can fail.
     pub fn drain_dirty(&mut self) -> Result<Vec<DirtyHint>, BpfError> {
         self.logger.flush();
-        dirty::drain(&mut self.dirty, self.dirty_fd.as_ref().map(AsFd::as_fd))
+        Ok(dirty::drain(&mut self.dirty))
     }
 
     /// Returns every VMA-change event queued since the last call, oldest first, without
@@ -447,8 +424,8 @@ impl TaskTracker {
         Ok(vma::drain(&mut self.vma_events))
     }
 
-    /// Write faults that could not be recorded because the hint map was full (262144 pages per
-    /// round), summed over CPUs since attach. Non-zero means some round's hints were incomplete
+    /// Write faults that could not be recorded because the hint ring buffer was full (16 MiB,
+    /// about 700 000 faults per round), summed over CPUs since attach. Non-zero means some round's hints were incomplete
     /// (the PAGEMAP_SCAN set, which is what counts, is not affected).
     ///
     /// # Errors

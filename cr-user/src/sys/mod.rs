@@ -4,7 +4,6 @@
 //! Every `unsafe` block carries a `// SAFETY:` comment. Errors are one [`SyscallError`] naming the
 //! call, which the domain modules wrap in their own variants with context (pid, address, path).
 
-pub mod bpf;
 pub mod fs;
 pub mod mem;
 pub mod memfd;

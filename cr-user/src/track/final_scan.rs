@@ -161,7 +161,7 @@ fn scan_share(pagemap: &File, pid: i32, share: &[(u64, u64)]) -> Scanned {
 
 /// `ranges` cut into two halves of about equal size when they are big enough to be worth
 /// scanning on two CPUs; else all of them and an empty second half.
-fn halves(all: &[(u64, u64)]) -> (Ranges, Ranges) {
+pub(super) fn halves(all: &[(u64, u64)]) -> (Ranges, Ranges) {
     let total: u64 = all.iter().map(|(s, e)| e - s).sum();
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if total < PARALLEL_SCAN_MIN || cpus < 2 {
