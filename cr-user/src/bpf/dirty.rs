@@ -89,14 +89,19 @@ fn count(mut keys: Vec<(u32, u64)>) -> Vec<DirtyHint> {
 
 const _: () = assert!(size_of::<DirtyKey>() == 16);
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn records_are_counted_per_page() {
-        let h = count(vec![(2, 0x2000), (1, 0x5000), (2, 0x2000), (1, 0x1000), (2, 0x2000)]);
+        let h = count(vec![
+            (2, 0x2000),
+            (1, 0x5000),
+            (2, 0x2000),
+            (1, 0x1000),
+            (2, 0x2000),
+        ]);
         let got: Vec<(u32, u64, u32)> = h.iter().map(|h| (h.tgid, h.page, h.writes)).collect();
         assert_eq!(got, vec![(1, 0x1000, 1), (1, 0x5000, 1), (2, 0x2000, 3)]);
         assert!(count(Vec::new()).is_empty());
