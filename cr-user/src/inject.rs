@@ -307,19 +307,25 @@ pub(crate) fn words<const N: usize>(b: &[u8]) -> [u64; N] {
     out
 }
 
-/// Encodes u64 words little-endian.
 /// The arguments of an `mmap` of `len` bytes of private anonymous read-write memory anywhere.
 pub(crate) fn anon_mmap_args(len: u64) -> [u64; 6] {
+    anon_mmap_args_prot(len, libc::PROT_READ | libc::PROT_WRITE)
+}
+
+/// The arguments of an `mmap` of `len` bytes of private anonymous memory with protection `prot`
+/// anywhere.
+pub(crate) fn anon_mmap_args_prot(len: u64, prot: i32) -> [u64; 6] {
     [
         0,
         len,
-        (libc::PROT_READ | libc::PROT_WRITE) as u64,
+        prot as u64,
         (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
         u64::MAX,
         0,
     ]
 }
 
+/// Encodes u64 words little-endian.
 pub(crate) fn to_bytes(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }

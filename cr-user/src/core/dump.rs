@@ -12,10 +12,9 @@ use crate::image::core::{AltStack, CoreImage, Creds, Rseq, SigAction, ThreadCore
 use crate::inject::{InjectError, Injector, batch_len, words};
 use crate::proc::stat::Stat;
 use crate::proc::status::Status;
-use crate::sys::SyscallError;
 use crate::sys::process;
 use crate::sys::ptrace;
-use crate::sys::remote::RemoteCallError;
+use crate::sys::remote::{RemoteCallError, checked_return};
 
 /// Scratch a dump maps in the task (executable: the batch loop runs from it).
 pub const DUMP_SCRATCH_LEN: u64 = 16384;
@@ -185,14 +184,12 @@ fn run_batch(inj: &Injector, calls: &[Call]) -> Result<Vec<u64>, CoreError> {
     let rets = inj.batch(BATCH_AT, &plain)?;
     let mut out = Vec::with_capacity(rets.len());
     for (&(name, _, args), ret) in calls.iter().zip(rets) {
-        if (-4095..0).contains(&ret) {
-            return Err(CoreError::Inject(InjectError {
-                pid: inj.pid(),
-                step: format!("{name} (argument {:#x})", args[0]),
-                source: RemoteCallError::Failed(SyscallError::from_errno(name, (-ret) as i32)),
-            }));
-        }
-        out.push(ret as u64);
+        let value = checked_return(name, ret).map_err(|e| InjectError {
+            pid: inj.pid(),
+            step: format!("{name} (argument {:#x})", args[0]),
+            source: RemoteCallError::Failed(e),
+        })?;
+        out.push(value);
     }
     Ok(out)
 }

@@ -54,15 +54,11 @@ impl CpuProbe {
             || "mmap of a scratch area".into(),
             "mmap",
             libc::SYS_mmap,
-            [
-                0,
+            // Executable too: core's batches of syscalls run from it.
+            crate::inject::anon_mmap_args_prot(
                 len,
-                // Executable too: core's batches of syscalls run from it.
-                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX,
-                0,
-            ],
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            ),
         )?;
         inj.set_scratch(addr, len);
         tracing::debug!(us = micros(t.elapsed()), "cpu: scratch mapped");

@@ -180,14 +180,17 @@ impl Remote {
         args: [u64; 6],
     ) -> Result<u64, RemoteCallError> {
         let ret = self.syscall(nr, args)?;
-        if (-4095..0).contains(&ret) {
-            return Err(RemoteCallError::Failed(SyscallError::from_errno(
-                call,
-                (-ret) as i32,
-            )));
-        }
-        Ok(ret as u64)
+        checked_return(call, ret).map_err(RemoteCallError::Failed)
     }
+}
+
+/// A raw syscall return as the kernel encodes it: `-4095..0` is a negated errno, which becomes
+/// a [`SyscallError`] naming `call`; anything else is the value.
+pub fn checked_return(call: &'static str, ret: i64) -> Result<u64, SyscallError> {
+    if (-4095..0).contains(&ret) {
+        return Err(SyscallError::from_errno(call, (-ret) as i32));
+    }
+    Ok(ret as u64)
 }
 
 /// An injected syscall that could not run, or ran and failed.
