@@ -8,15 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::bpf::{BpfError, TaskEventKind, TaskTracker};
-use crate::core::CoreError;
+use crate::bpf::{TaskEventKind, TaskTracker};
 use crate::files::FilesError;
-use crate::freeze::{FreezeError, FrozenProcess, FrozenTree};
+use crate::freeze::{FrozenProcess, FrozenTree};
 use crate::image::inventory::Inventory;
-use crate::image::pagemap::{PE_LAZY, PE_PRESENT, PagemapImage};
+use crate::image::pagemap::{PE_PRESENT, PagemapImage};
 use crate::image::{ImageDir, ImageError, Kind, pages_file_name};
-use crate::inject::InjectError;
-use crate::mm::MmError;
 use crate::proc::stat::PF_KTHREAD;
 use crate::proc::{self, ProcError};
 use crate::stats::{DumpStats, micros};
@@ -28,8 +25,13 @@ use crate::track::shadow::Shadow;
 use crate::track::{TrackError, WriteTracker};
 use cpu::CpuProbe;
 pub(crate) use cpu::dump_cpu;
+pub use error::DumpError;
+pub use lazy::lazy_candidate;
+pub(crate) use lazy::lazy_pagemap;
 
 mod cpu;
+mod error;
+mod lazy;
 
 /// What to dump and how.
 #[derive(Debug, Clone)]
@@ -64,83 +66,6 @@ pub(crate) enum After {
     Thaw,
     Kill,
     Hold,
-}
-
-/// Why a dump failed. The workload is left running as it was in every case.
-#[derive(Debug, thiserror::Error)]
-pub enum DumpError {
-    /// No such process.
-    #[error("no such process {pid}")]
-    NoSuchProcess {
-        /// The pid.
-        pid: i32,
-    },
-    /// Kernel threads have no user state to checkpoint.
-    #[error("process {pid} is a kernel thread")]
-    KernelThread {
-        /// The pid.
-        pid: i32,
-    },
-    /// The pid is a thread, not a process.
-    #[error("{pid} is a thread of process {tgid}; dump the process")]
-    NotAProcess {
-        /// The pid given.
-        pid: i32,
-        /// Its process.
-        tgid: i32,
-    },
-    /// Something about the tree that this version cannot checkpoint.
-    #[error("process {pid}: {what}")]
-    Unsupported {
-        /// The task.
-        pid: i32,
-        /// What.
-        what: String,
-    },
-    /// The process forked, made a thread or called exec while it was being frozen (the dump is
-    /// retried a few times before this is reported).
-    #[error("process {pid}: {what}")]
-    Raced {
-        /// The process.
-        pid: i32,
-        /// What happened.
-        what: String,
-    },
-    /// Freezing or releasing failed.
-    #[error(transparent)]
-    Freeze(#[from] FreezeError),
-    /// `/proc` could not be read.
-    #[error(transparent)]
-    Proc(#[from] ProcError),
-    /// Memory could not be saved.
-    #[error(transparent)]
-    Mm(#[from] MmError),
-    /// Files could not be saved.
-    #[error(transparent)]
-    Files(#[from] FilesError),
-    /// CPU or signal state could not be saved.
-    #[error(transparent)]
-    Core(#[from] CoreError),
-    /// An injected syscall failed.
-    #[error(transparent)]
-    Inject(#[from] InjectError),
-    /// The image could not be written.
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    /// The parent image left no write tracking to continue from.
-    #[error(
-        "parent image {dir} has no write tracking to continue from (make it with `fastcr pre-dump`)"
-    )]
-    NoTracking {
-        /// The parent dir.
-        dir: PathBuf,
-    },
-    /// Write tracking for pre-copy failed.
-    #[error(transparent)]
-    Track(#[from] TrackError),
-    /// BPF tracking reported a change the dump cannot follow.
-    #[error(transparent)]
-    Bpf(#[from] BpfError),
 }
 
 /// Checks the target before anything touches it.
@@ -684,62 +609,6 @@ fn vma_activity(t: &mut TaskTracker, lost_before: u64) -> Result<bool, DumpError
         tracing::debug!(count = events.len(), first = ?e, "VMA syscalls seen: the layout is read again");
     }
     Ok(!events.is_empty() || t.lost_vma_events()? != lost_before)
-}
-
-/// The pagemap of a lazy migration: readable private anonymous VMAs are left to the migration
-/// source, whole (`PE_LAZY`): which of their pages exist is worked out after the hand-over
-/// (`Absent` frames), so the frozen window does not grow with memory size. The pages of every
-/// other VMA are copied into `buf` now. Returns the pagemap and the pages scanned.
-pub(crate) fn lazy_pagemap(
-    pid: i32,
-    vmas: &[crate::image::mm::Vma],
-    keep: &[(u64, u64)],
-    buf: &mut Vec<u8>,
-) -> Result<(PagemapImage, u64), DumpError> {
-    let (lazy, eager): (Vec<_>, Vec<_>) = vmas.iter().cloned().partition(lazy_candidate);
-    let sel = crate::mm::dump::select_pages(pid, &eager)?;
-    let mut pagemap = sel.pagemap;
-    let push = |pagemap: &mut PagemapImage, s: u64, e: u64, flags: u32| {
-        let mut a = s;
-        while a < e {
-            let n = ((e - a) / PAGE_SIZE).min(u64::from(u32::MAX >> 1));
-            pagemap.entries.push(crate::image::pagemap::PagemapEntry {
-                vaddr: a,
-                nr_pages: n as u32,
-                flags,
-                crc32: 0,
-            });
-            a += n * PAGE_SIZE;
-        }
-    };
-    for v in &lazy {
-        // The kernel writes into these while the copy is being restored: they go now.
-        let kept = crate::track::ranges::intersect(keep, &[(v.start, v.end)]);
-        for (s, e) in crate::track::ranges::subtract(&[(v.start, v.end)], &kept) {
-            push(&mut pagemap, s, e, PE_LAZY);
-        }
-        for (s, e) in kept {
-            push(&mut pagemap, s, e, PE_PRESENT);
-        }
-    }
-    pagemap.entries.sort_by_key(|e| e.vaddr);
-    let stored: Vec<_> = pagemap
-        .entries
-        .iter()
-        .filter(|e| e.flags == PE_PRESENT)
-        .copied()
-        .collect();
-    buf.resize(pagemap.stored_pages() as usize * PAGE_SIZE as usize, 0);
-    crate::mm::dump::copy_entries(pid, vmas, &stored, buf)?;
-    Ok((pagemap, sel.pages_scanned))
-}
-
-/// Whether a VMA's pages can be left to a migration source: private, anonymous, readable
-/// (the source reads them from the frozen process with `process_vm_readv`).
-pub fn lazy_candidate(v: &crate::image::mm::Vma) -> bool {
-    matches!(v.kind, crate::image::mm::VmaKind::Anon)
-        && !v.shared
-        && v.prot & libc::PROT_READ as u32 != 0
 }
 
 /// Reads a frozen process's layout and fd table. `tracking_fd` is fastcr's own, not saved.
