@@ -294,7 +294,8 @@ pub fn supports_pre_copy(bin: &Path) -> bool {
 /// `wl_dirty`'s STATEDIR/progress: its CLOCK_MONOTONIC time in ns and its total page writes.
 fn read_progress(statedir: &Path) -> Result<(u64, u64)> {
     let path = statedir.join("progress");
-    let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let text =
+        vmtests::read_published(&path).with_context(|| format!("read {}", path.display()))?;
     let mut it = text.split_whitespace().map(str::parse::<u64>);
     match (it.next(), it.next()) {
         (Some(Ok(t)), Some(Ok(w))) => Ok((t, w)),

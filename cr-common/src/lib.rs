@@ -7,5 +7,6 @@
 #![no_std]
 
 pub mod dirty;
+pub mod mmlock;
 pub mod task;
 pub mod vma;

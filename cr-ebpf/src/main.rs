@@ -2,6 +2,7 @@
 //!
 //! - `task`: process/thread lifecycle of the tracked trees (fork, thread creation, exec, exit).
 //! - `dirty`: write-fault hints (which pages the tracked processes wrote, with write counts).
+//! - `mmlock`: mmap-lock activity on the tracked processes' memory by anybody but fastcr.
 //! - `vma`: VMA-change events (`mmap`, `munmap`, `mremap`, `brk`, `madvise`, `mprotect`).
 //!
 //! Shared record layouts, map names and sizes come from `cr-common`, so this object and the
@@ -10,6 +11,7 @@
 #![no_main]
 
 mod dirty;
+mod mmlock;
 mod task;
 mod vma;
 

@@ -47,7 +47,7 @@ pub use host::{euid, require_root, workspace_dir};
 pub use procfs::{ProcStat, numeric_entries, pid_exists, status_field, unused_pid};
 pub use scratch::{SCRATCH_ROOT, Scratch};
 pub use state::{FdState, VisibleState};
-pub use workload::Workload;
+pub use workload::{Workload, read_published};
 
 pub(crate) use children::{describe_status, our_pid, send_signal};
 

@@ -173,8 +173,7 @@ impl Workload {
     /// The number the workload last wrote to STATEDIR/`file` (e.g. wl_lazy's `churn_ticks`).
     pub fn number(&self, file: &str) -> u64 {
         let path = self.dir.join(file);
-        let text =
-            fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let text = read_published(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         text.trim()
             .parse()
             .unwrap_or_else(|e| panic!("{file} {text:?}: {e}"))
@@ -347,5 +346,15 @@ impl Drop for Workload {
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
             let _ = waitpid_timeout(self.pid, EXIT_TIMEOUT);
         }
+    }
+}
+
+/// A value a workload publishes while it runs (`wl_publish`: the target of the symlink
+/// STATEDIR/name), or the contents of a file it wrote once.
+pub fn read_published(path: &Path) -> std::io::Result<String> {
+    match fs::read_link(path) {
+        Ok(target) => Ok(target.to_string_lossy().into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => fs::read_to_string(path),
+        Err(e) => Err(e),
     }
 }

@@ -142,7 +142,7 @@ fn wl_dirty_detects_a_lost_write() {
         .unwrap_or_else(|| panic!("bad layout {layout:?}"));
     // Wait until the first write (to hot page 0) is done.
     let progress = || -> u64 {
-        fs::read_to_string(wl.statedir().join("progress"))
+        vmtests::read_published(&wl.statedir().join("progress"))
             .ok()
             .and_then(|t| t.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
             .unwrap_or(0)

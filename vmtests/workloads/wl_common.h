@@ -109,12 +109,39 @@ static WL_UNUSED int wl_write_file(const char *name, const char *data, size_t le
 	return rename(tmp, dst);
 }
 
+/*
+ * Publishes a value that changes while the workload runs (STATEDIR/name) as
+ * the target of a symlink: symlink(2) then rename(2), so no file is ever open
+ * for it. A dump that froze the workload while wl_write_file had its tmp file
+ * open would otherwise hold that fd, and the original, running on after a
+ * --leave-running dump, renames the tmp away: the restore rightly refuses the
+ * missing file. The harness reads the value with readlink.
+ */
+static WL_UNUSED int wl_publish(const char *name, const char *text)
+{
+	char tmp[4200], dst[4200];
+	char self[32];
+	ssize_t self_len = readlink("/proc/self", self, sizeof(self) - 1);
+
+	if (self_len <= 0)
+		self_len = 0;
+	self[self_len] = 0;
+	snprintf(tmp, sizeof(tmp), "%s/%s.%s.lnk", wl_dir, name, self);
+	wl_path(dst, sizeof(dst), name);
+	if (symlink(text, tmp)) {
+		/* Left by a copy killed between the two calls. */
+		if (errno != EEXIST || unlink(tmp) || symlink(text, tmp))
+			return -1;
+	}
+	return rename(tmp, dst);
+}
+
 static WL_UNUSED void wl_write_counter(void)
 {
 	char buf[32];
 	int n = snprintf(buf, sizeof(buf), "%llu\n", (unsigned long long)wl_counter);
 
-	if (wl_write_file("counter", buf, (size_t)n))
+	if (n < 0 || wl_publish("counter", buf))
 		wl_fail("cannot write counter: %s", strerror(errno));
 }
 

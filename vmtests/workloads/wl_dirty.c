@@ -384,7 +384,7 @@ static void write_progress(void)
 	int n = snprintf(buf, sizeof(buf), "%lld %llu\n", (long long)mono_ns(),
 			 (unsigned long long)total_writes);
 
-	if (wl_write_file("progress", buf, (size_t)n))
+	if (n < 0 || wl_publish("progress", buf))
 		wl_fail("cannot write progress: %s", strerror(errno));
 }
 

@@ -329,7 +329,7 @@ static void write_churn_ticks(void)
 	char buf[32];
 	int n = snprintf(buf, sizeof(buf), "%llu\n", (unsigned long long)churn_ticks);
 
-	if (wl_write_file("churn_ticks", buf, (size_t)n))
+	if (n < 0 || wl_publish("churn_ticks", buf))
 		wl_fail("cannot write churn_ticks: %s", strerror(errno));
 }
 

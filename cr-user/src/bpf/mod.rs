@@ -23,6 +23,7 @@
 
 mod dirty;
 mod logging;
+mod mmlock;
 mod vma;
 
 use std::{collections::BTreeSet, io, path::PathBuf};
@@ -35,6 +36,7 @@ use aya::{
 use aya_log::EbpfLogger;
 use cr_common::{
     dirty::{DIRTY_EVENTS_MAP, DIRTY_STATS_MAP, STAT_DIRTY_DROPS},
+    mmlock::FASTCR_TGID_GLOBAL,
     task::{STAT_EVENTS_LOST, STAT_TRACKED_FULL, TASK_EVENTS_MAP, TASK_STATS_MAP, TRACKED_MAP, tp},
     vma::{STAT_VMA_EVENTS_LOST, STAT_VMA_PENDING_FULL, VMA_EVENTS_MAP, VMA_STATS_MAP},
 };
@@ -43,6 +45,7 @@ pub use cr_common::{
     vma::{VmaChange, VmaEvent, VmaEventKind},
 };
 pub use dirty::DirtyHint;
+pub use mmlock::MmActivity;
 
 use crate::sys::{SyscallError, probe};
 
@@ -179,6 +182,15 @@ pub enum BpfError {
         #[source]
         source: MapError,
     },
+    /// A process's `mm_struct` pointer could not be learned.
+    #[error("cannot learn the memory descriptor of process {pid}")]
+    LearnMm {
+        /// The process.
+        pid: i32,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
     /// The aya-log reader could not be set up.
     #[error("cannot set up the BPF log reader")]
     Logger {
@@ -198,6 +210,8 @@ pub struct TaskTracker {
     dirty_stats: PerCpuArray<MapData, u64>,
     vma_events: RingBuf<MapData>,
     vma_stats: PerCpuArray<MapData, u64>,
+    /// Who locks the tracked processes' memory (hooks attached by [`Self::watch_memory`]).
+    mm: mmlock::MmWatch,
     /// Whether [`Self::watch_memory`] has attached the fault and VMA hooks.
     watching_memory: bool,
     /// Kept for the tracker's whole life: dropping it closes the log ring buffer, after which
@@ -238,6 +252,7 @@ impl TaskTracker {
         let level = logging::bpf_log_level();
         let mut ebpf = EbpfLoader::new()
             .override_global(AYA_LOG_LEVEL, &level, false)
+            .override_global(FASTCR_TGID_GLOBAL, &std::process::id(), true)
             .load(BPF_OBJECT)
             .map_err(|source| BpfError::Load {
                 source: Box::new(source),
@@ -261,6 +276,7 @@ impl TaskTracker {
         let dirty_stats = take_map(&mut ebpf, DIRTY_STATS_MAP)?;
         let vma_events = take_map(&mut ebpf, VMA_EVENTS_MAP)?;
         let vma_stats = take_map(&mut ebpf, VMA_STATS_MAP)?;
+        let mm = mmlock::MmWatch::new(&mut ebpf)?;
 
         for hook in &HOOKS {
             attach_hook(&mut ebpf, hook)?;
@@ -274,6 +290,7 @@ impl TaskTracker {
             dirty_stats,
             vma_events,
             vma_stats,
+            mm,
             watching_memory: false,
             logger,
             ebpf,
@@ -390,6 +407,7 @@ impl TaskTracker {
         let hooks: Vec<&Hook> = dirty::HOOKS
             .iter()
             .chain(vma::HOOKS.iter().flat_map(|pair| pair.iter()))
+            .chain(mmlock::HOOKS.iter())
             .collect();
         for hook in &hooks {
             check_layout(&tracefs, hook)?;
@@ -432,6 +450,34 @@ impl TaskTracker {
     /// [`BpfError::Map`] if reading the counters fails.
     pub fn dirty_drops(&self) -> Result<u64, BpfError> {
         sum_stats(&self.dirty_stats, DIRTY_STATS_MAP, &[STAT_DIRTY_DROPS])
+    }
+
+    /// Starts counting who locks `pid`'s memory (see [`Self::mm_activity`]); needs
+    /// [`Self::watch_memory`]. Call it before the process is registered for write-protect:
+    /// that registration takes the lock for writing, so no hold that began before this call
+    /// outlasts it. Watching a process twice is a no-op.
+    ///
+    /// # Errors
+    /// [`BpfError::LearnMm`] if its mm pointer cannot be learned; a map failure.
+    pub fn watch_mm(&mut self, pid: i32) -> Result<(), BpfError> {
+        if !self.watching_memory {
+            return Err(BpfError::LearnMm {
+                pid,
+                source: io::Error::other("the memory hooks are not attached"),
+            });
+        }
+        self.mm.watch(pid)
+    }
+
+    /// Lock activity on `pid`'s memory by anybody but fastcr: two readings with the same
+    /// `events` and nobody holding the lock at the second mean nothing wrote its memory in
+    /// between except through faults of its own tasks, which the hints see. `None` if `pid` is
+    /// not watched.
+    ///
+    /// # Errors
+    /// [`BpfError::Map`] if reading the maps fails.
+    pub fn mm_activity(&self, pid: i32) -> Result<Option<MmActivity>, BpfError> {
+        self.mm.activity(pid)
     }
 
     /// VMA-change events lost (ring buffer full, or too many threads inside a memory-map

@@ -206,6 +206,12 @@ pub fn spawn_exiting_with_pid(pid: i32) -> Result<(), SyscallError> {
     wait_exit(child).map(drop)
 }
 
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
 /// Sends `sig` to process `pid`.
 pub fn kill(pid: i32, sig: i32) -> Result<(), SyscallError> {
     // SAFETY: plain integers.

@@ -165,7 +165,10 @@ pub fn pagemap_scan(
     req: &ScanRequest,
     out: &mut Vec<PageRegion>,
 ) -> Result<(), SyscallError> {
-    let mut vec = vec![PageRegion::default(); 4096];
+    // Never more regions than pages: a scan of a few pages (a closing round's hinted ranges)
+    // does not zero a 96 KiB buffer.
+    let pages = req.end.saturating_sub(req.start).div_ceil(super::PAGE_SIZE);
+    let mut vec = vec![PageRegion::default(); pages.clamp(1, 4096) as usize];
     let mut start = req.start;
     while start < req.end {
         let mut arg = PmScanArg {
