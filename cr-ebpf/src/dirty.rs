@@ -30,6 +30,7 @@ use cr_common::dirty::{
     STAT_DIRTY_FAULTS, X86_PF_WRITE, tp,
 };
 
+use crate::mmlock::note_kernel_fault;
 use crate::task::{current_tgid, is_tracked};
 
 /// Write faults; see `cr_common::dirty::DIRTY_EVENTS_MAP`.
@@ -44,23 +45,25 @@ static DIRTY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DIRTY_STATS
 fn page_fault_user(ctx: TracePointContext) -> u32 {
     // The return value of a tracepoint program is ignored by the kernel; 1 marks a failed read
     // for anyone inspecting the program with bpftool.
-    try_write_fault(&ctx).unwrap_or(1)
+    try_fault(&ctx, false).unwrap_or(1)
 }
 
 #[tracepoint]
 fn page_fault_kernel(ctx: TracePointContext) -> u32 {
     // As above. Same record layout (event class `x86_exceptions`).
-    try_write_fault(&ctx).unwrap_or(1)
+    try_fault(&ctx, true).unwrap_or(1)
 }
 
-/// Runs in the faulting task, before the fault is handled.
+/// Runs in the faulting task, before the fault is handled. A fault the kernel takes on a
+/// tracked process's memory (`copy_to_user`, ...) is also noted for `mmlock`: the kernel
+/// handles it under the mmap lock, and that lock is the fault's, not a GUP writer's.
 #[inline(always)]
-fn try_write_fault(ctx: &TracePointContext) -> Result<u32, i64> {
+fn try_fault(ctx: &TracePointContext, kernel: bool) -> Result<u32, i64> {
     // SAFETY: FAULT_ERROR_CODE is the offset of `unsigned long error_code` in the record
     // (checked against the kernel's format file by userspace before attach); read_at goes
     // through bpf_probe_read.
     let error_code: u64 = unsafe { ctx.read_at(tp::FAULT_ERROR_CODE) }.map_err(i64::from)?;
-    if error_code & X86_PF_WRITE == 0 {
+    if !kernel && error_code & X86_PF_WRITE == 0 {
         return Ok(0);
     }
     let tgid = current_tgid();
@@ -72,7 +75,12 @@ fn try_write_fault(ctx: &TracePointContext) -> Result<u32, i64> {
     if address >= KERNEL_HALF {
         return Ok(0);
     }
-    record(&DirtyKey::new(tgid, address));
+    if kernel {
+        note_kernel_fault();
+    }
+    if error_code & X86_PF_WRITE != 0 {
+        record(&DirtyKey::new(tgid, address));
+    }
     Ok(0)
 }
 

@@ -15,6 +15,16 @@
 //! fastcr's own tasks are left out (page-table walks and `process_vm_readv` read, never
 //! write); for them the program only notes which mm each thread locked last, so userspace can
 //! learn a process's mm pointer by walking one page of its page tables.
+//!
+//! Left out too: the lock a tracked task takes to handle a page fault the kernel took on its
+//! memory on its behalf (`copy_to_user` into a write-protected buffer: `read()`, `readlink()`,
+//! ...). x86 handles kernel-mode faults on user addresses under the mmap lock, not a per-VMA
+//! lock, and a process does that all the time; the fault itself is hinted. `dirty` notes such
+//! a fault in `MM_FAULTING` just before the kernel handles it; the next lock event of that task
+//! consumes the note, and is excused if it is a lock taken within [`FAULT_LOCK_NS`] of the
+//! fault (and then its unlock is excused too). A note that a lock does not consume at once
+//! (a fault with page faults disabled, which fails without the lock) goes stale: the next
+//! lock, a GUP writer's perhaps, is counted.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -23,6 +33,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
     programs::TracePointContext,
 };
+use crate::task::ktime_ns;
 use cr_common::mmlock::{
     HoldKey, MM_HOLDS_MAX_ENTRIES, MM_LEARN_MAX_ENTRIES, MM_WATCH_MAX_ENTRIES, MmGuard, tp,
 };
@@ -39,6 +50,27 @@ static MM_WATCH: PerCpuHashMap<u64, MmGuard> =
 /// Current holds on watched mms; see `cr_common::mmlock::MM_HOLDS_MAP`.
 #[map]
 static MM_HOLDS: HashMap<HoldKey, u32> = HashMap::with_max_entries(MM_HOLDS_MAX_ENTRIES, 0);
+
+/// Tracked tasks inside a kernel-mode fault on their memory: tid -> the fault's time, with
+/// [`EXCUSED`] set once its lock is taken.
+#[map]
+static MM_FAULTING: HashMap<u32, u64> = HashMap::with_max_entries(MM_HOLDS_MAX_ENTRIES, 0);
+
+/// Set in an `MM_FAULTING` value while the fault holds the lock.
+const EXCUSED: u64 = 1 << 63;
+/// A lock taken this soon after a kernel-mode fault of the same task is the fault's (x86 takes
+/// it a few instructions after the tracepoint; a later one is counted, which costs speed, not
+/// correctness).
+const FAULT_LOCK_NS: u64 = 50_000;
+
+/// Called by `dirty` for a kernel-mode fault of a tracked task on a user address.
+#[inline(always)]
+pub(crate) fn note_kernel_fault() {
+    // The lower 32 bits are the tid.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // Best effort: without a note the fault's lock is counted.
+    let _ = MM_FAULTING.insert(tid, ktime_ns() & !EXCUSED, 0);
+}
 
 /// fastcr's threads' last locked mm; see `cr_common::mmlock::MM_LEARN_MAP`.
 #[map]
@@ -87,6 +119,9 @@ fn try_lock_event(ctx: &TracePointContext, acquired: bool) -> Result<u32, i64> {
     let Some(guard) = MM_WATCH.get_ptr_mut(mm) else {
         return Ok(0);
     };
+    if fault_lock(tid, acquired) {
+        return Ok(0);
+    }
     // SAFETY: the pointer comes from a successful per-CPU lookup, so it is this CPU's value,
     // valid while this program runs, and only this CPU writes it (BPF programs are not
     // preempted on the same CPU mid-update).
@@ -115,4 +150,28 @@ fn try_lock_event(ctx: &TracePointContext, acquired: bool) -> Result<u32, i64> {
         (None, false) => {}
     }
     Ok(0)
+}
+
+/// Whether this lock event of `tid` belongs to the kernel-mode fault it just took (see the
+/// module doc); consumes the fault's note otherwise.
+#[inline(always)]
+fn fault_lock(tid: u32, acquired: bool) -> bool {
+    let Some(note) = MM_FAULTING.get_ptr_mut(tid) else {
+        return false;
+    };
+    // SAFETY: from a successful lookup, valid while this program runs; only this task updates
+    // its own note.
+    let value = unsafe { *note };
+    let excused = if acquired {
+        value & EXCUSED == 0 && ktime_ns().wrapping_sub(value) <= FAULT_LOCK_NS
+    } else {
+        value & EXCUSED != 0
+    };
+    if acquired && excused {
+        // SAFETY: as above.
+        unsafe { *note = value | EXCUSED };
+    } else {
+        let _ = MM_FAULTING.remove(tid);
+    }
+    excused
 }

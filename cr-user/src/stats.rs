@@ -31,6 +31,10 @@ pub struct DumpStats {
     /// How memory was copied: "off" (stop-the-world, as asked), "uffd-wp-async" (pre-copy), or
     /// "stop-the-world (reason)" when pre-copy was asked for but could not run.
     pub precopy_mode: String,
+    /// What the final `PAGEMAP_SCAN` of a pre-copy walked: "hinted: ..." (only the pages
+    /// hinted since the last round, the guard having shown nothing else could write) or
+    /// "all memory: reason"; empty without pre-copy.
+    pub final_scan: String,
     /// Pre-copy rounds (empty for a stop-the-world dump).
     pub rounds: Vec<RoundStat>,
     /// Processes whose memory was pre-copied (a child forked during the rounds counts from
@@ -121,6 +125,7 @@ impl DumpStats {
             ("pages_cow_shared", self.pages_cow_shared.to_string()),
             ("task_tracking", self.task_tracking.clone()),
             ("precopy_mode", self.precopy_mode.clone()),
+            ("final_scan_over", self.final_scan.clone()),
             ("residual_pages", self.residual_pages.to_string()),
             ("  stop", ms(self.frozen_steps.stop_us)),
             ("  registers", ms(self.frozen_steps.registers_us)),

@@ -71,6 +71,10 @@ enum Command {
         /// Do not use userfaultfd write-protect: --pre-copy then copies with the process stopped.
         #[arg(long)]
         no_wp_async: bool,
+        /// With --pre-copy: the final scan in the freeze walks all memory, even when nothing
+        /// but the process's own hinted faults can have written it since the last round.
+        #[arg(long)]
+        full_final_scan: bool,
         /// Print a stats table.
         #[arg(long)]
         stats: bool,
@@ -247,6 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pre_copy,
             no_bpf,
             no_wp_async,
+            full_final_scan,
             prev_images_dir,
             track_mem,
             stats,
@@ -260,6 +265,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pre_copy,
                 no_bpf,
                 no_wp_async,
+                full_final_scan,
                 prev_images_dir,
                 track_mem,
                 lazy_pages: false,

@@ -18,7 +18,7 @@ use crate::proc::stat::PF_KTHREAD;
 use crate::proc::{self, ProcError};
 use crate::stats::{DumpStats, micros};
 use crate::sys::PAGE_SIZE;
-use crate::track::final_scan::FinalScanner;
+use crate::track::final_scan::{self, FinalScanner};
 use crate::track::incremental::{self, load_parent};
 use crate::track::precopy::{self, PageSink, Rounds};
 use crate::track::shadow::Shadow;
@@ -50,6 +50,9 @@ pub struct DumpOptions {
     pub no_bpf: bool,
     /// Do not use userfaultfd async write-protect: pre-copy becomes a stop-the-world copy.
     pub no_wp_async: bool,
+    /// With pre-copy: the final `PAGEMAP_SCAN` walks all memory even when the guards allow it
+    /// to walk only the hinted pages.
+    pub full_final_scan: bool,
     /// Parent image (a `pre-dump`): pages unchanged since it are referenced, not copied.
     pub prev_images_dir: Option<PathBuf>,
     /// With `--leave-running`: keep write tracking in the process for a further incremental dump.
@@ -376,8 +379,11 @@ fn dump_with(
 
     // The final page-table walk's threads are ready before the freeze; they walk from the
     // moment it holds.
-    let mut scanner = match precopy.as_ref() {
-        Some(pc) => Some(FinalScanner::prepare(&pc.tracker)?),
+    let mut scanner = match precopy.as_mut() {
+        Some(pc) => Some(match pc.scanner.take() {
+            Some(ready) => ready,
+            None => FinalScanner::prepare(&pc.tracker)?,
+        }),
         None => None,
     };
     let t_freeze = Instant::now();
@@ -394,6 +400,13 @@ fn dump_with(
         (Some(t), Some(lost_before)) => vma_activity(t, lost_before)?,
         _ => true,
     };
+    // Before anything is injected into the frozen process: an injected syscall takes its mmap
+    // lock, which the guards would count.
+    if let (Some(s), Some(pc)) = (scanner.as_mut(), precopy.as_mut()) {
+        let coverage =
+            final_scan::narrowed(pc, tracker.as_mut(), layout_changed, opts.full_final_scan);
+        s.cover(coverage, &mut pc.shadow);
+    }
     // With pre-copy, the final page-table walk (the one step that grows with memory) runs
     // beside the metadata and registers, which mostly wait on /proc and ptrace. It starts once
     // the scratch area is mapped (see `cpu`).
@@ -495,6 +508,7 @@ fn dump_with(
             stats.pages_scanned = scanned;
             stats.residual_pages = fin.residual_pages;
             stats.frozen_steps.final_scan_us = fin.final_scan_us;
+            stats.final_scan = fin.final_scan_over;
             stats.frozen_steps.residual_copy_us = fin.residual_copy_us;
             if fin.bulk {
                 stats.precopy_mode = "uffd-wp-async (did not converge: final copy in bulk)".into();

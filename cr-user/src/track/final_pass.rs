@@ -104,9 +104,12 @@ fn select_at_freeze(
 pub struct FinalPass {
     /// Time of the last `PAGEMAP_SCAN`.
     pub final_scan_us: u64,
+    /// What it walked ([`FinalScan::over`]).
+    pub final_scan_over: String,
     /// Time spent copying inside the freeze.
     pub residual_copy_us: u64,
-    /// Pages copied inside the freeze (written since the last round, or not tracked).
+    /// Pages copied inside the freeze (written since the last round, or not tracked), by the
+    /// final scan's worker and by this pass together.
     pub residual_pages: u64,
     /// The residue was too large to pay off: everything was copied in one sweep.
     pub bulk: bool,
@@ -131,12 +134,19 @@ pub fn finish(
     let FinalScan {
         written,
         tracked,
+        fresh,
+        shadow,
         us: scan_us,
+        over,
     } = match scanned {
         Some(done) => done,
         None => FinalScan::run(&pc.tracker)?,
     };
+    if let Some(shadow) = shadow {
+        pc.shadow = shadow;
+    }
     fin.final_scan_us = scan_us;
+    fin.final_scan_over = over;
     let t = Instant::now();
     let written = normalize(written);
     let (pagemap, pages_scanned) =
@@ -145,7 +155,8 @@ pub fn finish(
     // A page comes from the shadow if its range stayed tracked, the shadow holds it, and it was
     // not written since; everything else the image needs is read now.
     let written_pages = pages_in(&written);
-    let mut stale = written;
+    // Pages the scan copied after the freeze are fresh; the others written are stale.
+    let mut stale = subtract(&written, &fresh);
     stale.extend_from_slice(&pc.deferred);
     let trusted = subtract(
         &intersect(&normalize(tracked), pc.shadow.covered()),
@@ -194,7 +205,11 @@ pub fn finish(
             source: std::io::Error::from_raw_os_error(libc::EFAULT),
         }));
     }
-    fin.residual_pages = if bulk { selected_pages } else { residue_pages };
+    fin.residual_pages = if bulk {
+        selected_pages
+    } else {
+        residue_pages + pages_in(&intersect(&fresh, &selected))
+    };
     fin.residual_copy_us = micros(t.elapsed());
     fin.bulk = bulk;
     if !bulk {

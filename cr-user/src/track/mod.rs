@@ -11,6 +11,7 @@
 pub mod final_pass;
 pub mod final_scan;
 pub mod incremental;
+mod narrow;
 pub mod precopy;
 pub mod ranges;
 pub mod shadow;

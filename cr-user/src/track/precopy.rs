@@ -14,11 +14,12 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 pub use super::final_pass::{FinalPass, finish};
+use super::final_scan::FinalScanner;
 use super::final_pass::{Preselection, preselect};
 use super::ranges::{intersect, normalize, subtract};
 use super::shadow::Shadow;
 use super::{TrackError, WriteTracker, pages_in};
-use crate::bpf::TaskTracker;
+use crate::bpf::{MmActivity, TaskTracker};
 use crate::image::mm::Vma;
 use crate::stats::micros;
 use crate::sys::PAGE_SIZE;
@@ -79,6 +80,13 @@ pub struct PreCopy {
     pub deferred: Vec<(u64, u64)>,
     /// The page selection of the tracked VMAs, taken in round 0; see [`preselect`].
     pub(super) preselected: Option<Preselection>,
+    /// The guard readings at the start of the last walk of all tracked memory; see
+    /// [`super::final_scan::narrowed`].
+    pub(super) walk_mark: Option<WalkMark>,
+    /// The final scan's workers, started before the closing rounds so that their creation is
+    /// not between the last round and the freeze (what the process writes there is the
+    /// residue).
+    pub scanner: Option<FinalScanner>,
     heat: Heat,
     last_harvest: Instant,
 }
@@ -125,18 +133,34 @@ pub fn run(
     layout: Option<&[Vma]>,
     mut sink: Option<&mut (dyn PageSink + 'static)>,
 ) -> Result<PreCopy, TrackError> {
+    // Before the registration for write-protect, which takes the mmap lock for writing: no
+    // hold begun before the watch outlasts it.
+    if let Some(bpf) = hints.as_deref_mut()
+        && let Err(e) = bpf.watch_mm(pid)
+    {
+        tracing::debug!(pid, error = %e, "mmap lock not watched: the final scan walks all memory");
+    }
     let mut pc = PreCopy::start(pid)?;
     let limit = rounds.limit();
     for round in 0..limit {
         let hinted = drain_hints(&mut hints);
         let last = round + 1 == limit;
-        let copied = pc.full_round(hinted.get(&pid).map_or(&[], Vec::as_slice), last, layout)?;
+        let mark = WalkMark::take(hints.as_deref(), pid);
+        let copied = pc.full_round(
+            hinted.get(&pid).map_or(&[], Vec::as_slice),
+            last,
+            layout,
+            mark,
+        )?;
         pc.stream(&copied, sink.as_deref_mut())?;
         if rounds == Rounds::Auto && auto_converged(&pc.rounds) {
             break;
         }
     }
     if let Some(bpf) = hints {
+        pc.scanner = FinalScanner::prepare(&pc.tracker)
+            .inspect_err(|e| tracing::debug!(error = %e, "final scan prepared later"))
+            .ok();
         closing_rounds(bpf, &mut [(pid, &mut pc)], sink)?;
     }
     Ok(pc)
@@ -144,7 +168,7 @@ pub fn run(
 
 /// The closing rounds after the full ones, over every session of `sessions` (pid, session):
 /// each drains the hints and runs [`PreCopy::closing_round`] per process, until a round finds
-/// at most [`CLOSING_DONE`] pages written or no fewer than the one before (or
+/// at most [`CLOSING_DONE`] pages written or over 1.5 times the fewest a round found (or
 /// [`CLOSING_ROUNDS`] ran). Copied pages go to `sink` too. Returns each round's figures summed
 /// over the sessions; every session also keeps its own.
 pub fn closing_rounds(
@@ -153,7 +177,7 @@ pub fn closing_rounds(
     mut sink: Option<&mut (dyn PageSink + 'static)>,
 ) -> Result<Vec<RoundStat>, TrackError> {
     let mut out = Vec::new();
-    let mut last = u64::MAX;
+    let mut smallest = u64::MAX;
     for _ in 0..CLOSING_ROUNDS {
         let t = Instant::now();
         let Ok(all) = bpf.drain_dirty() else {
@@ -173,7 +197,8 @@ pub fn closing_rounds(
             ..RoundStat::default()
         };
         for (pid, pc) in sessions.iter_mut() {
-            let copied = pc.closing_round(hinted.get(pid).map_or(&[][..], Vec::as_slice))?;
+            let mark = WalkMark::take(Some(bpf), *pid);
+            let copied = pc.closing_round(hinted.get(pid).map_or(&[][..], Vec::as_slice), mark)?;
             pc.stream(&copied, sink.as_deref_mut())?;
             if let Some(r) = pc.rounds.last() {
                 sum.pages += r.pages;
@@ -183,10 +208,13 @@ pub fn closing_rounds(
         sum.time_us = micros(t.elapsed());
         let pages = sum.pages;
         out.push(sum);
-        if pages <= CLOSING_DONE || pages >= last {
+        // Small: freeze now. Growing well past the smallest round: the writes outrun the
+        // rounds, and another one would only leave more behind. Otherwise one more round may
+        // catch a quiet moment (writers that work in bursts leave one between two).
+        if pages <= CLOSING_DONE || pages.saturating_mul(2) > smallest.saturating_mul(3) {
             break;
         }
-        last = pages;
+        smallest = smallest.min(pages);
     }
     Ok(out)
 }
@@ -231,6 +259,8 @@ impl PreCopy {
             dirty_rate: 0.0,
             deferred: Vec::new(),
             preselected: None,
+            walk_mark: None,
+            scanner: None,
             heat: Heat::default(),
             last_harvest: Instant::now(),
         })
@@ -238,17 +268,20 @@ impl PreCopy {
 
     /// One full round: harvest every tracked VMA (the first time: every populated page) and
     /// copy what was written, hot pages left for later unless this is the `last` round.
-    /// `hinted` must be drained before the harvest, so it is inside what the harvest reports.
+    /// `hinted` must be drained before the harvest, so it is inside what the harvest reports;
+    /// `mark`, the guard readings, taken after that drain (see [`WalkMark`]).
     pub fn full_round(
         &mut self,
         hinted: &[u64],
         last: bool,
         layout: Option<&[Vma]>,
+        mark: Option<WalkMark>,
     ) -> Result<Vec<(u64, u64)>, TrackError> {
         let pid = self.tracker.pid();
         let t = Instant::now();
         let first = self.rounds.is_empty();
         let hot = self.heat.round(hinted);
+        self.walk_mark = mark;
         let dirty = self.tracker.harvest()?;
         let since = self.last_harvest.elapsed();
         self.last_harvest = Instant::now();
@@ -286,8 +319,13 @@ impl PreCopy {
     /// A closing round: scans (and write-protects again) only the ranges the hints name, and
     /// copies what the scan confirms written. Exact for the same reason a full round is: a
     /// written page the hints missed stays marked written, so the final scan still reports it.
-    /// Returns the ranges copied.
-    pub fn closing_round(&mut self, hinted: &[u64]) -> Result<Vec<(u64, u64)>, TrackError> {
+    /// Returns the ranges copied. `mark` is the guard readings after the hints were drained
+    /// (see [`WalkMark`]): kept if the round walks all memory.
+    pub fn closing_round(
+        &mut self,
+        hinted: &[u64],
+        mark: Option<WalkMark>,
+    ) -> Result<Vec<(u64, u64)>, TrackError> {
         let t = Instant::now();
         let tracked = normalize(self.tracker.tracked().to_vec());
         // Hot pages the full rounds left are copied now, at the end, so that the freeze has
@@ -302,6 +340,7 @@ impl PreCopy {
         let tracked_gib = tracked.iter().map(|(s, e)| e - s).sum::<u64>() >> 30;
         let whole = ranges.len() as u64 > CLOSING_RANGES_MIN + CLOSING_RANGES_PER_GIB * tracked_gib;
         let written = if whole {
+            self.walk_mark = mark;
             normalize(self.tracker.scan()?)
         } else {
             normalize(self.tracker.scan_ranges(&ranges)?)
@@ -399,8 +438,31 @@ impl PreCopy {
     }
 }
 
+/// What the guards read at the start of a walk of all tracked memory. If they read the same at
+/// the freeze, every write since that walk was a fault of the process's own tasks, so hinted:
+/// the final scan can be limited to the pages hinted since the last round
+/// ([`super::final_scan::narrowed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkMark {
+    /// Lock activity on the process's memory by anybody but fastcr.
+    pub activity: MmActivity,
+    /// Hints lost to a full ring buffer, all processes together.
+    pub drops: u64,
+}
+
+impl WalkMark {
+    /// The readings now, if `bpf` watches `pid`'s mmap lock and nobody else holds it (a holder
+    /// might write during the walk and after it, unhinted).
+    pub fn take(bpf: Option<&TaskTracker>, pid: i32) -> Option<Self> {
+        let bpf = bpf?;
+        let activity = bpf.mm_activity(pid).ok().flatten()?;
+        let drops = bpf.dirty_drops().ok()?;
+        (!activity.held).then_some(Self { activity, drops })
+    }
+}
+
 /// Closing rounds at most.
-pub const CLOSING_ROUNDS: usize = 4;
+pub const CLOSING_ROUNDS: usize = 6;
 /// A closing round that copies at most this many pages is the last one.
 pub const CLOSING_DONE: u64 = 32;
 /// A closing round scans the hinted ranges one by one up to this many (plus
@@ -412,7 +474,7 @@ const CLOSING_RANGES_PER_GIB: u64 = 80;
 const HINT_GAP_PAGES: u64 = 32;
 
 /// Sorted hinted pages as ranges, pages at most [`HINT_GAP_PAGES`] apart joined.
-fn hint_ranges(pages: &[u64]) -> Vec<(u64, u64)> {
+pub(super) fn hint_ranges(pages: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &p in pages {
         match out.last_mut() {

@@ -79,7 +79,7 @@ pub fn run(
             };
             let before = pc.rounds.len();
             let mine = hinted.get(&pid).map_or(&[][..], Vec::as_slice);
-            if let Err(e) = pc.full_round(mine, last, layout.as_deref()) {
+            if let Err(e) = pc.full_round(mine, last, layout.as_deref(), None) {
                 // It exited, or its tracking broke (execve): copied whole in the freeze, or
                 // tracked afresh next round.
                 tracing::debug!(pid, error = %e, "tracking dropped");

@@ -77,6 +77,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         pre_copy: if opts.lazy { None } else { opts.pre_copy },
         no_bpf: opts.no_bpf,
         no_wp_async: false,
+        full_final_scan: false,
         prev_images_dir: None,
         track_mem: false,
         lazy_pages: opts.lazy,
