@@ -26,6 +26,7 @@
 //! (a fault with page faults disabled, which fails without the lock) goes stale: the next
 //! lock, a GUP writer's perhaps, is counted.
 
+use crate::task::ktime_ns;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
@@ -33,7 +34,6 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
     programs::TracePointContext,
 };
-use crate::task::ktime_ns;
 use cr_common::mmlock::{
     HoldKey, MM_HOLDS_MAX_ENTRIES, MM_LEARN_MAX_ENTRIES, MM_WATCH_MAX_ENTRIES, MmGuard, tp,
 };

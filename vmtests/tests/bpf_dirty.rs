@@ -8,10 +8,12 @@
 //! - (a) every hinted page is in the scanned set (hints ⊆ scan);
 //! - (b) every page the command wrote is in the scanned set (the scan misses nothing);
 //! - (c) for the channels that trap in the writer's context (user stores, stores from two
-//!   threads, `read()` into the pages = `copy_to_user`), the hints are exactly those pages.
+//!   threads, `read()` into the pages = `copy_to_user`), the hints are exactly those pages;
+//! - (d) a written page the hints missed is seen by a guard of the hinted final scan: someone
+//!   other than fastcr took the workload's mmap lock, or a VMA event came.
 //!
-//! The channels BPF is not expected to see (`process_vm_writev` and `/proc/PID/mem` done by this
-//! test, O_DIRECT reads, `FUTEX_WAKE_OP`, `MADV_DONTNEED`) are checked with (a) and (b) only; the
+//! The channels BPF is not expected to see (`process_vm_writev` and `/proc/PID/mem` done by a
+//! child of this test, O_DIRECT reads, `FUTEX_WAKE_OP`, `MADV_DONTNEED`) are checked with (a) and (b) only; the
 //! test prints, per channel, whether BPF saw it or only the scan did. The `madvise` calls must
 //! also come through as VMA events. At the end the workload verifies every page's content (the
 //! external writes included) and the hint map must not have dropped anything.
@@ -34,7 +36,7 @@ use std::{
 };
 
 use cr_user::{
-    bpf::{TaskTracker, VmaChange, VmaEvent},
+    bpf::{MmActivity, TaskTracker, VmaChange, VmaEvent},
     track::WriteTracker,
 };
 use vmtests::{ProcStat, Workload, require_root};
@@ -106,6 +108,9 @@ struct Round {
     hinted_elsewhere: usize,
     /// VMA events of the workload.
     vma: Vec<VmaEvent>,
+    /// Someone other than this test's fastcr library took or held the workload's mmap lock
+    /// during the command (the guard of a hinted final scan).
+    locked: bool,
 }
 
 struct Harness {
@@ -114,11 +119,18 @@ struct Harness {
     scan: WriteTracker,
     bpf: TaskTracker,
     seq: u64,
+    /// The lock activity read before an external write that the next round checks.
+    mark: Option<MmActivity>,
 }
 
 impl Harness {
     fn pid(&self) -> i32 {
         self.wl.pid()
+    }
+
+    /// Reads the lock activity now: the next round's guard covers what happens from here.
+    fn mark(&mut self) {
+        self.mark = self.bpf.mm_activity(self.wl.pid()).expect("mm_activity");
     }
 
     fn tgid(&self) -> u32 {
@@ -128,7 +140,16 @@ impl Harness {
     /// Sends one command, waits for its `done`, then drains the hints and harvests the scan.
     fn round(&mut self, verb: &str, pages: &[u64]) -> Round {
         self.seq += 1;
+        let activity = || {
+            self.bpf
+                .mm_activity(self.wl.pid())
+                .expect("mm_activity")
+                .expect("the workload's mm is watched")
+        };
+        let before = self.mark.take().unwrap_or_else(activity);
         let reply = command(&self.wl, self.seq, verb, pages);
+        let after = activity();
+        let locked = after.events != before.events || after.held;
 
         // Hints first, scan second: see the module doc.
         let hints = self.bpf.drain_dirty().expect("drain_dirty");
@@ -156,6 +177,7 @@ impl Harness {
             hinted,
             hinted_elsewhere,
             vma,
+            locked,
         }
     }
 }
@@ -227,12 +249,25 @@ fn check(channel: &'static str, r: &Round, written: &BTreeSet<u64>) -> Seen {
         "{channel}: the scan reports region pages nobody wrote: {}",
         show(stray)
     );
+    // (d) A write the hints missed must trip a guard of the hinted final scan: the mmap lock
+    // taken by someone else, or a VMA event.
+    let unhinted: Vec<_> = written.difference(&r.hinted).collect();
+    assert!(
+        unhinted.is_empty() || r.locked || !r.vma.is_empty(),
+        "{channel}: {} written without a hint, and neither the mmap-lock guard nor a VMA event \
+         saw it",
+        show(unhinted)
+    );
     Seen {
         channel,
         written: written.len(),
         scanned: r.scanned.intersection(written).count(),
         hinted: r.hinted.intersection(written).count(),
-        note: format!("(+{} hints outside the region)", r.hinted_elsewhere),
+        note: format!(
+            "{}(+{} hints outside the region)",
+            if r.locked { "mmap lock taken; " } else { "" },
+            r.hinted_elsewhere
+        ),
     }
 }
 
@@ -271,6 +306,34 @@ fn show<'a>(pages: impl IntoIterator<Item = &'a u64>) -> String {
     format!("{} page(s) [{}{more}]", all.len(), head.join(", "))
 }
 
+/// Runs `write` in a forked child of this test and requires it to return true. The child only
+/// makes the one write (a syscall) and exits.
+fn in_child(what: &str, write: impl FnOnce() -> bool) {
+    // SAFETY: the child runs `write` (a single syscall on memory that is already mapped, no
+    // allocation or lock) and leaves with _exit, so the state of the test's other threads does
+    // not matter to it.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        let ok = write();
+        // SAFETY: ends the child at once, without running the parent's destructors.
+        unsafe { libc::_exit(i32::from(!ok)) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked; `status` is a valid out pointer.
+    let waited = unsafe { libc::waitpid(child, &raw mut status, 0) };
+    assert_eq!(
+        waited,
+        child,
+        "waitpid: {}",
+        std::io::Error::last_os_error()
+    );
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{what} from a child failed (status {status:#x})"
+    );
+}
+
 fn set(pages: impl IntoIterator<Item = u64>) -> BTreeSet<u64> {
     pages.into_iter().collect()
 }
@@ -297,6 +360,7 @@ fn bpf_hints_are_a_subset_of_pagemap_scan_which_catches_every_channel() {
     );
     let mut bpf = TaskTracker::attach(wl.pid().cast_unsigned()).expect("TaskTracker::attach");
     bpf.watch_memory().expect("watch_memory");
+    bpf.watch_mm(wl.pid()).expect("watch_mm");
     // Baseline. With WP_UNPOPULATED the first scan reports every page not yet write-protected,
     // populated or not (the whole untouched region included), and protects them all.
     scan.harvest().expect("baseline harvest");
@@ -308,6 +372,7 @@ fn bpf_hints_are_a_subset_of_pagemap_scan_which_catches_every_channel() {
         scan,
         bpf,
         seq: 1,
+        mark: None,
     };
     let mut summary = Vec::new();
 
@@ -330,40 +395,42 @@ fn bpf_hints_are_a_subset_of_pagemap_scan_which_catches_every_channel() {
     let r = h.round("read-into", &reads.iter().copied().collect::<Vec<_>>());
     summary.push(check_exact("read-into", &r, &reads));
 
-    // process_vm_writev by this test: GUP in our context, no fault in the workload.
+    // process_vm_writev by a child of this test (not by this process, which loaded the BPF
+    // programs and so counts as fastcr): GUP in its context, no fault in the workload.
     let page = 400;
     let value: u64 = 0x1111_2222_3333_4444;
-    let local = libc::iovec {
-        iov_base: std::ptr::from_ref(&value).cast_mut().cast(),
-        iov_len: 8,
-    };
-    let remote = libc::iovec {
-        iov_base: h.region.addr(page) as *mut libc::c_void,
-        iov_len: 8,
-    };
-    // SAFETY: both iovecs describe 8 valid bytes (ours: `value`, read only; theirs: the start of
-    // a mapped page of the workload's region); the pid is our child.
-    let n =
-        unsafe { libc::process_vm_writev(h.pid(), &raw const local, 1, &raw const remote, 1, 0) };
-    assert_eq!(
-        n,
-        8,
-        "process_vm_writev: {}",
-        std::io::Error::last_os_error()
-    );
+    let addr = h.region.addr(page);
+    let pid = h.pid();
+    h.mark();
+    in_child("process_vm_writev", || {
+        let local = libc::iovec {
+            iov_base: std::ptr::from_ref(&value).cast_mut().cast(),
+            iov_len: 8,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 8,
+        };
+        // SAFETY: both iovecs describe 8 valid bytes (ours: `value`, read only; theirs: the
+        // start of a mapped page of the workload's region); the pid is the test's child.
+        unsafe { libc::process_vm_writev(pid, &raw const local, 1, &raw const remote, 1, 0) == 8 }
+    });
     // The write happened after the previous harvest: this round's scan must show it.
     let r = h.round(&format!("note {value:x}"), &[page]);
     summary.push(check("process_vm_writev", &r, &set([page])));
 
-    // /proc/PID/mem by this test.
+    // /proc/PID/mem, by a child too.
     let page = 401;
     let value: u64 = 0x9999_aaaa_bbbb_cccc;
     let mem = fs::OpenOptions::new()
         .write(true)
         .open(format!("/proc/{}/mem", h.pid()))
         .expect("open /proc/PID/mem");
-    mem.write_all_at(&value.to_ne_bytes(), h.region.addr(page))
-        .expect("write /proc/PID/mem");
+    let addr = h.region.addr(page);
+    h.mark();
+    in_child("/proc/PID/mem", || {
+        mem.write_all_at(&value.to_ne_bytes(), addr).is_ok()
+    });
     drop(mem);
     let r = h.round(&format!("note {value:x}"), &[page]);
     summary.push(check("/proc/PID/mem", &r, &set([page])));

@@ -44,8 +44,15 @@ enum Mode {
 impl Mode {
     fn dump_flags(self) -> &'static [&'static str] {
         match self {
-            Mode::PreCopy3 => &["--pre-copy", "3"],
-            Mode::PreCopyAutoLeaveRunning => &["--pre-copy", "auto", "--leave-running"],
+            // --verify-final-scan: a final scan limited to the hinted pages must find every
+            // page a walk of all memory finds at the same moment, or the dump fails.
+            Mode::PreCopy3 => &["--pre-copy", "3", "--verify-final-scan"],
+            Mode::PreCopyAutoLeaveRunning => &[
+                "--pre-copy",
+                "auto",
+                "--leave-running",
+                "--verify-final-scan",
+            ],
             Mode::Stw => &[],
             Mode::StwLeaveRunning => &["--leave-running"],
         }
@@ -77,7 +84,13 @@ fn dump_and_restore(permille: u32, churn: bool, mode: Mode) {
     let mut flags = vec!["--json"];
     flags.extend_from_slice(mode.dump_flags());
     let out = dump(&wl, &images, &flags);
-    check_stats(&stdout_stats(&out.stdout), mode);
+    let stats = stdout_stats(&out.stdout);
+    check_stats(&stats, mode);
+    if mode.pre_copy() && churn {
+        // Its munmap/mmap/mremap are VMA events: the final scan cannot be limited to hints.
+        let over = final_scan_over(&stats);
+        assert!(over.contains("layout changed"), "final_scan {over:?}");
+    }
 
     if mode.leaves_running() {
         wl.assert_running_untraced();
@@ -153,6 +166,12 @@ fn check_stats(stats: &Json, mode: Mode) {
     );
     num("precopy_time_us");
     num("dirty_rate_pages_per_s");
+    let over = final_scan_over(stats);
+    assert!(
+        over.starts_with("hinted: ") || over.starts_with("all memory"),
+        "final_scan {over:?}"
+    );
+    eprintln!("final scan over {over}");
     let steps = stats
         .find("frozen_steps")
         .unwrap_or_else(|| panic!("no `frozen_steps`: {stats:?}"));
@@ -208,6 +227,106 @@ fn precopy3_churn() {
 #[test]
 fn precopy_auto_leave_running_churn() {
     dump_and_restore(10, true, Mode::PreCopyAutoLeaveRunning);
+}
+
+/// What the final scan walked (`final_scan` of the stats).
+fn final_scan_over(stats: &Json) -> String {
+    match stats.find("final_scan") {
+        Some(Json::Str(s)) => s.clone(),
+        other => panic!("`final_scan` is not a string: {other:?}"),
+    }
+}
+
+/// The final scan is limited to the hinted pages when nothing else touched the process's
+/// memory, and walks all of it when another process did: here this test keeps rewriting a
+/// word of `wl_dirty`'s cold region with `process_vm_writev` (the same bytes, so the workload's
+/// own check still holds) while the second dump runs. Both images restore and verify.
+#[test]
+fn precopy_final_scan_hinted_unless_another_process_writes() {
+    require_root();
+    let mut wl = Workload::spawn("wl_dirty", &[SIZE_MIB, "10"]);
+    wl.wait_counter_advances();
+    let flags = [
+        "--json",
+        "--pre-copy",
+        "auto",
+        "--leave-running",
+        "--verify-final-scan",
+    ];
+    let quiet = Scratch::new("precopy-quiet-img");
+    let stats = stdout_stats(&dump(&wl, &quiet, &flags).stdout);
+    check_stats(&stats, Mode::PreCopyAutoLeaveRunning);
+    let over = final_scan_over(&stats);
+    assert!(over.starts_with("hinted: "), "final_scan {over:?}");
+
+    let layout = std::fs::read_to_string(wl.statedir().join("layout")).expect("read layout");
+    let mut it = layout.split_whitespace();
+    let hot = it.next().and_then(|a| u64::from_str_radix(a, 16).ok());
+    let pages = it.next().and_then(|n| n.parse::<u64>().ok());
+    let (Some(hot), Some(pages)) = (hot, pages) else {
+        panic!("bad layout {layout:?}");
+    };
+    let cold = hot + pages * 4096;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let pid = wl.pid();
+    let busy = Scratch::new("precopy-busy-img");
+    let (out, writes) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rewrite_word(pid, cold);
+                writes += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            writes
+        });
+        let out = dump(&wl, &busy, &flags);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, writer.join().expect("writer thread"))
+    });
+    let stats = stdout_stats(&out.stdout);
+    check_stats(&stats, Mode::PreCopyAutoLeaveRunning);
+    let over = final_scan_over(&stats);
+    assert!(
+        over.starts_with("all memory") && over.contains("mmap lock"),
+        "final_scan {over:?} after {writes} writes by another process"
+    );
+
+    wl.kill_and_reap();
+    restore(&mut wl, &busy, &[]);
+    assert_no_stray_children("restore -d");
+    wl.wait_counter_advances();
+    wl.terminate_and_verify();
+}
+
+/// Reads the 8 bytes at `addr` of `pid` and writes them back with `process_vm_writev`.
+fn rewrite_word(pid: i32, addr: u64) {
+    let mut word = 0u64;
+    let local = libc::iovec {
+        iov_base: (&raw mut word).cast(),
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: 8,
+    };
+    // SAFETY: `local` is 8 writable bytes of ours, `remote` 8 bytes of the workload (our child,
+    // mapped for its whole life).
+    let n = unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) };
+    assert_eq!(
+        n,
+        8,
+        "process_vm_readv: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: as above; the same bytes go back.
+    let n = unsafe { libc::process_vm_writev(pid, &raw const local, 1, &raw const remote, 1, 0) };
+    assert_eq!(
+        n,
+        8,
+        "process_vm_writev: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A fork and a new thread while the rounds run: `wl_dirty spawn` forks a child (which keeps

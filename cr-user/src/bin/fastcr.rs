@@ -75,6 +75,11 @@ enum Command {
         /// but the process's own hinted faults can have written it since the last round.
         #[arg(long)]
         full_final_scan: bool,
+        /// With --pre-copy: when the final scan walked only the hinted pages, walk all memory
+        /// too and fail the dump if it finds a written page the hints missed (a check of the
+        /// guards; lengthens the frozen window).
+        #[arg(long)]
+        verify_final_scan: bool,
         /// Print a stats table.
         #[arg(long)]
         stats: bool,
@@ -252,6 +257,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_bpf,
             no_wp_async,
             full_final_scan,
+            verify_final_scan,
             prev_images_dir,
             track_mem,
             stats,
@@ -266,6 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 no_bpf,
                 no_wp_async,
                 full_final_scan,
+                verify_final_scan,
                 prev_images_dir,
                 track_mem,
                 lazy_pages: false,

@@ -53,6 +53,9 @@ pub struct DumpOptions {
     /// With pre-copy: the final `PAGEMAP_SCAN` walks all memory even when the guards allow it
     /// to walk only the hinted pages.
     pub full_final_scan: bool,
+    /// With pre-copy: after a hinted final scan, walk all memory too and fail the dump if it
+    /// finds a written page the hints did not cover.
+    pub verify_final_scan: bool,
     /// Parent image (a `pre-dump`): pages unchanged since it are referenced, not copied.
     pub prev_images_dir: Option<PathBuf>,
     /// With `--leave-running`: keep write tracking in the process for a further incremental dump.
@@ -405,6 +408,9 @@ fn dump_with(
     if let (Some(s), Some(pc)) = (scanner.as_mut(), precopy.as_mut()) {
         let coverage =
             final_scan::narrowed(pc, tracker.as_mut(), layout_changed, opts.full_final_scan);
+        if opts.verify_final_scan {
+            final_scan::verify(&pc.tracker, &coverage)?;
+        }
         s.cover(coverage, &mut pc.shadow);
     }
     // With pre-copy, the final page-table walk (the one step that grows with memory) runs

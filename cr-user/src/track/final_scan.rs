@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-pub use super::narrow::{Coverage, narrowed};
+pub use super::narrow::{Coverage, narrowed, verify};
 use super::shadow::Shadow;
 use super::{Ranges, TrackError, WriteTracker, classify, pages_in, scan_chunked};
 use crate::stats::micros;
@@ -165,8 +165,7 @@ impl FinalScanner {
     /// scans and copies them, and the other is let go when the scanner finishes.
     pub fn start(&mut self) {
         self.started = Some(Instant::now());
-        if let (Some(Coverage::Hinted(ranges)), Some(shadow)) = (&self.coverage, &mut self.shadow)
-        {
+        if let (Some(Coverage::Hinted(ranges)), Some(shadow)) = (&self.coverage, &mut self.shadow) {
             let job = Job::Hinted(ranges.clone(), std::mem::take(shadow));
             match self.workers.first() {
                 Some(w) => {
@@ -283,7 +282,11 @@ impl FinalScanner {
 fn hinted(pagemap: &File, pid: i32, ranges: &[(u64, u64)], mut shadow: Shadow) -> Done {
     let t = Instant::now();
     let scanned = scan_share(pagemap, pid, ranges);
-    tracing::debug!(us = micros(t.elapsed()), ranges = ranges.len(), "hinted scan: scanned");
+    tracing::debug!(
+        us = micros(t.elapsed()),
+        ranges = ranges.len(),
+        "hinted scan: scanned"
+    );
     let written: Option<Vec<(u64, u64)>> = scanned
         .iter()
         .map(|(_, r)| r.as_ref().ok())
@@ -319,7 +322,7 @@ fn hinted(pagemap: &File, pid: i32, ranges: &[(u64, u64)], mut shadow: Shadow) -
 }
 
 /// Read-only scan of every range of `share`, each checked to be still tracked.
-fn scan_share(pagemap: &File, pid: i32, share: &[(u64, u64)]) -> Scanned {
+pub(super) fn scan_share(pagemap: &File, pid: i32, share: &[(u64, u64)]) -> Scanned {
     share
         .iter()
         .map(|&(start, end)| {

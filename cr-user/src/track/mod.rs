@@ -67,6 +67,20 @@ pub enum TrackError {
         /// The fd recorded in the parent image.
         fd: i32,
     },
+    /// `--verify-final-scan`: the walk of all memory found written pages that the hinted
+    /// final scan did not cover, so the guards let a writer through.
+    #[error(
+        "the hinted final scan of process {pid} missed {pages} written pages (the first at \
+         {first:#x}); dump with --full-final-scan"
+    )]
+    HintedScanMissed {
+        /// The process.
+        pid: i32,
+        /// Written pages outside the hinted ranges.
+        pages: u64,
+        /// The first of them.
+        first: u64,
+    },
     /// The kernel lacks asynchronous write-protect.
     #[error(
         "this kernel's userfaultfd has no WP_ASYNC (features {features:#x}); pre-copy needs it"

@@ -1,9 +1,10 @@
 //! Whether the final scan of a pre-copy may walk only the pages hinted since the last round
 //! (DESIGN §5): the guards that rule out every writer the hints cannot see.
 
+use super::final_scan::scan_share;
 use super::precopy::{PreCopy, WalkMark, hint_ranges};
-use super::ranges::{intersect, normalize};
-use super::Ranges;
+use super::ranges::{intersect, normalize, subtract};
+use super::{Ranges, TrackError, WriteTracker, classify, pages_in};
 use crate::bpf::TaskTracker;
 
 /// What the final scan walks.
@@ -49,12 +50,12 @@ pub fn narrowed(
     if full {
         return Coverage::All("--full-final-scan");
     }
-    let Some(mark) = pc.walk_mark else {
-        return Coverage::All("mmap lock not watched since the last walk");
-    };
     if layout_changed {
         return Coverage::All("the memory layout changed");
     }
+    let Some(mark) = pc.walk_mark else {
+        return Coverage::All("the mmap lock was held or not watched at the last walk");
+    };
     match WalkMark::take(Some(bpf), pid) {
         None => Coverage::All("another task holds the mmap lock"),
         Some(now) if now.drops != mark.drops => Coverage::All("hints lost (ring buffer full)"),
@@ -75,3 +76,28 @@ pub fn narrowed(
     }
 }
 
+/// The check behind `--verify-final-scan`: with `coverage` hinted, walks all of `tracker`'s
+/// memory right now (read only; call it where [`narrowed`] is called, before anything is
+/// injected into the frozen process, whose injected code writes to it) and fails with
+/// [`TrackError::HintedScanMissed`] if a written page lies outside the hinted ranges.
+pub fn verify(tracker: &WriteTracker, coverage: &Coverage) -> Result<(), TrackError> {
+    let Coverage::Hinted(hinted) = coverage else {
+        return Ok(());
+    };
+    let pid = tracker.pid();
+    let (written, _) = classify(pid, scan_share(&tracker.pagemap()?, pid, tracker.tracked()))?;
+    let missed = subtract(&written, hinted);
+    tracing::debug!(
+        written = pages_in(&written),
+        missed = pages_in(&missed),
+        "hinted final scan verified against a walk of all memory"
+    );
+    match missed.first() {
+        None => Ok(()),
+        Some(&(first, _)) => Err(TrackError::HintedScanMissed {
+            pid,
+            pages: pages_in(&missed),
+            first,
+        }),
+    }
+}

@@ -14,8 +14,8 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 pub use super::final_pass::{FinalPass, finish};
-use super::final_scan::FinalScanner;
 use super::final_pass::{Preselection, preselect};
+use super::final_scan::FinalScanner;
 use super::ranges::{intersect, normalize, subtract};
 use super::shadow::Shadow;
 use super::{TrackError, WriteTracker, pages_in};

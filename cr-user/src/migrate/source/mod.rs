@@ -78,6 +78,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
         no_bpf: opts.no_bpf,
         no_wp_async: false,
         full_final_scan: false,
+        verify_final_scan: false,
         prev_images_dir: None,
         track_mem: false,
         lazy_pages: opts.lazy,
