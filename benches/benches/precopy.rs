@@ -2,10 +2,13 @@
 //! stop-the-world `dump --leave-running`, on the same running workload, plus the workload's
 //! slowdown while it is tracked.
 //!
-//! - `stw_frozen/<size>` and `precopy_frozen/<size>`, parameter the dirty rate: `frozen_time_us`
-//!   of one dump of `wl_dirty SIZE_MIB PERMILLE`, which dirties 0.1 %, 1 % or 10 % of its pages
-//!   every 100 ms. For each (size, rate) one workload is started, the
-//!   baseline is measured, then the pre-copy; the workload then verifies its memory and must pass.
+//! - `stw_frozen/<size>`, `precopy_frozen/<size>` and `precopy_full_scan_frozen/<size>`,
+//!   parameter the dirty rate: `frozen_time_us` of one dump of `wl_dirty SIZE_MIB PERMILLE`,
+//!   which dirties 0.1 %, 1 % or 10 % of its pages every 100 ms. For each (size, rate) one
+//!   workload is started, the baseline is measured, then the pre-copy (its final scan limited
+//!   to the hinted pages whenever the guards allow), then the pre-copy with
+//!   `--full-final-scan` (the final scan walks all memory); the workload then verifies its
+//!   memory and must pass.
 //! - `write_cost_1000_pages/untracked` and `write_cost_1000_pages/tracked`, parameter the size:
 //!   the time `wl_dirty SIZE_MIB 0 max` takes to dirty 1000 pages (so ms in the table are µs per
 //!   page) while nothing watches it, and during the rounds of `dump --pre-copy 5
@@ -20,8 +23,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use benches::{
-    DirtyFrozen, PRECOPY_CASES, WRITE_COST_SIZES_MIB, WriteCost, prerequisites, rate_label,
-    supports_pre_copy,
+    DirtyFrozen, DumpMode, PRECOPY_CASES, WRITE_COST_SIZES_MIB, WriteCost, dump_has_option,
+    prerequisites, rate_label, supports_pre_copy,
 };
 use criterion::measurement::WallTime;
 use criterion::{
@@ -58,6 +61,7 @@ fn bench(
 }
 
 fn frozen(c: &mut Criterion, bin: &Path, pre_copy: bool) {
+    let full_scan = pre_copy && dump_has_option(bin, "--full-final-scan");
     for &(size, rates) in PRECOPY_CASES {
         for &permille in rates {
             let rate = rate_label(permille);
@@ -69,7 +73,7 @@ fn frozen(c: &mut Criterion, bin: &Path, pre_copy: bool) {
                 "stw_frozen",
                 id(),
                 &format!("stw {size} MiB {rate}"),
-                || scenario.measure_once(false),
+                || scenario.measure_once(DumpMode::StopTheWorld),
             );
             if pre_copy {
                 bench(
@@ -77,7 +81,16 @@ fn frozen(c: &mut Criterion, bin: &Path, pre_copy: bool) {
                     "precopy_frozen",
                     id(),
                     &format!("pre-copy {size} MiB {rate}"),
-                    || scenario.measure_once(true),
+                    || scenario.measure_once(DumpMode::PreCopy),
+                );
+            }
+            if full_scan {
+                bench(
+                    c,
+                    "precopy_full_scan_frozen",
+                    id(),
+                    &format!("pre-copy --full-final-scan {size} MiB {rate}"),
+                    || scenario.measure_once(DumpMode::PreCopyFullScan),
                 );
             }
             match scenario.achieved_rate() {

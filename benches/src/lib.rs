@@ -287,8 +287,14 @@ pub fn rate_label(permille: u64) -> String {
 /// Whether this fastcr has `dump --pre-copy` (the pre-copy benches measure only the
 /// stop-the-world baseline until it does).
 pub fn supports_pre_copy(bin: &Path) -> bool {
+    dump_has_option(bin, "--pre-copy")
+}
+
+/// Whether this fastcr's `dump` has `option` (a bench of an older binary leaves out what it
+/// lacks).
+pub fn dump_has_option(bin: &Path, option: &str) -> bool {
     let out = vmtests::run(Command::new(bin).args(["dump", "--help"]));
-    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--pre-copy")
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains(option)
 }
 
 /// `wl_dirty`'s STATEDIR/progress: its CLOCK_MONOTONIC time in ns and its total page writes.
@@ -325,6 +331,18 @@ pub struct DirtyFrozen {
     started: (u64, u64),
 }
 
+/// How [`DirtyFrozen::measure_once`] dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpMode {
+    /// `dump --leave-running`: every page copied in the freeze.
+    StopTheWorld,
+    /// `dump --pre-copy auto --leave-running`.
+    PreCopy,
+    /// The same with `--full-final-scan`: the final scan walks all memory, as before the
+    /// hinted final scan (the comparison that shows what the hints save).
+    PreCopyFullScan,
+}
+
 impl DirtyFrozen {
     /// Starts `wl_dirty SIZE_MIB PERMILLE` and waits until it runs its loop.
     pub fn start(bin: &Path, size_mib: u64, permille: u64) -> Result<Self> {
@@ -343,7 +361,7 @@ impl DirtyFrozen {
 
     /// One `dump --leave-running --json` (plus `--pre-copy auto` when `pre_copy`) into a fresh
     /// directory (removed afterwards); returns the time the process was frozen.
-    pub fn measure_once(&self, pre_copy: bool) -> Result<Duration> {
+    pub fn measure_once(&self, copy: DumpMode) -> Result<Duration> {
         let images = Scratch::new("bench-precopy-img");
         let pid = self.workload.pid_arg();
         let mut args = vec![
@@ -355,8 +373,12 @@ impl DirtyFrozen {
             "--leave-running",
             "--json",
         ];
-        if pre_copy {
-            args.extend_from_slice(&["--pre-copy", "auto"]);
+        match copy {
+            DumpMode::StopTheWorld => {}
+            DumpMode::PreCopy => args.extend_from_slice(&["--pre-copy", "auto"]),
+            DumpMode::PreCopyFullScan => {
+                args.extend_from_slice(&["--pre-copy", "auto", "--full-final-scan"]);
+            }
         }
         let out = fastcr(&self.bin, &args)?;
         micros(&parse_stats(&out.stdout)?, "frozen_time_us")

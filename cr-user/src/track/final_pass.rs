@@ -155,15 +155,17 @@ pub fn finish(
     // A page comes from the shadow if its range stayed tracked, the shadow holds it, and it was
     // not written since; everything else the image needs is read now.
     let written_pages = pages_in(&written);
-    // Pages the scan copied after the freeze are fresh; the others written are stale.
-    let mut stale = subtract(&written, &fresh);
+    let mut stale = written;
     stale.extend_from_slice(&pc.deferred);
     let trusted = subtract(
         &intersect(&normalize(tracked), pc.shadow.covered()),
         &normalize(stale),
     );
     let selected = entry_ranges(&pagemap);
-    let residue = subtract(&selected, &trusted);
+    // Pages the final scan copied after the freeze are in the shadow already, but not trusted:
+    // a sink never saw those copies.
+    let fresh = intersect(&normalize(fresh), pc.shadow.covered());
+    let residue = subtract(&subtract(&selected, &trusted), &fresh);
     let (residue_pages, selected_pages) = (pages_in(&residue), pages_in(&selected));
     tracing::debug!(
         written = written_pages,

@@ -311,6 +311,10 @@ pub(crate) fn dump(
     }
     stats.memdump_time_us = micros(t.elapsed());
     stats.frozen_steps.final_scan_us = fin.scan_us;
+    if fin.scan_us > 0 {
+        // A tree's processes are scanned one after the other, each over all its memory.
+        stats.final_scan = "all memory: a process tree".into();
+    }
     if fin.bulk {
         stats.precopy_mode = "uffd-wp-async (did not converge: final copy in bulk)".into();
     }
