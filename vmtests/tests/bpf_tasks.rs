@@ -256,6 +256,7 @@ fn kerndat_probe_finds_everything_dump_and_restore_need() {
     // mode is supported; soft-dirty is the one thing known to be absent.
     for name in [
         "bpf-task-tracking",
+        "bpf-mmap-lock-guard",
         "uffd-wp-async",
         "uffd-events",
         "pagemap-scan",

@@ -212,6 +212,8 @@ pub struct TaskTracker {
     vma_stats: PerCpuArray<MapData, u64>,
     /// Who locks the tracked processes' memory (hooks attached by [`Self::watch_memory`]).
     mm: mmlock::MmWatch,
+    /// Why the mmap-lock hooks could not be attached, if they could not.
+    mm_hooks: Option<String>,
     /// Whether [`Self::watch_memory`] has attached the fault and VMA hooks.
     watching_memory: bool,
     /// Kept for the tracker's whole life: dropping it closes the log ring buffer, after which
@@ -291,6 +293,7 @@ impl TaskTracker {
             vma_events,
             vma_stats,
             mm,
+            mm_hooks: None,
             watching_memory: false,
             logger,
             ebpf,
@@ -407,13 +410,21 @@ impl TaskTracker {
         let hooks: Vec<&Hook> = dirty::HOOKS
             .iter()
             .chain(vma::HOOKS.iter().flat_map(|pair| pair.iter()))
-            .chain(mmlock::HOOKS.iter())
             .collect();
         for hook in &hooks {
             check_layout(&tracefs, hook)?;
         }
         for hook in hooks {
             attach_hook(&mut self.ebpf, hook)?;
+        }
+        // Optional: without them the final scan of a pre-copy walks all memory.
+        let mm_hooks = mmlock::HOOKS.iter().try_for_each(|hook| {
+            check_layout(&tracefs, hook)?;
+            attach_hook(&mut self.ebpf, hook)
+        });
+        if let Err(e) = mm_hooks {
+            tracing::debug!(error = %e, "no mmap-lock events: final scans walk all memory");
+            self.mm_hooks = Some(crate::error_chain(&e));
         }
         self.watching_memory = true;
         tracing::debug!("BPF write-fault hints and VMA events attached");
@@ -464,6 +475,12 @@ impl TaskTracker {
             return Err(BpfError::LearnMm {
                 pid,
                 source: io::Error::other("the memory hooks are not attached"),
+            });
+        }
+        if let Some(why) = &self.mm_hooks {
+            return Err(BpfError::LearnMm {
+                pid,
+                source: io::Error::other(format!("no mmap-lock events: {why}")),
             });
         }
         self.mm.watch(pid)

@@ -39,7 +39,11 @@ const UFFDIO_REGISTER_BIT: u64 = 1 << 0x00;
 pub fn probe() -> Kerndat {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_or_else(|e| format!("unknown ({e})"), |s| s.trim().to_owned());
-    let mut features = vec![probe_bpf(), probe_bpf_dirty_hints()];
+    let mut features = vec![
+        probe_bpf(),
+        probe_bpf_dirty_hints(),
+        probe_mmap_lock_guard(),
+    ];
     features.extend(probe_uffd());
     features.push(probe_pagemap_scan());
     features.push(probe_pidfd());
@@ -149,6 +153,54 @@ fn probe_bpf_dirty_hints() -> Feature {
             None,
         ),
         Err(e) => Feature::new(NAME, NEEDS, Status::Error(error_chain(&e)), None),
+    }
+}
+
+/// The guard of the hinted final scan: watches the mmap lock of a short-lived child (`sleep`)
+/// and requires its lock activity to be counted (its exit takes the lock). Without it a
+/// pre-copy's final scan walks all memory.
+fn probe_mmap_lock_guard() -> Feature {
+    const NAME: &str = "bpf-mmap-lock-guard";
+    let result = (|| -> Result<u64, String> {
+        let mut tracker = TaskTracker::attach(std::process::id()).map_err(|e| error_chain(&e))?;
+        tracker.watch_memory().map_err(|e| error_chain(&e))?;
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.1")
+            .spawn()
+            .map_err(|e| format!("cannot start sleep: {e}"))?;
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        let watched = tracker.watch_mm(pid).map_err(|e| error_chain(&e));
+        let waited = child.wait().map_err(|e| format!("wait for sleep: {e}"));
+        watched?;
+        waited?;
+        let activity = tracker.mm_activity(pid).map_err(|e| error_chain(&e))?;
+        Ok(activity.map_or(0, |a| a.events))
+    })();
+    match result {
+        Ok(events) if events > 0 => Feature::new(
+            NAME,
+            &[],
+            Status::Ok,
+            Some(format!(
+                "tracepoints mmap_lock:mmap_lock_acquire_returned/released; {events} lock \
+                 events of a child seen: pre-copy's final scan can be limited to hinted pages"
+            )),
+        ),
+        Ok(_) => Feature::new(
+            NAME,
+            &[],
+            Status::Error(
+                "attached, but a child's mmap lock was not seen: final scans walk all memory"
+                    .to_owned(),
+            ),
+            None,
+        ),
+        Err(e) => Feature::new(
+            NAME,
+            &[],
+            Status::Missing(format!("{e}: final scans walk all memory")),
+            None,
+        ),
     }
 }
 
